@@ -1,0 +1,23 @@
+"""netloop: a fast single-threaded event loop for Python networking.
+
+The successor to asyncore, asynchat and socketserver: the same channel API over select, poll,
+epoll and kqueue, with per-pass cost that does not grow with idle connections, timers and
+thread-safe wake-up. Legacy code imports ``netloop.asyncore`` (``asynchat``, ``socketserver``)
+instead of the removed modules.
+"""
+
+from .buffered import BufferedDispatcher
+from .dispatcher import Dispatcher, known_interest
+from .errors import ExitNow
+from .files import FileDispatcher, FileWrapper
+from .pollers import available as available_pollers
+from .reactor import Loop, get_loop, loop, socket_map
+from .timers import TimerHandle
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Loop", "get_loop", "loop", "socket_map", "Dispatcher", "BufferedDispatcher",
+    "FileDispatcher", "FileWrapper", "TimerHandle", "ExitNow", "known_interest",
+    "available_pollers", "__version__",
+]

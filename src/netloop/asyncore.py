@@ -1,0 +1,177 @@
+"""Drop-in replacement for Python 3.11's ``asyncore``, served by netloop's reactor.
+
+Every public name of the 3.11 module, with its behaviour: ``socket_map`` is this module's global
+(reassigning it is honoured, as it was), ``log_info`` prints and ``log`` writes to stderr, and
+``poll``/``poll2``/``readwrite`` keep their one-shot semantics for code that calls them directly.
+``loop()`` runs on netloop's ``Loop`` for the map; it also accepts ``poller=``. On Python 3.12+,
+``netloop.compat.install()`` makes ``import asyncore`` find this module.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import sys
+import time
+from errno import (EAGAIN, EALREADY, EBADF, ECONNABORTED, ECONNRESET, EINPROGRESS, EINVAL,
+                   EISCONN, ENOTCONN, EPIPE, ESHUTDOWN, EWOULDBLOCK, errorcode)
+from typing import Any, Optional
+
+from . import reactor as _reactor
+from .buffered import BufferedDispatcher as _BufferedDispatcher
+from .dispatcher import Dispatcher as _Dispatcher
+from .errors import DISCONNECTED as _DISCONNECTED
+from .errors import RERAISED as _reraised_exceptions
+from .errors import ExitNow, compact_traceback
+from .errors import strerror as _strerror
+from .files import FileDispatcher as _FileDispatcher
+from .files import FileWrapper as _FileWrapper
+
+__all__ = [
+    "ExitNow", "close_all", "compact_traceback", "dispatcher", "dispatcher_with_send",
+    "file_dispatcher", "file_wrapper", "loop", "poll", "poll2", "poll3", "read", "readwrite",
+    "socket_map", "write",
+]
+
+#: The default channel map; the same dict as ``netloop.reactor.socket_map`` unless reassigned.
+socket_map = _reactor.socket_map
+
+_ = (EALREADY, EINPROGRESS, EWOULDBLOCK, ECONNRESET, EINVAL, ENOTCONN, ESHUTDOWN, EISCONN,
+     EBADF, ECONNABORTED, EPIPE, EAGAIN, errorcode, os, socket, time, sys)  # re-exported names
+
+
+def _map(map: Optional[Any]) -> Any:
+    return socket_map if map is None else map
+
+
+def read(obj: Any) -> None:
+    try:
+        obj.handle_read_event()
+    except _reraised_exceptions:
+        raise
+    except BaseException:
+        obj.handle_error()
+
+
+def write(obj: Any) -> None:
+    try:
+        obj.handle_write_event()
+    except _reraised_exceptions:
+        raise
+    except BaseException:
+        obj.handle_error()
+
+
+def _exception(obj: Any) -> None:
+    try:
+        obj.handle_expt_event()
+    except _reraised_exceptions:
+        raise
+    except BaseException:
+        obj.handle_error()
+
+
+def readwrite(obj: Any, flags: int) -> None:
+    try:
+        if flags & select.POLLIN:
+            obj.handle_read_event()
+        if flags & select.POLLOUT:
+            obj.handle_write_event()
+        if flags & select.POLLPRI:
+            obj.handle_expt_event()
+        if flags & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+            obj.handle_close()
+    except OSError as e:
+        if e.errno not in _DISCONNECTED:
+            obj.handle_error()
+        else:
+            obj.handle_close()
+    except _reraised_exceptions:
+        raise
+    except BaseException:
+        obj.handle_error()
+
+
+def poll(timeout: Optional[float] = 0.0, map: Optional[Any] = None) -> None:
+    """One pass with select()-style dispatch, on the map's loop."""
+    map = _map(map)
+    if map:
+        lp = _reactor.get_loop(map)
+        saved, lp._hup_closes = lp._hup_closes, False
+        try:
+            lp._run(timeout, 1, forever=False, channels_only=True)
+        finally:
+            lp._hup_closes = saved
+
+
+def poll2(timeout: Optional[float] = 0.0, map: Optional[Any] = None) -> None:
+    """One pass with poll()-style dispatch (hang-ups reach ``handle_close()``)."""
+    map = _map(map)
+    if map:
+        lp = _reactor.get_loop(map)
+        saved, lp._hup_closes = lp._hup_closes, True
+        try:
+            lp._run(timeout, 1, forever=False, channels_only=True)
+        finally:
+            lp._hup_closes = saved
+
+
+poll3 = poll2
+
+
+def loop(timeout: Optional[float] = 30.0, use_poll: bool = False, map: Optional[Any] = None,
+         count: Optional[int] = None, poller: Optional[Any] = None) -> None:
+    _reactor.loop(timeout, use_poll, _map(map), count, poller)
+
+
+loop.__doc__ = _reactor.loop.__doc__
+
+
+class dispatcher(_Dispatcher):
+    """asyncore.dispatcher: netloop's ``Dispatcher`` with asyncore's printed logging."""
+
+    def _default_map(self) -> Any:
+        return socket_map
+
+    def log(self, message: Any) -> None:
+        sys.stderr.write("log: %s\n" % str(message))
+
+    def log_info(self, message: Any, type: str = "info") -> None:
+        if type not in self.ignore_log_types:
+            print("%s: %s" % (type, message))
+
+
+class dispatcher_with_send(_BufferedDispatcher, dispatcher):
+    """asyncore.dispatcher_with_send, with a send queue that never copies its backlog."""
+
+
+if os.name == "posix":
+    class file_wrapper(_FileWrapper):
+        """asyncore.file_wrapper."""
+
+    class file_dispatcher(_FileDispatcher, dispatcher):
+        """asyncore.file_dispatcher."""
+
+        wrapper_class = file_wrapper
+
+
+def close_all(map: Optional[Any] = None, ignore_all: bool = False) -> None:
+    map = _map(map)
+    for x in list(map.values()):
+        try:
+            x.close()
+        except OSError as err:
+            if err.errno == EBADF:
+                pass
+            elif not ignore_all:
+                raise
+        except _reraised_exceptions:
+            raise
+        except BaseException:
+            if not ignore_all:
+                raise
+    map.clear()
+    lp = _reactor._lookup(map)
+    if lp is not None:
+        lp._maybe_release()

@@ -1,0 +1,141 @@
+"""Buffered output for dispatchers: send what the kernel takes now, queue only the rest.
+
+The queue is a deque of byte chunks (memoryviews into the caller's bytes where that is safe, so
+nothing is copied), flushed with one ``sendmsg()`` of several chunks where the socket has it.
+Sending is O(bytes) however slowly the peer reads: asyncore's ``out_buffer = out_buffer + data``
+copied the whole backlog on every ``send()``. Write interest is registered only while the queue
+holds something.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from itertools import islice
+from typing import Any, Deque, Optional
+
+from .dispatcher import Dispatcher, known_interest
+from .errors import DISCONNECTED, WOULD_BLOCK
+from .pollers import READ_MASK, WRITE
+from .reactor import ChannelMap
+
+__all__ = ["BufferedDispatcher", "SEND_CHUNKS"]
+
+#: Chunks handed to one sendmsg() call (Linux allows 1024; more rarely helps).
+SEND_CHUNKS = 64
+
+
+def _tail(data: Any, start: int) -> Any:
+    """The unsent part of ``data``, without copying when ``data`` cannot change under us."""
+    if type(data) is bytes:
+        return memoryview(data)[start:]
+    return bytes(data[start:])
+
+
+class BufferedDispatcher(Dispatcher):
+    """``asyncore.dispatcher_with_send``: ``send()`` never blocks and never loses bytes."""
+
+    def __init__(self, sock: Optional[Any] = None, map: Optional[ChannelMap] = None) -> None:
+        self._outq: Deque[Any] = deque()
+        self._out_pending = 0
+        Dispatcher.__init__(self, sock, map)
+
+    def _queue(self) -> Deque[Any]:
+        try:
+            return self._outq
+        except AttributeError:  # a subclass touched out_buffer before calling __init__
+            self._outq = deque()
+            self._out_pending = 0
+            return self._outq
+
+    @property
+    def out_buffer(self) -> bytes:
+        """The bytes not yet sent (a copy: read it for inspection, not in a hot loop)."""
+        return b"".join(self._queue())
+
+    @out_buffer.setter
+    def out_buffer(self, value: Any) -> None:
+        q = self._queue()
+        q.clear()
+        self._out_pending = 0
+        if value:
+            q.append(bytes(value))
+            self._out_pending = len(value)
+        self._update_interest()
+
+    @property
+    def send_backlog(self) -> int:
+        """How many bytes are queued, waiting for the socket to take them."""
+        return self._out_pending if self._queue() else 0
+
+    def _nl_mask(self) -> int:
+        if self._nl_paused:
+            return 0
+        if (not self.connected or self._outq) and not self.accepting:
+            return READ_MASK | WRITE
+        return READ_MASK
+
+    @known_interest
+    def writable(self) -> bool:
+        return (not self.connected) or bool(self._queue())
+
+    def send(self, data: Any) -> None:  # type: ignore[override]
+        if self.debug:
+            self.log_info("sending %s" % repr(data))
+        q = self._queue()
+        if q:
+            if data:
+                q.append(bytes(data) if type(data) is not bytes else data)
+                self._out_pending += len(data)
+            return
+        if not data:
+            return
+        try:
+            sent = self.socket.send(data)
+        except OSError as why:
+            if why.errno in WOULD_BLOCK:
+                sent = 0
+            elif why.errno in DISCONNECTED:
+                self.handle_close()
+                return
+            else:
+                raise
+        size = len(data)
+        if sent < size:
+            q.append(_tail(data, sent))
+            self._out_pending = size - sent
+            self._update_interest()
+
+    def initiate_send(self) -> None:
+        """Send as much of the queue as the socket takes now."""
+        q = self._queue()
+        if not q:
+            return
+        sock = self.socket
+        try:
+            if len(q) > 1 and hasattr(sock, "sendmsg"):
+                sent = sock.sendmsg(list(islice(q, SEND_CHUNKS)))
+            else:
+                sent = sock.send(q[0])
+        except OSError as why:
+            if why.errno in WOULD_BLOCK:
+                return
+            if why.errno in DISCONNECTED:
+                self.handle_close()
+                return
+            raise
+        self._out_pending -= sent
+        while sent:
+            head = q[0]
+            size = len(head)
+            if size <= sent:
+                q.popleft()
+                sent -= size
+            else:
+                q[0] = memoryview(head)[sent:]
+                break
+        if not q:
+            self._out_pending = 0
+            self._update_interest()
+
+    def handle_write(self) -> None:
+        self.initiate_send()

@@ -1,0 +1,364 @@
+"""The dispatcher: a socket wrapped as a channel of a loop, with asyncore's ``handle_*`` API.
+
+``Dispatcher`` behaves as Python 3.11's ``asyncore.dispatcher`` (the same methods, attributes
+and event routing) with these differences, each deliberate:
+
+- Interest is registered with the loop, not asked every pass: the class's ``readable()`` and
+  ``writable()`` are "known" (``_nl_known``) unless a subclass overrides one, and the dispatcher
+  tells its loop when the answer changes (see ``reactor``).
+- ``accept()`` failing for lack of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM) logs
+  one clear line and pauses the listener briefly instead of raising, which in asyncore reached
+  ``handle_error()`` and closed the listening socket (or, if caught, spun at 100% CPU).
+- The default ``handle_accept()`` accepts a bounded burst per readiness event, not one.
+- ``recv()`` of a socket with nothing to read (a spurious wake-up) returns ``b''`` without
+  closing, instead of raising into ``handle_error()``.
+- ``log_info()`` goes to the ``netloop`` logger; the asyncore facade prints, as asyncore did.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket as _socket
+from errno import (EALREADY, EBADF, EINPROGRESS, EINVAL, EISCONN, ENOTCONN, EWOULDBLOCK,
+                   errorcode)
+from typing import Any, Callable, Optional, Tuple, TypeVar
+
+from .errors import ACCEPT_RESOURCE, ACCEPT_RETRY, DISCONNECTED, WOULD_BLOCK, compact_traceback
+from .pollers import READ_MASK, WRITE
+from .reactor import ChannelMap, _lookup, socket_map
+
+__all__ = ["Dispatcher", "known_interest", "ACCEPT_BURST", "ACCEPT_BACKOFF"]
+
+logger = logging.getLogger("netloop")
+
+_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR,
+           "debug": logging.DEBUG}
+
+#: Connections the default ``handle_accept()`` takes per readiness event. Enough to drain a
+#: burst of connects in one pass, small enough that a connect flood cannot starve the
+#: connections already open (each pass also serves them).
+ACCEPT_BURST = 32
+#: Seconds a listener rests after accept() failed for lack of descriptors or memory.
+ACCEPT_BACKOFF = 0.1
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def known_interest(fn: _F) -> _F:
+    """Mark a ``readable``/``writable`` implementation whose answer the class reports itself.
+
+    A class whose two predicates are both marked must define ``_nl_mask()`` to give the same
+    answer as a poller mask, and call ``_update_interest()`` whenever that answer may change.
+    """
+    fn._nl_known = True  # type: ignore[attr-defined]
+    return fn
+
+
+_REPR_MODULES = {"netloop.asyncore": "asyncore", "netloop.asynchat": "asynchat"}
+
+
+class Dispatcher:
+    """A non-blocking socket served by a loop, with asyncore's event handlers."""
+
+    debug = False
+    connected = False
+    accepting = False
+    connecting = False
+    closing = False
+    addr: Any = None
+    ignore_log_types = frozenset({"warning"})
+    socket: Any = None
+    _fileno: Optional[int] = None
+    _nl_loop: Any = None
+    _nl_known = True
+    _nl_paused = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._nl_known = (getattr(cls.readable, "_nl_known", False)
+                         and getattr(cls.writable, "_nl_known", False))
+
+    def __init__(self, sock: Optional[_socket.socket] = None,
+                 map: Optional[ChannelMap] = None) -> None:
+        self._map = self._default_map() if map is None else map
+        self._fileno = None
+        if sock:
+            # The socket may come from a blocking source (accept() of a blocking listener).
+            sock.setblocking(False)
+            self.connected = True
+            self.set_socket(sock, map)
+            try:
+                self.addr = sock.getpeername()
+            except OSError as err:
+                if err.errno in (ENOTCONN, EINVAL):
+                    # Not connected (yet): a socket handed over before connect().
+                    self.connected = False
+                    self._update_interest()
+                else:
+                    # Broken in some other way: do not leave it in the map to be polled.
+                    self.del_channel(map)
+                    raise
+        else:
+            self.socket = None
+
+    def _default_map(self) -> ChannelMap:
+        """The map used when none is given (the facade answers with its ``socket_map``)."""
+        return socket_map
+
+    def __repr__(self) -> str:
+        cls = self.__class__
+        module = _REPR_MODULES.get(cls.__module__, cls.__module__)
+        status = [module + "." + cls.__qualname__]
+        if self.accepting and self.addr:
+            status.append("listening")
+        elif self.connected:
+            status.append("connected")
+        if self.addr is not None:
+            try:
+                status.append("%s:%d" % self.addr)
+            except TypeError:
+                status.append(repr(self.addr))
+        return "<%s at %#x>" % (" ".join(status), id(self))
+
+    # ------------------------------------------------------------------ the map
+    def add_channel(self, map: Optional[ChannelMap] = None) -> None:
+        if map is None:
+            map = self._map
+        fd = self._fileno
+        map[fd] = self
+        lp = _lookup(map)
+        if lp is not None and lp._acquired:
+            lp._add(fd, self)
+
+    def del_channel(self, map: Optional[ChannelMap] = None) -> None:
+        fd = self._fileno
+        if map is None:
+            map = self._map
+        if fd in map:
+            del map[fd]
+        self._fileno = None
+        lp = self._nl_loop
+        if lp is None:
+            lp = _lookup(map)
+        if lp is not None and lp._acquired:
+            lp._discard(fd)
+
+    def _nl_mask(self) -> int:
+        """The poller mask matching this class's ``readable()``/``writable()``."""
+        if self._nl_paused:
+            return 0
+        return READ_MASK if self.accepting else READ_MASK | WRITE
+
+    def _update_interest(self) -> None:
+        """Tell the loop that ``readable()``/``writable()`` may answer differently now."""
+        lp = self._nl_loop
+        if lp is not None:
+            lp._update(self)
+
+    # ------------------------------------------------------------------ socket set-up
+    def create_socket(self, family: int = _socket.AF_INET, type: int = _socket.SOCK_STREAM) -> None:
+        self.family_and_type = family, type
+        sock = _socket.socket(family, type)
+        sock.setblocking(False)
+        self.set_socket(sock)
+
+    def set_socket(self, sock: Any, map: Optional[ChannelMap] = None) -> None:
+        self.socket = sock
+        self._fileno = sock.fileno()
+        self.add_channel(map)
+
+    def set_reuse_addr(self) -> None:
+        """Let a server rebind its port at once after a restart (SO_REUSEADDR), if possible."""
+        try:
+            self.socket.setsockopt(
+                _socket.SOL_SOCKET, _socket.SO_REUSEADDR,
+                self.socket.getsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR) | 1)
+        except OSError:
+            pass
+
+    # ------------------------------------------------------------------ predicates
+    @known_interest
+    def readable(self) -> bool:
+        return True
+
+    @known_interest
+    def writable(self) -> bool:
+        return True
+
+    # ------------------------------------------------------------------ socket operations
+    def listen(self, num: int) -> Any:
+        self.accepting = True
+        if os.name == "nt" and num > 5:  # pragma: no cover
+            num = 5
+        result = self.socket.listen(num)
+        self._update_interest()
+        return result
+
+    def bind(self, addr: Any) -> Any:
+        self.addr = addr
+        return self.socket.bind(addr)
+
+    def connect(self, address: Any) -> None:
+        self.connected = False
+        self.connecting = True
+        err = self.socket.connect_ex(address)
+        if err in (EINPROGRESS, EALREADY, EWOULDBLOCK) or err == EINVAL and os.name == "nt":
+            self.addr = address
+            self._update_interest()
+            return
+        if err in (0, EISCONN):
+            self.addr = address
+            self.handle_connect_event()
+        else:
+            raise OSError(err, errorcode[err])
+
+    def accept(self) -> Optional[Tuple[Any, Any]]:
+        """One ``(conn, address)`` from the backlog, or None when there is none to take."""
+        try:
+            conn, addr = self.socket.accept()
+        except TypeError:
+            return None
+        except OSError as why:
+            if why.errno in ACCEPT_RETRY:
+                return None
+            if why.errno in ACCEPT_RESOURCE:
+                self._accept_exhausted(why)
+                return None
+            raise
+        return conn, addr
+
+    def _accept_exhausted(self, why: OSError) -> None:
+        # The pending connection stays in the backlog: retry when descriptors may be free,
+        # without polling a level-triggered listener in a tight loop meanwhile.
+        self.log_info("accept() failed: %s; pausing this listener for %.1fs"
+                      % (why, ACCEPT_BACKOFF), "error")
+        lp = self._nl_loop
+        if lp is not None:
+            lp.pause_reading(self, ACCEPT_BACKOFF)
+
+    def send(self, data: Any) -> int:
+        try:
+            return self.socket.send(data)  # type: ignore[no-any-return]
+        except OSError as why:
+            if why.errno in WOULD_BLOCK:
+                return 0
+            if why.errno in DISCONNECTED:
+                self.handle_close()
+                return 0
+            raise
+
+    def recv(self, buffer_size: int) -> bytes:
+        try:
+            data = self.socket.recv(buffer_size)
+        except OSError as why:
+            if why.errno in DISCONNECTED:
+                self.handle_close()
+                return b""
+            if why.errno in WOULD_BLOCK:
+                return b""
+            raise
+        if not data:
+            # A readable socket that gives 0 bytes: the peer closed its side.
+            self.handle_close()
+            return b""
+        return data  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.connected = False
+        self.accepting = False
+        self.connecting = False
+        self.del_channel()
+        if self.socket is not None:
+            try:
+                self.socket.close()
+            except OSError as why:
+                if why.errno not in (ENOTCONN, EBADF):
+                    raise
+
+    # ------------------------------------------------------------------ logging
+    def log(self, message: Any) -> None:
+        logger.debug("log: %s", message)
+
+    def log_info(self, message: Any, type: str = "info") -> None:
+        if type not in self.ignore_log_types:
+            logger.log(_LEVELS.get(type, logging.INFO), "%s: %s", type, message)
+
+    # ------------------------------------------------------------------ event routing
+    def handle_read_event(self) -> None:
+        if self.accepting:
+            # A listening socket is never connected: readable means a connection is waiting.
+            self.handle_accept()
+        elif not self.connected:
+            if self.connecting:
+                self.handle_connect_event()
+            self.handle_read()
+        else:
+            self.handle_read()
+
+    def handle_connect_event(self) -> None:
+        err = self.socket.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
+        if err != 0:
+            raise OSError(err, os.strerror(err) if err > 0 else str(err))
+        self.handle_connect()
+        self.connected = True
+        self.connecting = False
+        self._update_interest()
+
+    def handle_write_event(self) -> None:
+        if self.accepting:
+            # A listener is never registered for writing; ignore a stray event.
+            return
+        if not self.connected:
+            if self.connecting:
+                self.handle_connect_event()
+        self.handle_write()
+
+    def handle_expt_event(self) -> None:
+        # An exceptional condition is either a pending socket error or out-of-band data.
+        err = self.socket.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
+        if err != 0:
+            self.handle_close()
+        else:
+            self.handle_expt()
+
+    def handle_error(self) -> None:
+        nil, t, v, tbinfo = compact_traceback()
+        try:
+            self_repr = repr(self)
+        except Exception:
+            self_repr = "<__repr__(self) failed for object at %0x>" % id(self)
+        self.log_info("uncaptured python exception, closing channel %s (%s:%s %s)"
+                      % (self_repr, t, v, tbinfo), "error")
+        self.handle_close()
+
+    def handle_expt(self) -> None:
+        self.log_info("unhandled incoming priority event", "warning")
+
+    def handle_read(self) -> None:
+        self.log_info("unhandled read event", "warning")
+
+    def handle_write(self) -> None:
+        self.log_info("unhandled write event", "warning")
+
+    def handle_connect(self) -> None:
+        self.log_info("unhandled connect event", "warning")
+
+    def handle_accept(self) -> None:
+        # A bounded burst: each accept() is one syscall; draining a few per event saves a pass
+        # per connection under a connect storm, and the bound keeps other channels served.
+        for _ in range(ACCEPT_BURST):
+            pair = self.accept()
+            if pair is None:
+                break
+            self.handle_accepted(*pair)
+            if not self.accepting:
+                break
+
+    def handle_accepted(self, sock: Any, addr: Any) -> None:
+        sock.close()
+        self.log_info("unhandled accepted event", "warning")
+
+    def handle_close(self) -> None:
+        self.log_info("unhandled close event", "warning")
+        self.close()

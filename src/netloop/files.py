@@ -1,0 +1,76 @@
+"""Pipes and other raw descriptors as channels: a file object that looks enough like a socket.
+
+``FileWrapper`` duplicates the descriptor it is given (the caller keeps and closes its own),
+reads and writes with ``os.read``/``os.write``, and answers ``SO_ERROR`` with 0. Regular files
+are always "ready" (as select and poll say; the epoll poller emulates that).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import warnings
+from typing import Any, Optional
+
+from .dispatcher import Dispatcher
+from .reactor import ChannelMap
+
+__all__ = ["FileWrapper", "FileDispatcher"]
+
+
+class FileWrapper:
+    """A duplicated file descriptor with the few socket methods a dispatcher calls."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = os.dup(fd)
+
+    def __del__(self) -> None:
+        if self.fd >= 0:
+            warnings.warn("unclosed file %r" % self, ResourceWarning, source=self)
+        self.close()
+
+    def recv(self, *args: Any) -> bytes:
+        return os.read(self.fd, *args)
+
+    def send(self, *args: Any) -> int:
+        return os.write(self.fd, *args)
+
+    def getsockopt(self, level: int, optname: int, buflen: Optional[int] = None) -> int:
+        if level == socket.SOL_SOCKET and optname == socket.SO_ERROR and not buflen:
+            return 0
+        raise NotImplementedError("Only asyncore specific behaviour implemented.")
+
+    read = recv
+    write = send
+
+    def close(self) -> None:
+        if self.fd < 0:
+            return
+        fd = self.fd
+        self.fd = -1
+        os.close(fd)
+
+    def fileno(self) -> int:
+        return self.fd
+
+
+class FileDispatcher(Dispatcher):
+    """A dispatcher over a pipe or other descriptor (anything with ``fileno()``, or an int)."""
+
+    wrapper_class = FileWrapper
+
+    def __init__(self, fd: Any, map: Optional[ChannelMap] = None) -> None:
+        Dispatcher.__init__(self, None, map)
+        self.connected = True
+        try:
+            fd = fd.fileno()
+        except AttributeError:
+            pass
+        self.set_file(fd)
+        # The duplicate shares the file description, so this makes both non-blocking.
+        os.set_blocking(fd, False)
+
+    def set_file(self, fd: int) -> None:
+        self.socket = self.wrapper_class(fd)
+        self._fileno = self.socket.fileno()
+        self.add_channel()

@@ -1,0 +1,49 @@
+"""Event flags and the interface every poller offers.
+
+The flag values are poll(2)'s own (``POLLIN`` = 1, ``POLLPRI`` = 2, ``POLLOUT`` = 4, ``POLLERR`` = 8,
+``POLLHUP`` = 16, ``POLLNVAL`` = 32). Linux gives epoll's ``EPOLLIN``... the same values, so the
+poll and epoll pollers hand the kernel's flags to the loop untranslated; select and kqueue build
+them. A poller reports ``ERROR``/``HANGUP`` whether or not they were asked for (as the kernel does).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import List, Optional, Tuple
+
+if sys.version_info >= (3, 8):
+    from typing import Protocol
+else:  # pragma: no cover
+    Protocol = object
+
+READ = 0x001
+PRIORITY = 0x002
+WRITE = 0x004
+ERROR = 0x008
+HANGUP = 0x010
+INVALID = 0x020
+
+#: What a channel that wants to read registers: data and out-of-band data.
+READ_MASK = READ | PRIORITY
+#: Flags that say the descriptor is dead or in error.
+CLOSED_MASK = ERROR | HANGUP | INVALID
+
+Events = List[Tuple[int, int]]
+
+
+class Poller(Protocol):
+    """One long-lived kernel object that watches file descriptors.
+
+    ``register`` may raise ``OSError`` (a closed fd: ``EBADF``) or ``ValueError`` (a descriptor
+    the backend cannot watch, such as select's FD_SETSIZE limit); the loop reports both to the
+    channel concerned. ``poll(None)`` blocks until an event; ``poll(0)`` never blocks.
+    """
+
+    name: str
+
+    def register(self, fd: int, mask: int) -> None: ...
+    def modify(self, fd: int, mask: int) -> None: ...
+    def unregister(self, fd: int) -> None: ...
+    def poll(self, timeout: Optional[float]) -> Events: ...
+    def fileno(self) -> int: ...
+    def close(self) -> None: ...

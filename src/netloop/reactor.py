@@ -1,0 +1,685 @@
+"""The reactor: a channel map driven over a poller, with timers and thread-safe wake-up.
+
+A ``Loop`` serves one channel map (a plain ``dict`` of fd -> channel, as asyncore used). It keeps
+one kernel registration per fd and changes it only when the channel's interest changes, so a pass
+costs O(ready events), however many idle channels there are:
+
+- Channels whose class keeps netloop's own ``readable()``/``writable()`` ("known" interest) tell
+  the loop when their answer changes (connect, listen, send backlog filled or drained).
+- Channels whose class overrides either predicate, and foreign objects put in the map by hand,
+  are "asked": ``readable()``/``writable()`` are called before every poll (asyncore's semantics,
+  the default) or, with ``scan=False``, at registration and after each of their own events.
+- Entries added to or removed from the map behind the loop's back (``map[fd] = obj``) are found
+  by a size check each pass and reconciled then.
+
+Within one pass a channel closed by an earlier callback gets no further callback, and a new
+channel that reuses its fd does not receive the old channel's events.
+
+The loop's kernel objects (poller, wake-up pipe) are taken on first use and, for the loop that
+serves a map implicitly (``get_loop``, ``loop()``), given back when the map is empty and nothing
+is scheduled, so short-lived maps leak no descriptors. ``Loop(map)`` made by the user keeps them
+until ``close()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+import weakref
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, MutableMapping, Optional, Set, Tuple, Union
+
+from .errors import DISCONNECTED, RERAISED
+from .pollers import (CLOSED_MASK, ERROR, HANGUP, INVALID, PRIORITY, READ, READ_MASK, WRITE,
+                      Poller, SelectPoller, create)
+from .timers import TimerHandle, TimerQueue
+from .waker import Waker
+
+__all__ = ["Loop", "get_loop", "loop", "socket_map", "ChannelMap"]
+
+logger = logging.getLogger("netloop")
+
+ChannelMap = MutableMapping[int, Any]
+
+#: The process-wide default channel map (asyncore's ``socket_map``).
+socket_map: Dict[int, Any] = {}
+
+# id(map) -> the Loop serving it. Weak: a loop nobody holds and that serves nothing goes away.
+# A Loop holds its map, so the id cannot be reused while the entry lives.
+_loops: "weakref.WeakValueDictionary[int, Loop]" = weakref.WeakValueDictionary()
+# Loops holding kernel objects, kept alive while they do.
+_active: Set["Loop"] = set()
+
+
+def _lookup(map: ChannelMap) -> Optional["Loop"]:
+    return _loops.get(id(map))
+
+
+def get_loop(map: Optional[ChannelMap] = None) -> "Loop":
+    """The loop that serves ``map`` (the default ``socket_map`` when None), made if needed."""
+    if map is None:
+        map = socket_map
+    lp = _loops.get(id(map))
+    if lp is None or lp._closed:
+        lp = Loop(map)
+        lp._implicit = True
+    return lp
+
+
+class Loop:
+    """An event loop over one channel map.
+
+    ``map``: the channel map to serve (a new empty dict when None). ``poller``: a poller name
+    ("epoll", "poll", "select", "kqueue", "auto"), a poller instance, or None for the best one
+    (``$NETLOOP_POLLER`` overrides the automatic choice). ``clock``: the monotonic clock used by
+    timers (inject a manual clock in tests). ``scan``: ask channels that override
+    ``readable()``/``writable()`` before every poll (True, asyncore's semantics) or only after
+    their own events (False, cheaper when those predicates depend on the channel alone).
+    """
+
+    def __init__(self, map: Optional[ChannelMap] = None,
+                 poller: Union[None, str, Poller] = None, *,
+                 clock: Optional[Callable[[], float]] = None, scan: bool = True) -> None:
+        if map is None:
+            map = {}
+        existing = _loops.get(id(map))
+        if existing is not None and not existing._closed:
+            if existing._implicit and not existing._acquired:
+                existing._closed = True
+            else:
+                raise ValueError("this map is already served by %r; use get_loop(map)" % existing)
+        self.map: ChannelMap = map
+        self._poller_spec = poller
+        self._clock: Callable[[], float] = clock or time.monotonic
+        self.scan = scan
+        self._poller: Optional[Poller] = None
+        self._waker: Optional[Waker] = None
+        self._wake_fd = -1
+        self._objs: Dict[int, Any] = {}      # fd -> channel as registered
+        self._masks: Dict[int, int] = {}     # fd -> mask registered with the poller (never 0)
+        self._asked: Dict[int, Any] = {}     # fd -> channel whose interest is asked
+        self._closed_fds: Set[int] = set()   # fds removed during the current dispatch
+        self._bad: List[int] = []            # fds the poller refused as closed: report them
+        self._dispatching = False
+        self._timers = TimerQueue(self._clock)
+        self._ready: Deque[Tuple[Callable[..., Any], Tuple[Any, ...]]] = deque()
+        self._signal_handlers: Dict[int, Tuple[Callable[..., Any], Tuple[Any, ...]]] = {}
+        self._old_wakeup_fd: Optional[int] = None
+        self._stopping = False
+        self._running = 0
+        self._thread_id: Optional[int] = None
+        self._forked = False
+        self._acquired = False
+        self._implicit = False
+        self._closed = False
+        # asyncore's select() loop never called handle_close() for a hang-up: the channel found
+        # out by reading. poll()-style dispatch (the default) does. The drop-in loop() picks
+        # the one its use_poll asks for.
+        self._hup_closes = True
+        _loops[id(map)] = self
+
+    # ------------------------------------------------------------------ kernel objects
+    def _acquire(self) -> None:
+        if self._closed:
+            raise RuntimeError("the loop is closed")
+        current = _loops.get(id(self.map))
+        if current is not self:
+            if current is not None and not current._closed and current._acquired:
+                raise RuntimeError("this map is now served by another loop")
+            _loops[id(self.map)] = self
+        self._poller = create(self._poller_spec)
+        self._waker = Waker()
+        self._wake_fd = self._waker.rfd
+        self._poller.register(self._wake_fd, READ)
+        self._acquired = True
+        self._forked = False
+        _active.add(self)
+        self._reconcile()
+
+    def _release(self) -> None:
+        """Give back the kernel objects; the loop can take them again on next use."""
+        if not self._acquired:
+            return
+        self._acquired = False
+        _active.discard(self)
+        for obj in self._objs.values():
+            if getattr(obj, "_nl_loop", None) is self:
+                try:
+                    obj._nl_loop = None
+                except AttributeError:
+                    pass
+        self._objs.clear()
+        self._masks.clear()
+        self._asked.clear()
+        self._bad.clear()
+        if self._poller is not None:
+            self._poller.close()
+            self._poller = None
+        if self._waker is not None:
+            self._waker.close()
+            self._waker = None
+        self._wake_fd = -1
+
+    def _maybe_release(self) -> None:
+        if (self._implicit and self._acquired and not self._running and not self.map
+                and not self._timers and not self._ready and not self._signal_handlers):
+            self._release()
+
+    def _after_fork(self) -> None:
+        # The epoll object and the pipe are shared with the parent: build our own, touch
+        # nothing of theirs (closing our copies of the descriptors is all that is safe).
+        for closer in (self._poller, self._waker):
+            if closer is not None:
+                try:
+                    if hasattr(closer, "_ep"):
+                        closer._ep.close()  # type: ignore[union-attr]
+                    else:
+                        closer.close()
+                except OSError:
+                    pass
+        self._poller = None
+        self._waker = None
+        self._acquired = False
+        self._objs.clear()
+        self._masks.clear()
+        self._asked.clear()
+        self._acquire()
+
+    def set_poller(self, poller: Union[None, str, Poller]) -> None:
+        """Serve the map with another poller from the next pass on."""
+        if self._running:
+            raise RuntimeError("cannot change the poller of a running loop")
+        self._poller_spec = poller
+        if self._acquired:
+            self._release()
+
+    @property
+    def poller(self) -> Poller:
+        """The poller in use (taken now if the loop has none yet)."""
+        if not self._acquired:
+            self._acquire()
+        assert self._poller is not None
+        return self._poller
+
+    def fileno(self) -> int:
+        """The poller's own descriptor (epoll, kqueue), readable when a pass has work to do.
+
+        A host loop can watch it to drive ``run_once(0)``; timers are not in it, so the host
+        should also honour the delay ``run_once`` returns. select and poll have no such
+        descriptor: ValueError.
+        """
+        return self.poller.fileno()
+
+    def close(self) -> None:
+        """Release the poller, the wake-up pipe and the timers. Channels stay in the map."""
+        if self._closed:
+            return
+        for signum in list(self._signal_handlers):
+            self.remove_signal_handler(signum)
+        self._release()
+        self._timers.close()
+        self._ready.clear()
+        self._closed = True
+        if _loops.get(id(self.map)) is self:
+            del _loops[id(self.map)]
+
+    def __repr__(self) -> str:
+        name = self._poller.name if self._poller is not None else (self._poller_spec or "auto")
+        state = "closed" if self._closed else ("running" if self._running else "idle")
+        return "<netloop.Loop %s %s channels=%d>" % (name, state, len(self.map))
+
+    # ------------------------------------------------------------------ interest
+    def _add(self, fd: int, obj: Any) -> None:
+        old = self._objs.get(fd)
+        if old is not None:
+            if old is obj:
+                return
+            self._discard(fd)
+        self._objs[fd] = obj
+        try:
+            obj._nl_loop = self
+        except AttributeError:
+            pass
+        if getattr(type(obj), "_nl_known", False):
+            mask = obj._nl_mask()
+        else:
+            self._asked[fd] = obj
+            mask = self._ask(obj, 0)
+        self._set_mask(fd, mask)
+
+    def _discard(self, fd: int) -> None:
+        obj = self._objs.pop(fd, None)
+        self._asked.pop(fd, None)
+        if self._masks.pop(fd, 0) and self._poller is not None:
+            self._poller.unregister(fd)
+        if self._dispatching:
+            self._closed_fds.add(fd)
+        if obj is not None and getattr(obj, "_nl_loop", None) is self:
+            try:
+                obj._nl_loop = None
+            except AttributeError:
+                pass
+        if not self.map and not self._running:
+            self._maybe_release()
+
+    def _update(self, obj: Any) -> None:
+        """A channel's interest may have changed: re-register it if it did."""
+        fd = obj._fileno
+        if self._objs.get(fd) is obj:
+            if fd in self._asked:
+                self._set_mask(fd, self._ask(obj, self._masks.get(fd, 0)))
+            else:
+                self._set_mask(fd, obj._nl_mask())
+
+    def _ask(self, obj: Any, current: int) -> int:
+        if getattr(obj, "_nl_paused", False):
+            return 0
+        try:
+            mask = READ_MASK if obj.readable() else 0
+            if obj.writable() and not getattr(obj, "accepting", False):
+                mask |= WRITE
+        except RERAISED:
+            raise
+        except BaseException:
+            obj.handle_error()
+            return current
+        return mask
+
+    def _set_mask(self, fd: int, mask: int) -> None:
+        masks = self._masks
+        old = masks.get(fd, 0)
+        if mask == old:
+            return
+        poller = self._poller
+        assert poller is not None
+        try:
+            if not old:
+                poller.register(fd, mask)
+            elif not mask:
+                poller.unregister(fd)
+            else:
+                poller.modify(fd, mask)
+        except OSError as err:
+            # A descriptor closed behind the channel's back: poll would say POLLNVAL.
+            logger.warning("netloop: cannot watch fd %d (%s); closing its channel", fd, err)
+            masks.pop(fd, None)
+            self._bad.append(fd)
+            return
+        if mask:
+            masks[fd] = mask
+        else:
+            del masks[fd]
+
+    def _reconcile(self) -> None:
+        map = self.map
+        objs = self._objs
+        for fd in [fd for fd, obj in objs.items() if map.get(fd) is not obj]:
+            self._discard(fd)
+        for fd, obj in list(map.items()):
+            if objs.get(fd) is not obj:
+                self._add(fd, obj)
+
+    def _scan(self) -> None:
+        objs = self._objs
+        masks = self._masks
+        for fd, obj in list(self._asked.items()):
+            if objs.get(fd) is obj:
+                current = masks.get(fd, 0)
+                mask = self._ask(obj, current)
+                if mask != current and objs.get(fd) is obj:
+                    self._set_mask(fd, mask)
+
+    def pause_reading(self, channel: Any, delay: Optional[float] = None) -> None:
+        """Stop watching ``channel`` (for ``delay`` seconds, or until ``resume_reading``)."""
+        channel._nl_paused = True
+        if self._acquired:
+            self._set_mask(channel._fileno, 0)
+        if delay is not None:
+            self.call_later(delay, self.resume_reading, channel)
+
+    def resume_reading(self, channel: Any) -> None:
+        channel._nl_paused = False
+        if self._acquired and channel._fileno is not None:
+            self._update(channel)
+
+    # ------------------------------------------------------------------ running
+    def run_once(self, timeout: Optional[float] = None) -> Optional[float]:
+        """Run one pass: poll (at most ``timeout`` seconds; None blocks until an event or the
+        next timer, 0 never blocks), dispatch the events, run due timers and queued calls.
+
+        Returns the delay until the next timer (0 if calls are queued), None if none is pending.
+        """
+        if not self._acquired or self._forked:
+            if self._forked:
+                self._after_fork()
+            else:
+                self._acquire()
+        map = self.map
+        if len(map) != len(self._objs):
+            self._reconcile()
+        if self._asked and self.scan:
+            self._scan()
+        timers = self._timers
+        if self._ready or self._bad:
+            timeout = 0
+        elif timers._live:
+            deadline = timers.next_deadline()
+            if deadline is not None:
+                delay = deadline - self._clock()
+                if delay < 0:
+                    delay = 0
+                if timeout is None or delay < timeout:
+                    timeout = delay
+        if timeout is not None and timeout < 0:
+            timeout = 0
+        self._running += 1
+        try:
+            try:
+                events = self._poller.poll(timeout)  # type: ignore[union-attr]
+            except OSError as err:
+                events = self._poll_failed(err)
+            if self._bad:
+                events = list(events)
+                events.extend((fd, INVALID) for fd in self._bad)
+                self._bad.clear()
+            if events:
+                self._dispatch(events)
+            if timers._live:
+                self._run_timers()
+            if self._ready:
+                self._run_ready()
+        finally:
+            self._running -= 1
+        if self._ready:
+            return 0.0
+        if timers._live:
+            deadline = timers.next_deadline()
+            if deadline is not None:
+                return max(0.0, deadline - self._clock())
+        return None
+
+    def _poll_failed(self, err: OSError) -> List[Tuple[int, int]]:
+        poller = self._poller
+        if isinstance(poller, SelectPoller):
+            bad = poller.find_bad()
+            if bad:
+                for fd in bad:
+                    logger.warning("netloop: fd %d is closed but still in the map; closing its "
+                                   "channel", fd)
+                    poller.unregister(fd)
+                    self._masks.pop(fd, None)
+                return [(fd, INVALID) for fd in bad]
+        raise err
+
+    def _dispatch(self, events: List[Tuple[int, int]]) -> None:
+        get = self.map.get
+        closed = self._closed_fds
+        self._dispatching = True
+        try:
+            for fd, flags in events:
+                obj = get(fd)
+                if obj is None:
+                    if fd == self._wake_fd:
+                        self._on_wake()
+                    elif fd in self._masks:
+                        # Removed from the map behind our back: stop watching it.
+                        self._discard(fd)
+                    continue
+                if closed and fd in closed:
+                    continue
+                if flags == READ:
+                    try:
+                        obj.handle_read_event()
+                    except OSError as err:
+                        if err.errno in DISCONNECTED:
+                            obj.handle_close()
+                        else:
+                            obj.handle_error()
+                    except RERAISED:
+                        raise
+                    except BaseException:
+                        obj.handle_error()
+                else:
+                    self._dispatch_flags(fd, obj, flags)
+        finally:
+            self._dispatching = False
+            if closed:
+                closed.clear()
+        if self._asked and not self.scan:
+            asked = self._asked
+            for fd, _ in events:
+                obj = asked.get(fd)
+                if obj is not None:
+                    self._update(obj)
+
+    def _dispatch_flags(self, fd: int, obj: Any, flags: int) -> None:
+        get = self.map.get
+        closed = self._closed_fds
+        try:
+            if flags & (ERROR | HANGUP) and not self._hup_closes:
+                # select() semantics: a hung-up socket is simply readable and writable.
+                flags = (flags | (self._masks.get(fd, 0) & (READ | WRITE))) & ~(ERROR | HANGUP)
+            if flags & READ:
+                obj.handle_read_event()
+                if get(fd) is not obj or fd in closed:
+                    return
+            if flags & WRITE:
+                obj.handle_write_event()
+                if get(fd) is not obj or fd in closed:
+                    return
+            if flags & PRIORITY:
+                obj.handle_expt_event()
+                if get(fd) is not obj or fd in closed:
+                    return
+            if flags & CLOSED_MASK:
+                obj.handle_close()
+        except OSError as err:
+            if err.errno in DISCONNECTED:
+                obj.handle_close()
+            else:
+                obj.handle_error()
+        except RERAISED:
+            raise
+        except BaseException:
+            obj.handle_error()
+
+    def _on_wake(self) -> None:
+        assert self._waker is not None
+        for signum in self._waker.drain():
+            entry = self._signal_handlers.get(signum)
+            if entry is not None:
+                self._ready.append(entry)
+
+    def _run_timers(self) -> None:
+        for handle in self._timers.pop_due(self._clock()):
+            if handle.cancelled:
+                continue
+            try:
+                handle.callback(*handle.args)
+            except RERAISED:
+                raise
+            except BaseException:
+                self.handle_callback_error(handle.callback)
+
+    def _run_ready(self) -> None:
+        ready = self._ready
+        for _ in range(len(ready)):
+            fn, args = ready.popleft()
+            try:
+                fn(*args)
+            except RERAISED:
+                raise
+            except BaseException:
+                self.handle_callback_error(fn)
+
+    def handle_callback_error(self, callback: Callable[..., Any]) -> None:
+        """Called, inside the ``except`` block, when a timer or queued call raised.
+
+        The default logs the traceback to the ``netloop`` logger; the loop goes on. Override or
+        assign it to change that (re-raise to stop the loop).
+        """
+        logger.error("netloop: exception in callback %r", callback, exc_info=True)
+
+    def _has_work(self) -> bool:
+        return bool(self.map) or bool(self._timers) or bool(self._ready)
+
+    def run(self, timeout: Optional[float] = None, count: Optional[int] = None) -> None:
+        """Serve channels, timers and queued calls until none is left, ``stop()`` is called,
+        or ``count`` passes have run. ``timeout`` caps each pass's wait (None: no cap)."""
+        self._run(timeout, count, forever=False)
+
+    def run_forever(self, timeout: Optional[float] = None) -> None:
+        """Like ``run()`` but only ``stop()`` ends it, even when nothing is registered."""
+        self._run(timeout, None, forever=True)
+
+    def _run(self, timeout: Optional[float], count: Optional[int], forever: bool,
+             channels_only: bool = False) -> None:
+        self._thread_id = threading.get_ident()
+        map = self.map
+        try:
+            while True:
+                if channels_only:
+                    if not map:
+                        break
+                elif not forever and not (map or self._timers or self._ready):
+                    break
+                if count is not None:
+                    if count <= 0:
+                        break
+                    count -= 1
+                self.run_once(timeout)
+                if self._stopping:
+                    break
+        finally:
+            self._stopping = False
+            self._thread_id = None
+            if not self._running:
+                self._maybe_release()
+
+    def stop(self) -> None:
+        """Make ``run()``/``loop()`` return after the current pass. Safe from any thread and
+        from a signal handler; a loop blocked in poll wakes at once. Called while the loop is
+        not running, the next run returns after one pass."""
+        self._stopping = True
+        if self._running:
+            # Also on the loop's own thread: a signal handler that calls stop() runs while poll
+            # is interrupted, and Python would resume the poll (PEP 475) without this byte.
+            self._wake()
+
+    def _wake(self) -> None:
+        waker = self._waker
+        if waker is not None:
+            waker.wake()
+
+    @property
+    def running(self) -> bool:
+        return self._running > 0
+
+    # ------------------------------------------------------------------ scheduling
+    def time(self) -> float:
+        """The loop's clock (monotonic seconds): the time base of ``call_at``."""
+        return self._clock()
+
+    def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the loop at the end of the current (or next) pass."""
+        self._ready.append((fn, args))
+
+    def call_soon_threadsafe(self, fn: Callable[..., Any], *args: Any) -> None:
+        """``call_soon`` from any thread: wakes the loop if it is blocked in poll."""
+        self._ready.append((fn, args))
+        self._wake()
+
+    def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> TimerHandle:
+        """Run ``fn(*args)`` once, ``delay`` seconds from now."""
+        return self._timers.schedule(self._clock() + max(0.0, delay), None, fn, args)
+
+    def call_at(self, when: float, fn: Callable[..., Any], *args: Any) -> TimerHandle:
+        """Run ``fn(*args)`` once at ``when`` on the loop's clock (``time()``)."""
+        return self._timers.schedule(when, None, fn, args)
+
+    def call_every(self, interval: float, fn: Callable[..., Any], *args: Any) -> TimerHandle:
+        """Run ``fn(*args)`` every ``interval`` seconds, first in ``interval`` seconds.
+
+        Beats missed during a long pass are skipped rather than run in a burst.
+        """
+        if interval <= 0:
+            raise ValueError("interval must be positive")
+        return self._timers.schedule(self._clock() + interval, interval, fn, args)
+
+    # ------------------------------------------------------------------ signals
+    def add_signal_handler(self, signum: int, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the loop when signal ``signum`` arrives (main thread only).
+
+        The signal wakes a blocked poll through the loop's wake-up pipe; the handler runs in
+        the pass that follows, never inside the signal frame.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("signal handlers can only be installed from the main thread")
+        if not self._acquired:
+            self._acquire()
+        assert self._waker is not None
+        if not self._signal_handlers:
+            old = signal.set_wakeup_fd(self._waker.wfd, warn_on_full_buffer=False)
+            self._old_wakeup_fd = old
+        signal.signal(signum, _ignore_in_frame)
+        self._signal_handlers[signum] = (fn, args)
+
+    def remove_signal_handler(self, signum: int) -> bool:
+        """Restore the default action for ``signum``; False if no handler was installed."""
+        if signum not in self._signal_handlers:
+            return False
+        del self._signal_handlers[signum]
+        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT
+                      else signal.SIG_DFL)
+        if not self._signal_handlers:
+            signal.set_wakeup_fd(self._old_wakeup_fd if self._old_wakeup_fd is not None else -1)
+            self._old_wakeup_fd = None
+        return True
+
+
+def _ignore_in_frame(signum: int, frame: Any) -> None:
+    """The Python-level handler: the work happens on the loop, woken through set_wakeup_fd."""
+
+
+def _after_fork_in_child() -> None:
+    for lp in list(_active):
+        lp._forked = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def loop(timeout: Optional[float] = 30.0, use_poll: bool = False,
+         map: Optional[ChannelMap] = None, count: Optional[int] = None,
+         poller: Union[None, str, Poller] = None) -> None:
+    """asyncore's ``loop()``: poll the map until it is empty, or for ``count`` passes.
+
+    ``timeout`` caps each pass's wait. ``use_poll=True`` asks for the poll backend (unless
+    ``$NETLOOP_POLLER`` or ``poller=`` names another); otherwise the best backend serves,
+    with select()-style dispatch (a hang-up is seen by reading, not by ``handle_close()``) as
+    asyncore's select loop had. Timers of the map's loop run too, but only channels keep this
+    function going; use ``get_loop(map).run()`` to serve timers with no channels.
+    """
+    if map is None:
+        map = socket_map
+    if not map:
+        return
+    lp = get_loop(map)
+    if poller is None and use_poll and not os.environ.get("NETLOOP_POLLER"):
+        poller = "poll"
+    if poller is not None and lp._poller_spec != poller:
+        wanted = poller if isinstance(poller, str) else getattr(poller, "name", None)
+        if lp._poller is None or lp._poller.name != wanted or not isinstance(poller, str):
+            lp.set_poller(poller)
+        else:
+            lp._poller_spec = poller
+    saved = lp._hup_closes
+    lp._hup_closes = bool(use_poll)
+    try:
+        lp._run(timeout, count, forever=False, channels_only=True)
+    finally:
+        lp._hup_closes = saved

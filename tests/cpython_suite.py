@@ -1,0 +1,113 @@
+"""Run one of CPython 3.11's own test modules with netloop's drop-ins put in its place.
+
+Usage: python cpython_suite.py TEST_NAME [--stdlib] [--json]
+
+The test file is read from the machine's Python 3.11 install (found through ``pyenv root``, or
+``$NETLOOP_CPYTHON311_LIB``); nothing of it is copied into this repository. It runs under the
+interpreter running this script, with that interpreter's own ``test.support``. Unless
+``--stdlib`` is given, ``sys.modules['asyncore']`` and ``['asynchat']`` are netloop's modules.
+Prints one JSON line: counts and the outcome of every test.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import unittest
+import warnings
+
+
+def cpython311_lib() -> str | None:
+    env = os.environ.get("NETLOOP_CPYTHON311_LIB")
+    if env:
+        return env if os.path.isdir(env) else None
+    roots = []
+    try:
+        roots.append(subprocess.run(["pyenv", "root"], capture_output=True, text=True,
+                                    check=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    roots.append(os.path.expanduser("~/.pyenv"))
+    for root in roots:
+        found = sorted(glob.glob(os.path.join(root, "versions", "3.11*", "lib", "python3.11")))
+        for lib in reversed(found):
+            if os.path.isfile(os.path.join(lib, "test", "test_asyncore.py")):
+                return lib
+    return None
+
+
+class _Recorder(unittest.TextTestResult):
+    def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.outcomes: dict[str, str] = {}
+
+    def addSuccess(self, test):  # type: ignore[no-untyped-def]
+        super().addSuccess(test)
+        self.outcomes[test.id()] = "pass"
+
+    def addFailure(self, test, err):  # type: ignore[no-untyped-def]
+        super().addFailure(test, err)
+        self.outcomes[test.id()] = "fail"
+
+    def addError(self, test, err):  # type: ignore[no-untyped-def]
+        super().addError(test, err)
+        self.outcomes[test.id()] = "error"
+
+    def addSkip(self, test, reason):  # type: ignore[no-untyped-def]
+        super().addSkip(test, reason)
+        self.outcomes[test.id()] = "skip"
+
+
+def main() -> int:
+    args = sys.argv[1:]
+    name = args[0]
+    use_stdlib = "--stdlib" in args
+    lib = cpython311_lib()
+    if lib is None:
+        print(json.dumps({"skipped": "no Python 3.11 install with its test suite found"}))
+        return 0
+    path = os.path.join(lib, "test", name + ".py")
+    if not use_stdlib:
+        here = os.path.dirname(os.path.abspath(__file__))
+        src = os.path.join(os.path.dirname(here), "src")
+        if os.path.isdir(src) and src not in sys.path:
+            sys.path.insert(0, src)
+        import netloop.asyncore
+        sys.modules["asyncore"] = netloop.asyncore
+        try:
+            import netloop.asynchat
+            sys.modules["asynchat"] = netloop.asynchat
+        except ImportError:
+            pass
+    warnings.simplefilter("ignore", DeprecationWarning)
+    spec = importlib.util.spec_from_file_location("cpython_" + name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    suite = unittest.defaultTestLoader.loadTestsFromModule(module)
+    stream = open(os.devnull, "w") if "--json" in args else sys.stderr
+    runner = unittest.TextTestRunner(stream=stream, resultclass=_Recorder, verbosity=2)
+    result = runner.run(suite)
+    report = {
+        "python": "%d.%d.%d" % sys.version_info[:3],
+        "module": name,
+        "implementation": "stdlib" if use_stdlib else "netloop",
+        "poller": os.environ.get("NETLOOP_POLLER", "auto"),
+        "run": result.testsRun,
+        "failures": len(result.failures),
+        "errors": len(result.errors),
+        "skipped": len(result.skipped),
+        "outcomes": result.outcomes,  # type: ignore[attr-defined]
+    }
+    if not result.wasSuccessful():
+        report["details"] = [t.id() + "\n" + tb for t, tb in result.failures + result.errors]
+    print(json.dumps(report))
+    return 0 if result.wasSuccessful() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
