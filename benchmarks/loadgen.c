@@ -243,7 +243,7 @@ static void conn_close(struct conn *c) {
 static void start_connect(struct conn *c);
 static void on_ready(struct conn *c, uint64_t now);
 
-static long *restart_ids;        /* connrate workers waiting for a new socket */
+static long *restart_ids, *restart_tmp; /* connrate workers waiting for a new socket */
 static long n_restart;
 
 static void conn_fail(struct conn *c, int err_class, uint64_t now) {
@@ -547,10 +547,13 @@ static void pump_setup(void) {
 }
 
 static void pump_restarts(void) {
+    /* take the current list; failures during this pass queue up afresh */
     long n = n_restart;
+    if (n == 0) return;
+    memcpy(restart_tmp, restart_ids, (size_t)n * sizeof *restart_ids);
     n_restart = 0;
     for (long i = 0; i < n; i++) {
-        struct conn *c = &conns[restart_ids[i]];
+        struct conn *c = &conns[restart_tmp[i]];
         if (phase == P_WARMUP || phase == P_MEASURE)
             start_connect(c);
         else
@@ -578,6 +581,7 @@ static void enter_warmup(uint64_t now) {
 }
 
 static void enter_measure(uint64_t now) {
+    (void)now;
     phase = P_MEASURE;
     memset(hist, 0, sizeof hist);
     hist_count = hist_max = 0;
@@ -856,7 +860,8 @@ int main(int argc, char **argv) {
     rbuf = malloc(CHUNK_MAX);
     conns = calloc((size_t)(nconns_total ? nconns_total : 1), sizeof *conns);
     restart_ids = calloc((size_t)(o_conns ? o_conns : 1), sizeof *restart_ids);
-    if (!pat || !rbuf || !conns || !restart_ids) die("out of memory%s", "");
+    restart_tmp = calloc((size_t)(o_conns ? o_conns : 1), sizeof *restart_tmp);
+    if (!pat || !rbuf || !conns || !restart_ids || !restart_tmp) die("out of memory%s", "");
     uint64_t x = 0x9E3779B97F4A7C15ull;
     for (size_t i = 0; i < pat_len; i++) {
         x ^= x << 13;
@@ -894,7 +899,7 @@ int main(int argc, char **argv) {
         pump_restarts();
         now = now_ns();
         int timeout = 0;
-        if (n_restart > 0 || phase == P_DONE) {
+        if (n_restart > 0) {
             timeout = 1;                /* back off briefly after failed connects */
         } else if (phase_deadline > now) {
             uint64_t ms = (phase_deadline - now + 999999) / 1000000;

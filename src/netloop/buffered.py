@@ -99,6 +99,8 @@ class BufferedDispatcher(Dispatcher):
                 return
             else:
                 raise
+        if self._nl_idle is not None and sent:
+            self._nl_last = self._nl_idle._queue.clock()
         size = len(data)
         if sent < size:
             q.append(_tail(data, sent))
@@ -124,6 +126,8 @@ class BufferedDispatcher(Dispatcher):
                 return
             raise
         self._out_pending -= sent
+        if self._nl_idle is not None and sent:
+            self._nl_last = self._nl_idle._queue.clock()
         while sent:
             head = q[0]
             size = len(head)

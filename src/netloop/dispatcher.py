@@ -73,6 +73,10 @@ class Dispatcher:
     _nl_loop: Any = None
     _nl_known = True
     _nl_paused = False
+    _nl_timers: Any = None          # this channel's own timers, cancelled on close
+    _nl_idle: Any = None            # the idle-timeout timer, when one is set
+    _nl_idle_after = 0.0
+    _nl_last = 0.0                  # loop time of the last byte in either direction
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -239,7 +243,10 @@ class Dispatcher:
 
     def send(self, data: Any) -> int:
         try:
-            return self.socket.send(data)  # type: ignore[no-any-return]
+            sent = self.socket.send(data)
+            if self._nl_idle is not None and sent:
+                self._nl_last = self._nl_idle._queue.clock()
+            return sent  # type: ignore[no-any-return]
         except OSError as why:
             if why.errno in WOULD_BLOCK:
                 return 0
@@ -262,9 +269,13 @@ class Dispatcher:
             # A readable socket that gives 0 bytes: the peer closed its side.
             self.handle_close()
             return b""
+        if self._nl_idle is not None:
+            self._nl_last = self._nl_idle._queue.clock()
         return data  # type: ignore[no-any-return]
 
     def close(self) -> None:
+        if self._nl_timers:
+            self._cancel_timers()
         self.connected = False
         self.accepting = False
         self.connecting = False
@@ -361,4 +372,77 @@ class Dispatcher:
 
     def handle_close(self) -> None:
         self.log_info("unhandled close event", "warning")
+        self.close()
+
+
+    # ------------------------------------------------------------------ timers of the channel
+    def _loop_for_timers(self) -> Any:
+        from .reactor import get_loop
+        lp = self._nl_loop
+        return lp if lp is not None else get_loop(self._map)
+
+    def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> Any:
+        """``Loop.call_later`` on this channel's loop; the timer is cancelled when it closes."""
+        handle = self._loop_for_timers().call_later(delay, fn, *args)
+        self._track(handle)
+        return handle
+
+    def call_every(self, interval: float, fn: Callable[..., Any], *args: Any) -> Any:
+        """``Loop.call_every`` on this channel's loop; the timer is cancelled when it closes."""
+        handle = self._loop_for_timers().call_every(interval, fn, *args)
+        self._track(handle)
+        return handle
+
+    def _track(self, handle: Any) -> None:
+        timers = self._nl_timers
+        if timers is None:
+            timers = self._nl_timers = set()
+        # Drop fired one-shot timers so a long-lived channel's set stays small.
+        if len(timers) > 32:
+            timers.difference_update([h for h in timers if not h.active])
+        timers.add(handle)
+
+    def _cancel_timers(self) -> None:
+        timers, self._nl_timers = self._nl_timers, None
+        for handle in timers:
+            handle.cancel()
+        self._nl_idle = None
+
+    def set_idle_timeout(self, seconds: Optional[float]) -> None:
+        """Call ``handle_idle_timeout()`` after ``seconds`` with no byte in either direction.
+
+        ``None`` turns it off. Costs one timer per channel that has it (re-armed lazily, not
+        per byte) and nothing for channels that do not.
+        """
+        if self._nl_idle is not None:
+            self._nl_idle.cancel()
+            self._nl_idle = None
+        if seconds is None:
+            return
+        if seconds <= 0:
+            raise ValueError("idle timeout must be positive")
+        lp = self._loop_for_timers()
+        self._nl_idle_after = seconds
+        self._nl_last = lp.time()
+        self._nl_idle = self.call_later(seconds, self._check_idle)
+
+    def _check_idle(self) -> None:
+        idle = self._nl_idle
+        if idle is None:
+            return
+        clock = idle._queue.clock if idle._queue is not None else None
+        if clock is None:
+            return
+        due = self._nl_last + self._nl_idle_after
+        now = clock()
+        if now >= due:
+            self._nl_idle = None
+            self.handle_idle_timeout()
+        else:
+            # Activity since the timer was set: sleep until the new deadline.
+            self._nl_idle = self.call_later(due - now, self._check_idle)
+
+    def handle_idle_timeout(self) -> None:
+        """No byte moved for the idle timeout: the default logs and closes the channel."""
+        self.log_info("idle for %gs, closing %r" % (self._nl_idle_after, self), "info")
         self.close()

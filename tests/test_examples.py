@@ -1,0 +1,120 @@
+"""Every example runs to completion against real sockets, as a user would run it."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = os.path.join(ROOT, "examples")
+ENV = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src"))
+
+
+def run_example(name: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, os.path.join(EXAMPLES, name), *args], env=ENV,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.timeout(60)
+def test_echo_server_and_client_examples() -> None:
+    server = subprocess.Popen(
+        [sys.executable, os.path.join(EXAMPLES, "asyncore_echo_server.py"),
+         "--max-connections", "1"], env=ENV, stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        assert line.startswith("listening on 127.0.0.1:"), line
+        port = line.strip().rsplit(":", 1)[1]
+        client = run_example("asyncore_echo_client.py", "127.0.0.1", port, "ping over netloop")
+        assert client.returncode == 0, client.stderr
+        assert "received b'ping over netloop'" in client.stdout
+        # The server stops by itself once its one connection is served.
+        assert server.wait(timeout=20) == 0
+        assert "Incoming connection from" in server.stdout.read()
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        if server.stdout is not None:
+            server.stdout.close()
+
+
+@pytest.mark.timeout(60)
+def test_http_client_example_against_a_local_http_server(tmp_path) -> None:
+    body = b"netloop fetched this file\n" * 100
+    (tmp_path / "page.txt").write_bytes(body)
+    handler = functools.partial(_QuietHandler, directory=str(tmp_path))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        port = httpd.server_address[1]
+        result = run_example("asyncore_http_client.py", "http://127.0.0.1:%d/page.txt" % port)
+    finally:
+        httpd.shutdown()
+        thread.join()
+        httpd.server_close()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("HTTP/1.0 200")
+    assert result.stdout.endswith(body.decode())
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("name", ["heartbeat.py", "embedding.py"])
+def test_loop_service_examples(name: str) -> None:
+    result = run_example(name)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.timeout(60)
+def test_demo_command_prints_what_it_did() -> None:
+    result = subprocess.run([sys.executable, "-m", "netloop", "demo", "--seconds", "0.5",
+                             "--connections", "5"], env=ENV, capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "backend:" in result.stdout
+    assert "round trips/s" in result.stdout
+    count = int(result.stdout.split("\n")[1].split()[0])
+    assert count > 0
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["auto", "select", "poll"])
+def test_echo_command_serves_and_stops_on_sigterm(backend: str) -> None:
+    import socket
+    proc = subprocess.Popen([sys.executable, "-m", "netloop", "echo", "--backend", backend],
+                            env=ENV, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert "listening on 127.0.0.1:" in line, line
+        port = int(line.strip().rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"x" * 100000)
+            got = b""
+            while len(got) < 100000:
+                chunk = s.recv(65536)
+                assert chunk
+                got += chunk
+            assert got == b"x" * 100000
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        assert "stopped" in proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
