@@ -34,18 +34,21 @@ def _tail(data: Any, start: int) -> Any:
 class BufferedDispatcher(Dispatcher):
     """``asyncore.dispatcher_with_send``: ``send()`` never blocks and never loses bytes."""
 
+    # Until __init__ runs (a subclass may touch the queue first): empty, and replaced by a
+    # deque on first use through _queue().
+    _outq: Any = ()
+
     def __init__(self, sock: Optional[Any] = None, map: Optional[ChannelMap] = None) -> None:
         self._outq: Deque[Any] = deque()
         self._out_pending = 0
         Dispatcher.__init__(self, sock, map)
 
     def _queue(self) -> Deque[Any]:
-        try:
-            return self._outq
-        except AttributeError:  # a subclass touched out_buffer before calling __init__
-            self._outq = deque()
+        q = self._outq
+        if type(q) is not deque:  # a subclass touched out_buffer before calling __init__
+            q = self._outq = deque()
             self._out_pending = 0
-            return self._outq
+        return q
 
     @property
     def out_buffer(self) -> bytes:
@@ -81,7 +84,7 @@ class BufferedDispatcher(Dispatcher):
     def send(self, data: Any) -> None:  # type: ignore[override]
         if self.debug:
             self.log_info("sending %s" % repr(data))
-        q = self._queue()
+        q = self._outq
         if q:
             if data:
                 q.append(bytes(data) if type(data) is not bytes else data)
@@ -103,6 +106,7 @@ class BufferedDispatcher(Dispatcher):
             self._nl_last = self._nl_idle._queue.clock()
         size = len(data)
         if sent < size:
+            q = self._queue()
             q.append(_tail(data, sent))
             self._out_pending = size - sent
             self._update_interest()

@@ -72,7 +72,9 @@ class Dispatcher:
     _fileno: Optional[int] = None
     _nl_loop: Any = None
     _nl_known = True
+    _nl_plain_read = True     # handle_read_event is this class's own: the loop may skip it
     _nl_paused = False
+    _nl_starved = False             # accept() is failing for lack of descriptors (logged once)
     _nl_timers: Any = None          # this channel's own timers, cancelled on close
     _nl_idle: Any = None            # the idle-timeout timer, when one is set
     _nl_idle_after = 0.0
@@ -82,11 +84,16 @@ class Dispatcher:
         super().__init_subclass__(**kwargs)
         cls._nl_known = (getattr(cls.readable, "_nl_known", False)
                          and getattr(cls.writable, "_nl_known", False))
+        cls._nl_plain_read = cls.handle_read_event is Dispatcher.handle_read_event
 
     def __init__(self, sock: Optional[_socket.socket] = None,
                  map: Optional[ChannelMap] = None) -> None:
         self._map = self._default_map() if map is None else map
         self._fileno = None
+        # Instance attributes, not only class defaults: CPython 3.11 reads these faster, and
+        # they are read for every event.
+        self.accepting = False
+        self._nl_idle = None
         if sock:
             # The socket may come from a blocking source (accept() of a blocking listener).
             sock.setblocking(False)
@@ -230,13 +237,19 @@ class Dispatcher:
                 self._accept_exhausted(why)
                 return None
             raise
+        if self._nl_starved:
+            self._nl_starved = False
+            self.log_info("accept() works again", "info")
         return conn, addr
 
     def _accept_exhausted(self, why: OSError) -> None:
         # The pending connection stays in the backlog: retry when descriptors may be free,
-        # without polling a level-triggered listener in a tight loop meanwhile.
-        self.log_info("accept() failed: %s; pausing this listener for %.1fs"
-                      % (why, ACCEPT_BACKOFF), "error")
+        # without polling a level-triggered listener in a tight loop meanwhile. One line per
+        # episode: a retry every ACCEPT_BACKOFF must not flood the log.
+        if not self._nl_starved:
+            self._nl_starved = True
+            self.log_info("accept() failed: %s; retrying every %.1fs until it works"
+                          % (why, ACCEPT_BACKOFF), "error")
         lp = self._nl_loop
         if lp is not None:
             lp.pause_reading(self, ACCEPT_BACKOFF)

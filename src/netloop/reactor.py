@@ -94,13 +94,16 @@ class Loop:
         self.map: ChannelMap = map
         self._poller_spec = poller
         self._clock: Callable[[], float] = clock or time.monotonic
-        self.scan = scan
+        self._scan_asked = scan
         self._poller: Optional[Poller] = None
         self._waker: Optional[Waker] = None
         self._wake_fd = -1
         self._objs: Dict[int, Any] = {}      # fd -> channel as registered
         self._masks: Dict[int, int] = {}     # fd -> mask registered with the poller (never 0)
         self._asked: Dict[int, Any] = {}     # fd -> channel whose interest is asked
+        # fds of channels whose class keeps Dispatcher.handle_read_event: for those the loop
+        # calls handle_read() itself when connected (the same routing, one call less).
+        self._direct: Set[int] = set()
         self._closed_fds: Set[int] = set()   # fds removed during the current dispatch
         self._bad: List[int] = []            # fds the poller refused as closed: report them
         self._dispatching = False
@@ -115,11 +118,27 @@ class Loop:
         self._acquired = False
         self._implicit = False
         self._closed = False
+        # True while a pass needs _prepare(): not acquired, forked, or asked channels to scan.
+        self._slow = True
         # asyncore's select() loop never called handle_close() for a hang-up: the channel found
         # out by reading. poll()-style dispatch (the default) does. The drop-in loop() picks
         # the one its use_poll asks for.
         self._hup_closes = True
         _loops[id(map)] = self
+
+    @property
+    def scan(self) -> bool:
+        """Ask overriding channels before every poll (True) or after their own events only."""
+        return self._scan_asked
+
+    @scan.setter
+    def scan(self, value: bool) -> None:
+        self._scan_asked = bool(value)
+        self._recompute_slow()
+
+    def _recompute_slow(self) -> None:
+        self._slow = (not self._acquired or self._forked
+                      or (bool(self._asked) and self._scan_asked))
 
     # ------------------------------------------------------------------ kernel objects
     def _acquire(self) -> None:
@@ -138,12 +157,14 @@ class Loop:
         self._forked = False
         _active.add(self)
         self._reconcile()
+        self._recompute_slow()
 
     def _release(self) -> None:
         """Give back the kernel objects; the loop can take them again on next use."""
         if not self._acquired:
             return
         self._acquired = False
+        self._slow = True
         _active.discard(self)
         for obj in self._objs.values():
             if getattr(obj, "_nl_loop", None) is self:
@@ -154,6 +175,7 @@ class Loop:
         self._objs.clear()
         self._masks.clear()
         self._asked.clear()
+        self._direct.clear()
         self._bad.clear()
         if self._poller is not None:
             self._poller.close()
@@ -243,16 +265,24 @@ class Loop:
             obj._nl_loop = self
         except AttributeError:
             pass
-        if getattr(type(obj), "_nl_known", False):
+        cls = type(obj)
+        if getattr(cls, "_nl_plain_read", False):
+            self._direct.add(fd)
+        else:
+            self._direct.discard(fd)
+        if getattr(cls, "_nl_known", False):
             mask = obj._nl_mask()
         else:
             self._asked[fd] = obj
+            self._slow = self._slow or self._scan_asked
             mask = self._ask(obj, 0)
         self._set_mask(fd, mask)
 
     def _discard(self, fd: int) -> None:
         obj = self._objs.pop(fd, None)
-        self._asked.pop(fd, None)
+        if self._asked.pop(fd, None) is not None and not self._asked:
+            self._recompute_slow()
+        self._direct.discard(fd)
         if self._masks.pop(fd, 0) and self._poller is not None:
             self._poller.unregister(fd)
         if self._dispatching:
@@ -302,8 +332,9 @@ class Loop:
                 poller.unregister(fd)
             else:
                 poller.modify(fd, mask)
-        except OSError as err:
-            # A descriptor closed behind the channel's back: poll would say POLLNVAL.
+        except (OSError, ValueError) as err:
+            # A descriptor closed behind the channel's back (poll would say POLLNVAL), or one
+            # the poller cannot watch (select's FD_SETSIZE: ValueError).
             logger.warning("netloop: cannot watch fd %d (%s); closing its channel", fd, err)
             masks.pop(fd, None)
             self._bad.append(fd)
@@ -352,20 +383,36 @@ class Loop:
 
         Returns the delay until the next timer (0 if calls are queued), None if none is pending.
         """
+        self._running += 1
+        try:
+            self._pass(timeout)
+        finally:
+            self._running -= 1
+        if self._ready:
+            return 0.0
+        timers = self._timers
+        if timers._live:
+            deadline = timers.next_deadline()
+            if deadline is not None:
+                return max(0.0, deadline - self._clock())
+        return None
+
+    def _prepare(self, timeout: Optional[float]) -> Optional[float]:
+        """The slow half of a pass's set-up: kernel objects, map edits, asked channels, and
+        the poll timeout when timers or queued calls are pending."""
         if not self._acquired or self._forked:
             if self._forked:
                 self._after_fork()
             else:
                 self._acquire()
-        map = self.map
-        if len(map) != len(self._objs):
+        if len(self.map) != len(self._objs):
             self._reconcile()
         if self._asked and self.scan:
             self._scan()
-        timers = self._timers
         if self._ready or self._bad:
-            timeout = 0
-        elif timers._live:
+            return 0
+        timers = self._timers
+        if timers._live:
             deadline = timers.next_deadline()
             if deadline is not None:
                 delay = deadline - self._clock()
@@ -375,85 +422,71 @@ class Loop:
                     timeout = delay
         if timeout is not None and timeout < 0:
             timeout = 0
-        self._running += 1
+        return timeout
+
+    def _pass(self, timeout: Optional[float]) -> None:
+        # The hot path. One flag test covers the rare set-up work; events are dispatched inline
+        # (no per-pass call), with locals bound once per pass.
+        if self._slow or len(self.map) != len(self._objs) or self._ready or self._timers._live:
+            timeout = self._prepare(timeout)
+        elif timeout is not None and timeout < 0:
+            timeout = 0
         try:
+            events = self._poller.poll(timeout)  # type: ignore[union-attr]
+        except OSError as err:
+            events = self._poll_failed(err)
+        if self._bad:
+            events = list(events)
+            events.extend((fd, INVALID) for fd in self._bad)
+            self._bad.clear()
+        if events:
+            get = self.map.get
+            closed = self._closed_fds
+            direct = self._direct
+            self._dispatching = True
             try:
-                events = self._poller.poll(timeout)  # type: ignore[union-attr]
-            except OSError as err:
-                events = self._poll_failed(err)
-            if self._bad:
-                events = list(events)
-                events.extend((fd, INVALID) for fd in self._bad)
-                self._bad.clear()
-            if events:
-                self._dispatch(events)
-            if timers._live:
-                self._run_timers()
-            if self._ready:
-                self._run_ready()
-        finally:
-            self._running -= 1
-        if self._ready:
-            return 0.0
-        if timers._live:
-            deadline = timers.next_deadline()
-            if deadline is not None:
-                return max(0.0, deadline - self._clock())
-        return None
-
-    def _poll_failed(self, err: OSError) -> List[Tuple[int, int]]:
-        poller = self._poller
-        if isinstance(poller, SelectPoller):
-            bad = poller.find_bad()
-            if bad:
-                for fd in bad:
-                    logger.warning("netloop: fd %d is closed but still in the map; closing its "
-                                   "channel", fd)
-                    poller.unregister(fd)
-                    self._masks.pop(fd, None)
-                return [(fd, INVALID) for fd in bad]
-        raise err
-
-    def _dispatch(self, events: List[Tuple[int, int]]) -> None:
-        get = self.map.get
-        closed = self._closed_fds
-        self._dispatching = True
-        try:
-            for fd, flags in events:
-                obj = get(fd)
-                if obj is None:
-                    if fd == self._wake_fd:
-                        self._on_wake()
-                    elif fd in self._masks:
-                        # Removed from the map behind our back: stop watching it.
-                        self._discard(fd)
-                    continue
-                if closed and fd in closed:
-                    continue
-                if flags == READ:
-                    try:
-                        obj.handle_read_event()
-                    except OSError as err:
-                        if err.errno in DISCONNECTED:
-                            obj.handle_close()
-                        else:
+                for fd, flags in events:
+                    obj = get(fd)
+                    if obj is None:
+                        if fd == self._wake_fd:
+                            self._on_wake()
+                        elif fd in self._masks:
+                            # Removed from the map behind our back: stop watching it.
+                            self._discard(fd)
+                        continue
+                    if closed and fd in closed:
+                        continue
+                    if flags == READ:
+                        try:
+                            if fd in direct and obj.connected and not obj.accepting:
+                                obj.handle_read()
+                            else:
+                                obj.handle_read_event()
+                        except OSError as err:
+                            if err.errno in DISCONNECTED:
+                                obj.handle_close()
+                            else:
+                                obj.handle_error()
+                        except RERAISED:
+                            raise
+                        except BaseException:
                             obj.handle_error()
-                    except RERAISED:
-                        raise
-                    except BaseException:
-                        obj.handle_error()
-                else:
-                    self._dispatch_flags(fd, obj, flags)
-        finally:
-            self._dispatching = False
-            if closed:
-                closed.clear()
-        if self._asked and not self.scan:
-            asked = self._asked
-            for fd, _ in events:
-                obj = asked.get(fd)
-                if obj is not None:
-                    self._update(obj)
+                    else:
+                        self._dispatch_flags(fd, obj, flags)
+            finally:
+                self._dispatching = False
+                if closed:
+                    closed.clear()
+            if self._asked and not self.scan:
+                asked = self._asked
+                for fd, _ in events:
+                    obj = asked.get(fd)
+                    if obj is not None:
+                        self._update(obj)
+        if self._timers._live:
+            self._run_timers()
+        if self._ready:
+            self._run_ready()
 
     def _dispatch_flags(self, fd: int, obj: Any, flags: int) -> None:
         get = self.map.get
@@ -550,7 +583,11 @@ class Loop:
                     if count <= 0:
                         break
                     count -= 1
-                self.run_once(timeout)
+                self._running += 1
+                try:
+                    self._pass(timeout)
+                finally:
+                    self._running -= 1
                 if self._stopping:
                     break
         finally:
@@ -647,6 +684,7 @@ def _ignore_in_frame(signum: int, frame: Any) -> None:
 def _after_fork_in_child() -> None:
     for lp in list(_active):
         lp._forked = True
+        lp._slow = True
 
 
 if hasattr(os, "register_at_fork"):

@@ -11,15 +11,26 @@ Facts this module relies on:
 - Regular files cannot be registered (EPERM). select and poll call them always ready; so does this
   poller, by keeping them aside and reporting them on every call (with a zero timeout).
 - The epoll object is shared with a forked child: a child must build its own (the loop does).
+- Closing a registered fd (``sock.close()`` behind the loop's back) makes epoll forget it without
+  a word, where poll(2) would answer POLLNVAL and select(2) EBADF: the channel would sit in the
+  map forever. So when a poll comes back empty (the loop is idle anyway), at most once per
+  ``SWEEP_INTERVAL``, the poller re-arms each registration (``EPOLL_CTL_MOD`` with the same mask)
+  and reports the ones the kernel no longer has (EBADF: closed; ENOENT: the number now names
+  another file) as ``INVALID``, which the loop treats as POLLNVAL. A loop blocked with no timeout
+  learns of it at its next empty pass.
 """
 
 from __future__ import annotations
 
 import errno
 import select as _select
+from time import monotonic
 from typing import Dict, Optional
 
-from .base import READ, READ_MASK, WRITE, Events
+from .base import INVALID, READ, READ_MASK, WRITE, Events
+
+#: Seconds between two checks for descriptors closed behind the poller's back.
+SWEEP_INTERVAL = 1.0
 
 _EPOLL = getattr(_select, "epoll", None)
 
@@ -32,6 +43,11 @@ class EpollPoller:
             raise OSError(errno.ENOSYS, "epoll is not available on this platform")
         self._ep = _EPOLL()
         self._always: Dict[int, int] = {}
+        # The loop calls self.poll once per pass: while no regular file is registered, that is
+        # the C method itself (it takes None for "block"), saving a Python frame per pass.
+        self.poll = self._ep.poll  # type: ignore[method-assign]
+        self._masks: Dict[int, int] = {}  # what the kernel holds, for the closed-fd sweep
+        self._next_sweep = monotonic() + SWEEP_INTERVAL
 
     def register(self, fd: int, mask: int) -> None:
         try:
@@ -39,8 +55,11 @@ class EpollPoller:
         except PermissionError:
             # A regular file (or a directory): never blocks, so always ready, as with poll.
             self._always[fd] = mask
+            self.poll = self._poll_with_files  # type: ignore[method-assign]
+            return
         except FileExistsError:
             self._ep.modify(fd, mask)
+        self._masks[fd] = mask
 
     def modify(self, fd: int, mask: int) -> None:
         if fd in self._always:
@@ -50,10 +69,14 @@ class EpollPoller:
             self._ep.modify(fd, mask)
         except FileNotFoundError:
             self._ep.register(fd, mask)
+        self._masks[fd] = mask
 
     def unregister(self, fd: int) -> None:
         if self._always.pop(fd, None) is not None:
+            if not self._always:
+                self.poll = self._ep.poll  # type: ignore[method-assign]
             return
+        self._masks.pop(fd, None)
         try:
             self._ep.unregister(fd)
         except (FileNotFoundError, OSError, ValueError):
@@ -61,16 +84,35 @@ class EpollPoller:
             pass
 
     def poll(self, timeout: Optional[float]) -> Events:
+        events: Events
         if self._always:
             events = self._ep.poll(0)
             events.extend((fd, mask & (READ | WRITE)) for fd, mask in self._always.items()
                           if mask & (READ_MASK | WRITE))
             return events
-        return self._ep.poll(-1 if timeout is None else timeout)
+        events = self._ep.poll(-1 if timeout is None else timeout)
+        if not events and self._masks:
+            now = monotonic()
+            if now >= self._next_sweep:
+                self._next_sweep = now + SWEEP_INTERVAL
+                return self._find_closed()
+        return events
+
+    def _find_closed(self) -> Events:
+        """The registered fds the kernel dropped because they were closed, as INVALID."""
+        modify = self._ep.modify
+        closed = []
+        for fd, mask in self._masks.items():
+            try:
+                modify(fd, mask)
+            except OSError:
+                closed.append((fd, INVALID))
+        return closed
 
     def fileno(self) -> int:
         return self._ep.fileno()
 
     def close(self) -> None:
         self._always.clear()
+        self._masks.clear()
         self._ep.close()
