@@ -114,12 +114,13 @@ class Loop:
         self._stopping = False
         self._running = 0
         self._thread_id: Optional[int] = None
-        self._forked = False
         self._acquired = False
         self._implicit = False
         self._closed = False
-        # True while a pass needs _prepare(): not acquired, forked, or asked channels to scan.
+        # True while a pass needs _prepare(): not acquired, forked, asked channels to scan, or
+        # bad fds to report.
         self._slow = True
+        self._find_closed: Optional[Callable[[], List[Tuple[int, int]]]] = None
         # asyncore's select() loop never called handle_close() for a hang-up: the channel found
         # out by reading. poll()-style dispatch (the default) does. The drop-in loop() picks
         # the one its use_poll asks for.
@@ -137,8 +138,7 @@ class Loop:
         self._recompute_slow()
 
     def _recompute_slow(self) -> None:
-        self._slow = (not self._acquired or self._forked
-                      or (bool(self._asked) and self._scan_asked))
+        self._slow = not self._acquired or (bool(self._asked) and self._scan_asked)
 
     # ------------------------------------------------------------------ kernel objects
     def _acquire(self) -> None:
@@ -153,8 +153,8 @@ class Loop:
         self._waker = Waker()
         self._wake_fd = self._waker.rfd
         self._poller.register(self._wake_fd, READ)
+        self._find_closed = getattr(self._poller, "find_closed", None)
         self._acquired = True
-        self._forked = False
         _active.add(self)
         self._reconcile()
         self._recompute_slow()
@@ -185,30 +185,62 @@ class Loop:
             self._waker = None
         self._wake_fd = -1
 
+    def release(self) -> None:
+        """Give back the poller and the wake-up pipe now; the next pass takes new ones.
+
+        For a loop that will be idle for long (a server between ``serve_forever()`` calls).
+        Channels stay in the map and are registered again on the next pass.
+        """
+        if self._running:
+            raise RuntimeError("cannot release a running loop")
+        self._release()
+
+    @property
+    def thread_id(self) -> Optional[int]:
+        """The ident of the thread running the loop (``run``/``run_once``), else None."""
+        return self._thread_id
+
     def _maybe_release(self) -> None:
         if (self._implicit and self._acquired and not self._running and not self.map
                 and not self._timers and not self._ready and not self._signal_handlers):
             self._release()
 
-    def _after_fork(self) -> None:
-        # The epoll object and the pipe are shared with the parent: build our own, touch
-        # nothing of theirs (closing our copies of the descriptors is all that is safe).
+    def _detach_after_fork(self) -> None:
+        """In a forked child: drop the parent's kernel objects without touching them.
+
+        The epoll instance and the wake-up pipe are shared with the parent, so the child must
+        not unregister anything (that would change the parent's registrations): it closes its
+        copies of the descriptors only, and takes fresh ones on its next pass. Signal handlers
+        installed by the parent's loop are restored to their defaults in the child.
+        """
         for closer in (self._poller, self._waker):
             if closer is not None:
                 try:
-                    if hasattr(closer, "_ep"):
-                        closer._ep.close()  # type: ignore[union-attr]
-                    else:
-                        closer.close()
+                    closer.close()  # closes this process's descriptor copies only
                 except OSError:
-                    pass
+                    pass  # kqueue descriptors are not inherited by a child
         self._poller = None
         self._waker = None
+        self._wake_fd = -1
+        self._find_closed = None
         self._acquired = False
+        self._slow = True
+        _active.discard(self)
         self._objs.clear()
         self._masks.clear()
         self._asked.clear()
-        self._acquire()
+        self._direct.clear()
+        self._bad.clear()
+        self._running = 0
+        self._thread_id = None
+        for signum in list(self._signal_handlers):
+            try:
+                signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT
+                              else signal.SIG_DFL)
+            except (ValueError, OSError):
+                pass
+        self._signal_handlers.clear()
+        self._old_wakeup_fd = None
 
     def set_poller(self, poller: Union[None, str, Poller]) -> None:
         """Serve the map with another poller from the next pass on."""
@@ -338,6 +370,7 @@ class Loop:
             logger.warning("netloop: cannot watch fd %d (%s); closing its channel", fd, err)
             masks.pop(fd, None)
             self._bad.append(fd)
+            self._slow = True
             return
         if mask:
             masks[fd] = mask
@@ -383,11 +416,16 @@ class Loop:
 
         Returns the delay until the next timer (0 if calls are queued), None if none is pending.
         """
+        outer = self._thread_id is None
+        if outer:
+            self._thread_id = threading.get_ident()
         self._running += 1
         try:
             self._pass(timeout)
         finally:
             self._running -= 1
+            if outer:
+                self._thread_id = None
         if self._ready:
             return 0.0
         timers = self._timers
@@ -400,15 +438,13 @@ class Loop:
     def _prepare(self, timeout: Optional[float]) -> Optional[float]:
         """The slow half of a pass's set-up: kernel objects, map edits, asked channels, and
         the poll timeout when timers or queued calls are pending."""
-        if not self._acquired or self._forked:
-            if self._forked:
-                self._after_fork()
-            else:
-                self._acquire()
+        if not self._acquired:
+            self._acquire()
         if len(self.map) != len(self._objs):
             self._reconcile()
-        if self._asked and self.scan:
+        if self._asked and self._scan_asked:
             self._scan()
+        self._recompute_slow()
         if self._ready or self._bad:
             return 0
         timers = self._timers
@@ -477,16 +513,42 @@ class Loop:
                 self._dispatching = False
                 if closed:
                     closed.clear()
-            if self._asked and not self.scan:
+            if self._asked and not self._scan_asked:
                 asked = self._asked
                 for fd, _ in events:
                     obj = asked.get(fd)
                     if obj is not None:
                         self._update(obj)
+        elif self._find_closed is not None:
+            # An idle pass: let the poller look for fds closed behind the channels' backs
+            # (epoll forgets them silently); they are reported as POLLNVAL next pass.
+            gone = self._find_closed()
+            if gone:
+                for fd, _ in gone:
+                    self._masks.pop(fd, None)
+                    logger.warning("netloop: fd %d was closed behind its channel's back; "
+                                   "closing the channel", fd)
+                    self._bad.append(fd)
+                self._slow = True
         if self._timers._live:
             self._run_timers()
         if self._ready:
             self._run_ready()
+
+    def _poll_failed(self, err: OSError) -> List[Tuple[int, int]]:
+        # select() fails as a whole (EBADF) when one registered fd was closed behind its
+        # channel's back: find it, stop watching it, and report it as poll(2) would (POLLNVAL).
+        poller = self._poller
+        if isinstance(poller, SelectPoller):
+            bad = poller.find_bad()
+            if bad:
+                for fd in bad:
+                    logger.warning("netloop: fd %d was closed behind its channel's back; "
+                                   "closing the channel", fd)
+                    poller.unregister(fd)
+                    self._masks.pop(fd, None)
+                return [(fd, INVALID) for fd in bad]
+        raise err
 
     def _dispatch_flags(self, fd: int, obj: Any, flags: int) -> None:
         get = self.map.get
@@ -682,9 +744,15 @@ def _ignore_in_frame(signum: int, frame: Any) -> None:
 
 
 def _after_fork_in_child() -> None:
+    had_signals = False
     for lp in list(_active):
-        lp._forked = True
-        lp._slow = True
+        had_signals = had_signals or bool(lp._signal_handlers)
+        lp._detach_after_fork()
+    if had_signals:
+        try:
+            signal.set_wakeup_fd(-1)  # it named the parent's pipe
+        except (ValueError, OSError):
+            pass
 
 
 if hasattr(os, "register_at_fork"):

@@ -16,8 +16,10 @@ Facts this module relies on:
   map forever. So when a poll comes back empty (the loop is idle anyway), at most once per
   ``SWEEP_INTERVAL``, the poller re-arms each registration (``EPOLL_CTL_MOD`` with the same mask)
   and reports the ones the kernel no longer has (EBADF: closed; ENOENT: the number now names
-  another file) as ``INVALID``, which the loop treats as POLLNVAL. A loop blocked with no timeout
-  learns of it at its next empty pass.
+  another file) as ``INVALID``, which the loop treats as POLLNVAL. The loop asks for this
+  sweep (``find_closed()``) only after a poll that returned nothing, so the hot path keeps
+  calling the C ``epoll.poll`` directly. A loop blocked with no timeout learns of it at its next
+  empty pass.
 """
 
 from __future__ import annotations
@@ -83,20 +85,24 @@ class EpollPoller:
             # Already closed (EBADF) or never registered (ENOENT): nothing to undo.
             pass
 
-    def poll(self, timeout: Optional[float]) -> Events:
-        events: Events
-        if self._always:
-            events = self._ep.poll(0)
-            events.extend((fd, mask & (READ | WRITE)) for fd, mask in self._always.items()
-                          if mask & (READ_MASK | WRITE))
-            return events
-        events = self._ep.poll(-1 if timeout is None else timeout)
-        if not events and self._masks:
-            now = monotonic()
-            if now >= self._next_sweep:
-                self._next_sweep = now + SWEEP_INTERVAL
-                return self._find_closed()
+    def poll(self, timeout: Optional[float]) -> Events:  # replaced per instance: __init__
+        return self._ep.poll(timeout)
+
+    def _poll_with_files(self, timeout: Optional[float]) -> Events:
+        events: Events = self._ep.poll(0)
+        events.extend((fd, mask & (READ | WRITE)) for fd, mask in self._always.items()
+                      if mask & (READ_MASK | WRITE))
         return events
+
+    def find_closed(self) -> Events:
+        """At most once per ``SWEEP_INTERVAL``: registered fds closed behind our back."""
+        if not self._masks:
+            return []
+        now = monotonic()
+        if now < self._next_sweep:
+            return []
+        self._next_sweep = now + SWEEP_INTERVAL
+        return self._find_closed()
 
     def _find_closed(self) -> Events:
         """The registered fds the kernel dropped because they were closed, as INVALID."""
@@ -115,4 +121,5 @@ class EpollPoller:
     def close(self) -> None:
         self._always.clear()
         self._masks.clear()
+        self.poll = self._ep.poll  # type: ignore[method-assign]
         self._ep.close()

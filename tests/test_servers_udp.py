@@ -1,0 +1,94 @@
+"""Datagram servers: echo through every kind, bursts, oversized datagrams, the socket's mode."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import pytest
+from test_servers_support import FORK_WARNING, dgram_roundtrip, needs_fork, no_leaks, serving
+
+from netloop import socketserver as ss
+from netloop.dispatcher import ACCEPT_BURST
+
+pytestmark = pytest.mark.usefixtures("no_leaks")
+_ = no_leaks
+
+
+class Upper(ss.DatagramRequestHandler):
+    def handle(self) -> None:
+        self.wfile.write(self.rfile.read().upper())
+
+
+class Count(ss.BaseRequestHandler):
+    def handle(self) -> None:
+        data, sock = self.request
+        self.server.handled.append(data)
+
+
+@pytest.mark.filterwarnings(FORK_WARNING)
+@pytest.mark.parametrize("cls", [
+    ss.UDPServer, ss.ThreadingUDPServer,
+    pytest.param(getattr(ss, "ForkingUDPServer", None), marks=needs_fork),
+], ids=["sync", "threading", "forking"])
+def test_datagram_echo(cls):
+    server = cls(("127.0.0.1", 0), Upper)
+    assert server.server_address == server.socket.getsockname()
+    with serving(server, 0.5):
+        for i in range(3):
+            assert dgram_roundtrip(socket.AF_INET, server.server_address, b"dg %d" % i) \
+                == b"DG %d" % i
+
+
+def test_server_socket_stays_blocking_for_handlers():
+    with ss.UDPServer(("127.0.0.1", 0), Upper) as server:
+        assert server.socket.gettimeout() is None
+        assert isinstance(server, ss.TCPServer)  # as in the standard library
+
+
+def test_datagram_burst_is_bounded():
+    with ss.UDPServer(("127.0.0.1", 0), Count) as server:
+        server.handled = []
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+            for i in range(ACCEPT_BURST + 5):
+                c.sendto(b"%d" % i, server.server_address)
+            lp = server.get_loop()
+            lp.run_once(5)
+            assert len(server.handled) == ACCEPT_BURST
+            lp.run_once(5)
+            assert len(server.handled) == ACCEPT_BURST + 5
+            assert server.handled == [b"%d" % i for i in range(ACCEPT_BURST + 5)]
+
+
+def test_oversized_datagram_is_logged_and_dropped(caplog):
+    class Small(ss.UDPServer):
+        max_packet_size = 64
+
+    with Small(("127.0.0.1", 0), Count) as server:
+        server.handled = []
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+            c.sendto(b"x" * 65, server.server_address)
+            c.sendto(b"y" * 64, server.server_address)
+            with caplog.at_level(logging.WARNING, logger="netloop.servers"):
+                server.get_loop().run_once(5)
+        assert server.handled == [b"y" * 64]
+        assert any("larger than max_packet_size (64 bytes); dropped" in r.getMessage()
+                   for r in caplog.records)
+        assert server.socket.fileno() >= 0
+
+
+def test_overridden_get_request_takes_one_datagram_per_event():
+    class Custom(ss.UDPServer):
+        def get_request(self):
+            data, addr = self.socket.recvfrom(self.max_packet_size)  # would block on empty
+            return (data, self.socket), addr
+
+    with Custom(("127.0.0.1", 0), Count) as server:
+        server.handled = []
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+            c.sendto(b"a", server.server_address)
+            c.sendto(b"b", server.server_address)
+            server.get_loop().run_once(5)
+            assert server.handled == [b"a"]
+            server.handle_request()
+            assert server.handled == [b"a", b"b"]
