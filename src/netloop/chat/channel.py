@@ -1,0 +1,421 @@
+"""The chat channel: a dispatcher that cuts its input at a terminator and queues producers.
+
+``ChatChannel`` has the methods, attributes and behaviour of Python 3.11's
+``asynchat.async_chat``, joined to the pure ``Framer`` and output queue of this package, with
+these differences, each deliberate:
+
+- Input is walked with an offset and handed out as soon as it cannot be part of a terminator:
+  linear in the bytes received however they are split and however many frames one read holds.
+- ``push()`` sends at once when nothing is queued and queues only what the kernel did not take;
+  a large push is not cut into copies. The queue is flushed with one ``sendmsg()`` of several
+  chunks (at most ``ac_out_buffer_size`` bytes per call) where the socket has it, and a partly
+  sent chunk stays queued as a view of its tail, not a copy.
+- Write interest is known to the loop: asked for when the queue fills, dropped when it drains,
+  so an idle channel costs nothing per pass. ``producer_fifo`` is still a deque that code may
+  append to directly; such an append is noticed (``ProducerFifo``). Code that *replaces*
+  ``producer_fifo`` with a plain deque must call ``initiate_send()`` after appending to it, as
+  ``push()`` does, or the loop will not know there is something to write.
+- Bounded input: ``max_buffer`` caps the bytes of one frame while a byte-string terminator is
+  awaited. Going over it calls ``handle_overflow()``, which by default logs and closes the
+  channel through ``handle_close()``. The default here is 1 MiB; the ``netloop.asynchat`` facade
+  sets None (no limit), as asynchat had none.
+- ``terminator`` defaults to None (collect everything) instead of being unset, and
+  ``collect_incoming_data()`` defaults to ``_collect_incoming_data()``, so a subclass needs only
+  ``set_terminator()`` and ``found_terminator()`` (which calls ``_get_data()``).
+"""
+
+from __future__ import annotations
+
+import socket as _socket
+from collections import deque
+from typing import Any, Deque, List, Optional
+
+from ..dispatcher import Dispatcher, known_interest
+from ..errors import DISCONNECTED, WOULD_BLOCK
+from ..pollers import READ_MASK, WRITE
+from ..reactor import ChannelMap
+from .framing import DATA, FOUND, Framer, Terminator
+from .producers import BYTES_TYPES, SEND_CHUNKS, ProducerFifo, consume, gather, tail
+
+__all__ = ["ChatChannel", "DEFAULT_MAX_BUFFER"]
+
+#: ``ChatChannel.max_buffer``'s default: the longest frame awaited before ``handle_overflow()``.
+DEFAULT_MAX_BUFFER = 1 << 20
+
+_SENDMSG = getattr(_socket.socket, "sendmsg", None)
+_deque_append = deque.append
+
+
+def _nbytes(chunk: Any) -> int:
+    return chunk.nbytes if type(chunk) is memoryview else len(chunk)
+
+
+class ChatChannel(Dispatcher):
+    """A dispatcher for command/response protocols: terminator-framed input, queued output.
+
+    Subclasses define ``found_terminator()`` (and may override ``collect_incoming_data()``),
+    call ``set_terminator()`` and answer with ``push()``/``push_with_producer()``.
+    """
+
+    #: Bytes asked of each ``recv()``.
+    ac_in_buffer_size = 65536
+    #: Most bytes handed to the kernel in one send call.
+    ac_out_buffer_size = 65536
+    #: Encode ``str`` terminators and producer output with ``encoding`` (asynchat's switch).
+    use_encoding = 0
+    encoding = "latin-1"
+    #: The current terminator: bytes, a count of bytes, or None (see ``set_terminator``).
+    terminator: Terminator = None
+    #: Most bytes one frame may have while a byte-string terminator is awaited (None: no cap).
+    max_buffer: Optional[int] = DEFAULT_MAX_BUFFER
+
+    _nl_writing = False     # whether the loop was last told that the queue holds something
+    # send()/recv() are the dispatcher's own, so the socket may be called directly (and
+    # sendmsg() stand in for several send() calls); an override (TLS, tests) is always called.
+    _nl_plain_send = True
+    _nl_plain_recv = True
+    # initiate_send() is this class's own, so push() may send at once without calling it.
+    _nl_plain_initiate = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._nl_plain_send = cls.send is Dispatcher.send
+        cls._nl_plain_recv = cls.recv is Dispatcher.recv
+        cls._nl_plain_initiate = cls.initiate_send is ChatChannel.initiate_send
+
+    def __init__(self, sock: Optional[_socket.socket] = None,
+                 map: Optional[ChannelMap] = None) -> None:
+        self._framer = Framer()
+        #: Pieces collected by ``_collect_incoming_data()`` since the last ``_get_data()``.
+        self.incoming: List[bytes] = []
+        #: The output queue (see ``netloop.chat.producers``).
+        self.producer_fifo: Deque[Any] = ProducerFifo(owner=self)
+        self._nl_writing = False
+        super().__init__(sock, map)
+
+    # ------------------------------------------------------------------ input
+    def set_terminator(self, term: Any) -> None:
+        """Set where input is cut: a byte string, a count of bytes (>= 0), or None.
+
+        A ``str`` is encoded with ``encoding`` when ``use_encoding`` is set.
+        """
+        if isinstance(term, str) and self.use_encoding:
+            term = bytes(term, self.encoding)
+        elif isinstance(term, int) and term < 0:
+            raise ValueError("the number of received bytes must be positive")
+        self.terminator = term
+
+    def get_terminator(self) -> Any:
+        return self.terminator
+
+    def collect_incoming_data(self, data: bytes) -> None:
+        """Called with each piece of the current frame; keeps it for ``_get_data()``."""
+        self.incoming.append(data)
+
+    def _collect_incoming_data(self, data: bytes) -> None:
+        self.incoming.append(data)
+
+    def _get_data(self) -> bytes:
+        """The pieces collected so far, joined; the collection starts again empty."""
+        incoming = self.incoming
+        data = b"".join(incoming)
+        del incoming[:]
+        return data
+
+    def found_terminator(self) -> None:
+        """Called when the current frame is complete (its terminator was read)."""
+        raise NotImplementedError("must be implemented in subclass")
+
+    def handle_overflow(self) -> None:
+        """Called when a frame grows over ``max_buffer`` bytes without its terminator.
+
+        The default logs and closes the channel with ``handle_close()``. An override may instead
+        answer and ``close_when_done()``, or ``discard_buffers()`` and go on: if the channel is
+        still connected when it returns, the frame continues, unchecked until its terminator.
+        """
+        self.log_info("%r: more than %s bytes without a terminator; closing"
+                      % (self, self.max_buffer), "error")
+        self.handle_close()
+
+    def handle_read(self) -> None:
+        if self._nl_plain_recv and self._nl_idle is None:
+            # Dispatcher.recv() inlined (it also keeps the idle clock, which is off here): this
+            # is the hot path of every chat protocol.
+            try:
+                data = self.socket.recv(self.ac_in_buffer_size)
+            except BlockingIOError:
+                return  # a spurious wake-up (the class, not the errno: it may have none)
+            except OSError as why:
+                if why.errno in WOULD_BLOCK:
+                    return
+                if why.errno in DISCONNECTED:
+                    self.handle_close()
+                else:
+                    self.handle_error()
+                return
+            if not data:
+                self.handle_close()  # the peer closed its side
+                return
+        else:
+            try:
+                data = self.recv(self.ac_in_buffer_size)
+            except BlockingIOError:
+                return
+            except OSError:
+                self.handle_error()
+                return
+            if not data:
+                return
+            if isinstance(data, str) and self.use_encoding:
+                data = bytes(data, self.encoding)
+        framer = self._framer
+        if not framer._buf:
+            # Fastest path: the read is exactly one frame, its byte-string terminator last.
+            term = self.get_terminator()
+            if term.__class__ is bytes and term:
+                index = len(data) - len(term)
+                if index >= 0 and data.find(term) == index:
+                    limit = self.max_buffer
+                    if limit is None or framer._size + index <= limit:
+                        if framer._size or framer._over:
+                            framer._size = 0
+                            framer._over = False
+                        if index:
+                            self.collect_incoming_data(data[:index])
+                        self.found_terminator()
+                        return
+        self._nl_input(data)
+
+    def _nl_input(self, data: bytes) -> None:
+        # Everything but the fastest path of handle_read(). Private on purpose: a public name
+        # here (say "feed") could be one a legacy subclass already uses for its own ends.
+        framer = self._framer
+        if framer._buf or data.__class__ is not bytes:
+            framer.feed(data)
+        else:
+            framer._buf = data
+            framer._pos = 0
+            # Fast path for the usual case, whole frames after a byte-string terminator: the
+            # framer's own walk, inlined. Its step() takes over at a partial frame, a change of
+            # terminator kind, a frame that may be over the limit, or when found_terminator()
+            # touched the input (discard_buffers(), a nested handle_read()).
+            term = self.get_terminator()
+            if term.__class__ is bytes and term:
+                limit = self.max_buffer
+                end = len(data)
+                pos = 0
+                while True:
+                    index = data.find(term, pos)
+                    if index < 0 or (limit is not None and framer._size + index - pos > limit):
+                        break
+                    if framer._size or framer._over:
+                        framer._size = 0
+                        framer._over = False
+                    start = pos
+                    pos = index + len(term)
+                    if pos >= end:
+                        framer._buf = b""
+                        framer._pos = 0
+                    else:
+                        framer._pos = pos
+                    if index > start:
+                        self.collect_incoming_data(data[start:index])
+                    self.found_terminator()
+                    if pos >= end:
+                        return
+                    if framer._buf is not data or framer._pos != pos:
+                        break
+                    term = self.get_terminator()
+                    if term.__class__ is not bytes or not term:
+                        break
+        framer.max_buffer = self.max_buffer
+        step = framer.step
+        while True:
+            term = self.get_terminator()
+            event = step(term)
+            if event is None:
+                return
+            piece, kind = event
+            if kind == FOUND:
+                if piece:
+                    self.collect_incoming_data(piece)
+                if term.__class__ is not bytes and isinstance(term, int):
+                    self.terminator = 0
+                self.found_terminator()
+            elif kind == DATA:
+                self.collect_incoming_data(piece)
+                if term.__class__ is not bytes and isinstance(term, int) and term:
+                    self.terminator = term - len(piece)
+            else:
+                self.handle_overflow()
+                if not self.connected:
+                    return
+
+    # ------------------------------------------------------------------ output
+    def push(self, data: Any) -> None:
+        """Send ``data`` (bytes-like) after what is queued: now if possible, else when ready."""
+        cls = data.__class__
+        if cls is not bytes and not isinstance(data, BYTES_TYPES):
+            raise TypeError("data argument must be byte-ish (%r)" % type(data))
+        fifo = self.producer_fifo
+        if fifo or not self.connected or not self._nl_plain_initiate:
+            _deque_append(fifo, data)
+            self.initiate_send()
+            self._sync_write()
+            return
+        size = len(data) if cls is bytes else _nbytes(data)
+        if not size:
+            return
+        obs = self.ac_out_buffer_size
+        if size <= obs:
+            # The common case: one send, and usually nothing left to queue.
+            if self._nl_plain_send and self._nl_idle is None:
+                try:
+                    sent = self.socket.send(data)
+                except BlockingIOError:
+                    sent = 0
+                except OSError as why:
+                    if why.errno in WOULD_BLOCK:
+                        sent = 0
+                    elif why.errno in DISCONNECTED:
+                        self.handle_close()
+                        return
+                    else:
+                        self.handle_error()
+                        return
+            else:
+                try:
+                    sent = self.send(data)
+                except OSError:
+                    self.handle_error()
+                    return
+            if sent < size:
+                self._queue_tail(data, sent)
+            return
+        # Bigger than one send: send whole chunks while the kernel takes them, through views
+        # (no copies), and queue the rest.
+        view = memoryview(data)
+        if view.format != "B" or view.ndim != 1:
+            view = view.cast("B")
+        obs = max(1, obs)
+        start = 0
+        while start < size:
+            chunk = view[start:start + obs]
+            try:
+                sent = self.send(chunk)
+            except OSError:
+                self.handle_error()
+                return
+            start += sent
+            if sent < len(chunk):
+                break
+        if start < size:
+            self._queue_tail(data, start)
+
+    def _queue_tail(self, data: Any, start: int) -> None:
+        if not self.connected:
+            return  # closed by the send: nothing will go out any more
+        _deque_append(self.producer_fifo, tail(data, start) if start else data)
+        self._sync_write()
+
+    def push_with_producer(self, producer: Any) -> None:
+        """Queue a producer (anything with ``more()``), or bytes; send what can go now."""
+        _deque_append(self.producer_fifo, producer)
+        self.initiate_send()
+        self._sync_write()
+
+    def close_when_done(self) -> None:
+        """Close the channel (``handle_close()``) once everything queued so far is sent."""
+        _deque_append(self.producer_fifo, None)
+        self._sync_write()
+
+    def initiate_send(self) -> None:
+        """Send as much of the queue as the kernel takes now, several chunks per call."""
+        fifo = self.producer_fifo
+        obs = self.ac_out_buffer_size
+        encoding = self.encoding if self.use_encoding else None
+        while fifo and self.connected:
+            chunks, size = gather(fifo, obs, SEND_CHUNKS, encoding)
+            if not chunks:
+                if fifo and fifo[0] is None:
+                    fifo.popleft()
+                    self._sync_write()
+                    self.handle_close()
+                    return
+                break
+            try:
+                if len(chunks) > 1 and self._nl_plain_send and _SENDMSG is not None and \
+                        getattr(type(self.socket), "sendmsg", None) is _SENDMSG:
+                    sent = self._sendmsg(chunks)
+                else:
+                    first = chunks[0]
+                    size = _nbytes(first)
+                    sent = self.send(first)
+            except OSError:
+                self.handle_error()
+                return
+            finally:
+                del chunks
+            if sent:
+                consume(fifo, sent)
+            if not sent or sent < size:
+                break
+        self._sync_write()
+
+    def _sendmsg(self, chunks: List[Any]) -> int:
+        try:
+            sent: int = self.socket.sendmsg(chunks)
+        except OSError as why:
+            if why.errno in WOULD_BLOCK:
+                return 0
+            if why.errno in DISCONNECTED:
+                self.handle_close()
+                return 0
+            raise
+        if sent and self._nl_idle is not None:
+            self._nl_last = self._nl_idle._queue.clock()  # as Dispatcher.send() does
+        return sent
+
+    def discard_buffers(self) -> None:
+        """Drop all unread input and unsent output (emergencies only)."""
+        self._framer.clear()
+        del self.incoming[:]
+        self.producer_fifo.clear()
+        self._sync_write()
+
+    # ------------------------------------------------------------------ interest
+    @known_interest
+    def readable(self) -> bool:
+        return True
+
+    @known_interest
+    def writable(self) -> bool:
+        return bool(self.producer_fifo) or not self.connected
+
+    def _nl_mask(self) -> int:
+        if self._nl_paused:
+            return 0
+        if self.accepting:
+            return READ_MASK
+        if self.producer_fifo or not self.connected:
+            return READ_MASK | WRITE
+        return READ_MASK
+
+    def _fifo_filled(self) -> None:
+        # producer_fifo was appended to directly while empty.
+        if not self._nl_writing:
+            self._nl_writing = True
+            self._update_interest()
+
+    def _sync_write(self) -> None:
+        want = bool(self.producer_fifo)
+        if want is not self._nl_writing:
+            self._nl_writing = want
+            self._update_interest()
+
+    # ------------------------------------------------------------------ events
+    def handle_write(self) -> None:
+        self.initiate_send()
+
+    def handle_close(self) -> None:
+        self.close()
