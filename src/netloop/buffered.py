@@ -37,6 +37,7 @@ class BufferedDispatcher(Dispatcher):
     # Until __init__ runs (a subclass may touch the queue first): empty, and replaced by a
     # deque on first use through _queue().
     _outq: Any = ()
+    _nl_sendmsg = True   # cleared for a socket whose sendmsg() refuses (TLS) or is missing
 
     def __init__(self, sock: Optional[Any] = None, map: Optional[ChannelMap] = None) -> None:
         self._outq: Deque[Any] = deque()
@@ -95,7 +96,7 @@ class BufferedDispatcher(Dispatcher):
         try:
             sent = self.socket.send(data)
         except OSError as why:
-            if why.errno in WOULD_BLOCK:
+            if why.errno in WOULD_BLOCK or isinstance(why, BlockingIOError):
                 sent = 0
             elif why.errno in DISCONNECTED:
                 self.handle_close()
@@ -118,12 +119,17 @@ class BufferedDispatcher(Dispatcher):
             return
         sock = self.socket
         try:
-            if len(q) > 1 and hasattr(sock, "sendmsg"):
-                sent = sock.sendmsg(list(islice(q, SEND_CHUNKS)))
+            if len(q) > 1 and self._nl_sendmsg:
+                try:
+                    sent = sock.sendmsg(list(islice(q, SEND_CHUNKS)))
+                except (NotImplementedError, AttributeError):
+                    # ssl.SSLSocket has a sendmsg that refuses; file wrappers have none.
+                    self._nl_sendmsg = False
+                    sent = sock.send(q[0])
             else:
                 sent = sock.send(q[0])
         except OSError as why:
-            if why.errno in WOULD_BLOCK:
+            if why.errno in WOULD_BLOCK or isinstance(why, BlockingIOError):
                 return
             if why.errno in DISCONNECTED:
                 self.handle_close()

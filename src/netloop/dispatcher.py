@@ -261,7 +261,7 @@ class Dispatcher:
                 self._nl_last = self._nl_idle._queue.clock()
             return sent  # type: ignore[no-any-return]
         except OSError as why:
-            if why.errno in WOULD_BLOCK:
+            if why.errno in WOULD_BLOCK or isinstance(why, BlockingIOError):
                 return 0
             if why.errno in DISCONNECTED:
                 self.handle_close()
@@ -275,7 +275,7 @@ class Dispatcher:
             if why.errno in DISCONNECTED:
                 self.handle_close()
                 return b""
-            if why.errno in WOULD_BLOCK:
+            if why.errno in WOULD_BLOCK or isinstance(why, BlockingIOError):
                 return b""
             raise
         if not data:
