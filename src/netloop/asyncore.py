@@ -14,6 +14,7 @@ import select
 import socket
 import sys
 import time
+import warnings
 from errno import (EAGAIN, EALREADY, EBADF, ECONNABORTED, ECONNRESET, EINPROGRESS, EINVAL,
                    EISCONN, ENOTCONN, EPIPE, ESHUTDOWN, EWOULDBLOCK, errorcode)
 from typing import Any, Optional
@@ -37,8 +38,9 @@ __all__ = [
 #: The default channel map; the same dict as ``netloop.reactor.socket_map`` unless reassigned.
 socket_map = _reactor.socket_map
 
+# Names asyncore had at module level, re-exported for code that reaches for them there.
 _ = (EALREADY, EINPROGRESS, EWOULDBLOCK, ECONNRESET, EINVAL, ENOTCONN, ESHUTDOWN, EISCONN,
-     EBADF, ECONNABORTED, EPIPE, EAGAIN, errorcode, os, socket, time, sys)  # re-exported names
+     EBADF, ECONNABORTED, EPIPE, EAGAIN, errorcode, os, socket, time, sys, warnings)
 
 
 def _map(map: Optional[Any]) -> Any:

@@ -93,15 +93,23 @@ class TimerQueue:
     def _cancelled_one(self, handle: TimerHandle) -> None:
         if handle._seq > 0:  # still in the heap
             self._live -= 1
-            heap = self._heap
-            if len(heap) > _COMPACT_MIN and self._live < len(heap) // 2:
-                self._heap = [e for e in heap if e[2]._seq == e[1] and not e[2].cancelled]
-                heapq.heapify(self._heap)
+            self._maybe_compact()
+
+    def _maybe_compact(self) -> None:
+        heap = self._heap
+        if len(heap) > _COMPACT_MIN and self._live < len(heap) // 2:
+            self._heap = [e for e in heap if e[2]._seq == e[1] and not e[2].cancelled]
+            heapq.heapify(self._heap)
 
     def _reschedule(self, handle: TimerHandle, when: float) -> None:
-        if handle._seq > 0 and not handle.cancelled:
+        stale = handle._seq > 0 and not handle.cancelled
+        if stale:
             self._live -= 1  # its old heap entry becomes stale (seq no longer matches)
         self._push(handle, when)
+        if stale:
+            # A timer reset on every message (a keep-alive) must not grow the heap by one
+            # stale entry per reset until the old deadlines pass.
+            self._maybe_compact()
 
     def next_deadline(self) -> Optional[float]:
         """The earliest pending deadline, or None when no timer is pending."""

@@ -1,9 +1,14 @@
 """Event flags and the interface every poller offers.
 
-The flag values are poll(2)'s own (``POLLIN`` = 1, ``POLLPRI`` = 2, ``POLLOUT`` = 4, ``POLLERR`` = 8,
-``POLLHUP`` = 16, ``POLLNVAL`` = 32). Linux gives epoll's ``EPOLLIN``... the same values, so the
-poll and epoll pollers hand the kernel's flags to the loop untranslated; select and kqueue build
-them. A poller reports ``ERROR``/``HANGUP`` whether or not they were asked for (as the kernel does).
+The flag values are poll(2)'s own (``POLLIN`` = 1, ``POLLPRI`` = 2, ``POLLOUT`` = 4,
+``POLLERR`` = 8, ``POLLHUP`` = 16, ``POLLNVAL`` = 32). Linux gives epoll's ``EPOLLIN``... the same
+values, so the poll and epoll pollers hand the kernel's flags to the loop untranslated; select and
+kqueue build them. A poller reports ``ERROR``/``HANGUP`` whether or not they were asked for (as
+the kernel does).
+
+Pollers whose kernel object forgets a closed fd without a word (epoll, kqueue) also offer
+``find_closed() -> Events``: the loop calls it after a poll that returned nothing, and it reports
+such fds as ``INVALID`` (poll's POLLNVAL), each once, at most once per ``SWEEP_INTERVAL``.
 """
 
 from __future__ import annotations

@@ -86,7 +86,8 @@ class EpollPoller:
             pass
 
     def poll(self, timeout: Optional[float]) -> Events:  # replaced per instance: __init__
-        return self._ep.poll(timeout)
+        events: Events = self._ep.poll(timeout)
+        return events
 
     def _poll_with_files(self, timeout: Optional[float]) -> Events:
         events: Events = self._ep.poll(0)
@@ -105,7 +106,11 @@ class EpollPoller:
         return self._find_closed()
 
     def _find_closed(self) -> Events:
-        """The registered fds the kernel dropped because they were closed, as INVALID."""
+        """The registered fds the kernel dropped because they were closed, as INVALID.
+
+        Each is reported once: the kernel holds nothing for it any more, so it is forgotten
+        here too (the loop drops its own record and never unregisters it).
+        """
         modify = self._ep.modify
         closed = []
         for fd, mask in self._masks.items():
@@ -113,10 +118,12 @@ class EpollPoller:
                 modify(fd, mask)
             except OSError:
                 closed.append((fd, INVALID))
+        for fd, _ in closed:
+            del self._masks[fd]
         return closed
 
     def fileno(self) -> int:
-        return self._ep.fileno()
+        return int(self._ep.fileno())
 
     def close(self) -> None:
         self._always.clear()

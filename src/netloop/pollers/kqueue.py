@@ -2,15 +2,25 @@
 
 EV_EOF on a filter maps to HANGUP, and a non-zero ``fflags`` with EV_EOF carries the socket
 error, mapped to ERROR, so the loop sees what poll(2) would report.
+
+As with epoll, closing a registered fd deletes its filters silently: after a poll that came back
+empty the loop calls ``find_closed()``, which at most once per ``SWEEP_INTERVAL`` reports the
+registered fds that are no longer open as ``INVALID`` (poll's POLLNVAL). Unlike epoll it cannot
+tell a number reused by another file.
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import select as _select
+from time import monotonic
 from typing import Dict, List, Optional
 
-from .base import ERROR, HANGUP, READ, READ_MASK, WRITE, Events
+from .base import ERROR, HANGUP, INVALID, READ, READ_MASK, WRITE, Events
+
+#: Seconds between two checks for descriptors closed behind the poller's back.
+SWEEP_INTERVAL = 1.0
 
 _KQUEUE = getattr(_select, "kqueue", None)
 
@@ -23,6 +33,7 @@ class KqueuePoller:
             raise OSError(errno.ENOSYS, "kqueue is not available on this platform")
         self._kq = _KQUEUE()
         self._masks: Dict[int, int] = {}
+        self._next_sweep = monotonic() + SWEEP_INTERVAL
 
     def _control(self, fd: int, old: int, new: int) -> None:
         ke = _select.kevent
@@ -60,6 +71,28 @@ class KqueuePoller:
                 bit |= HANGUP if not kev.fflags else ERROR | HANGUP
             flags[fd] = flags.get(fd, 0) | bit
         return list(flags.items())
+
+    def find_closed(self) -> Events:
+        """At most once per ``SWEEP_INTERVAL``: registered fds closed behind our back."""
+        if not self._masks:
+            return []
+        now = monotonic()
+        if now < self._next_sweep:
+            return []
+        self._next_sweep = now + SWEEP_INTERVAL
+        return self._find_closed()
+
+    def _find_closed(self) -> Events:
+        # Reported once: the kernel deleted the filters with the fd, so forget it here too.
+        closed = []
+        for fd in self._masks:
+            try:
+                os.fstat(fd)
+            except OSError:
+                closed.append((fd, INVALID))
+        for fd, _ in closed:
+            del self._masks[fd]
+        return closed
 
     def fileno(self) -> int:
         return self._kq.fileno()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import select as _select
-from typing import Optional
+from typing import Optional, Set
 
 from .base import Events
 
@@ -14,7 +14,7 @@ class PollPoller:
 
     def __init__(self) -> None:
         self._poll = _select.poll()
-        self._fds: set = set()
+        self._fds: Set[int] = set()
 
     def register(self, fd: int, mask: int) -> None:
         self._poll.register(fd, mask)

@@ -1,0 +1,234 @@
+"""Dispatchers over real sockets: echo on every family and poller, connect, accept, logging."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tempfile
+from typing import Any, List
+
+import pytest
+
+import netloop
+import netloop.asyncore
+from coresupport import EchoServer, has_ipv6
+from support import run_until
+
+
+class Client(netloop.BufferedDispatcher):
+    """Connects, sends ``payload``, collects what comes back."""
+
+    def __init__(self, map: Any, family: int, address: Any, payload: bytes) -> None:
+        super().__init__(map=map)
+        self.payload = payload
+        self.got = bytearray()
+        self.events: List[str] = []
+        self.create_socket(family)
+        self.connect(address)
+
+    def handle_connect(self) -> None:
+        self.events.append("connect")
+        self.send(self.payload)
+
+    def handle_read(self) -> None:
+        self.got.extend(self.recv(65536))
+
+    def handle_close(self) -> None:
+        self.events.append("close")
+        self.close()
+
+    def handle_error(self) -> None:
+        self.events.append("error")
+        super().handle_error()
+
+
+def families():
+    out = [pytest.param(socket.AF_INET, id="ipv4")]
+    out.append(pytest.param(socket.AF_INET6, id="ipv6", marks=pytest.mark.skipif(
+        not has_ipv6(), reason="no ::1")))
+    out.append(pytest.param(socket.AF_UNIX, id="unix"))
+    return out
+
+
+@pytest.fixture
+def unix_path():
+    d = tempfile.mkdtemp(prefix="netloop-")
+    path = os.path.join(d, "sock")
+    yield path
+    if os.path.exists(path):
+        os.unlink(path)
+    os.rmdir(d)
+
+
+@pytest.mark.parametrize("family", families())
+def test_echo(loop, family, unix_path):
+    address = unix_path if family == socket.AF_UNIX else None
+    server = EchoServer(loop.map, family, address)
+    payload = os.urandom(200_000)
+    client = Client(loop.map, family, server.address, payload)
+    run_until(loop, lambda: len(client.got) >= len(payload), timeout=10)
+    assert client.got == payload
+    assert client.events == ["connect"]
+    assert client.connected and not client.connecting
+    # The client closes: the server side sees recv() == b'' and closes too.
+    client.close()
+    run_until(loop, lambda: server.channels and server.channels[0].closed_by == "handle_close")
+    assert list(loop.map.values()) == [server]
+
+
+def test_connect_refused(loop):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        address = s.getsockname()
+    # Nobody listens there now.
+    try:
+        client = Client(loop.map, socket.AF_INET, address, b"x")
+    except ConnectionRefusedError:
+        pytest.skip("this kernel refused synchronously")  # asyncore raised here too
+    errors: List[Any] = []
+
+    def handle_error() -> None:
+        import sys
+        errors.append(sys.exc_info()[1])
+        client.handle_close()
+
+    client.handle_error = handle_error  # type: ignore[assignment]
+    run_until(loop, lambda: "close" in client.events)
+    assert isinstance(errors[0], ConnectionRefusedError)
+    assert "connect" not in client.events
+    assert not loop.map
+    # The loop survives: a new echo works on it.
+    server = EchoServer(loop.map)
+    ok = Client(loop.map, socket.AF_INET, server.address, b"after")
+    run_until(loop, lambda: ok.got == b"after")
+
+
+def test_connect_refused_default_handler_logs(loop, caplog):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        address = s.getsockname()
+    try:
+        client = Client(loop.map, socket.AF_INET, address, b"x")
+    except ConnectionRefusedError:
+        pytest.skip("this kernel refused synchronously")
+    with caplog.at_level("ERROR", logger="netloop"):
+        run_until(loop, lambda: "close" in client.events)
+    assert "error" in client.events
+    assert "ConnectionRefusedError" in caplog.text
+
+
+def test_accept_burst(loop):
+    accepted: List[Any] = []
+
+    class Server(EchoServer):
+        def handle_accepted(self, sock: Any, addr: Any) -> None:
+            accepted.append(addr)
+            sock.close()
+
+    server = Server(loop.map)
+    clients = [socket.create_connection(server.address) for _ in range(10)]
+    try:
+        loop.run_once(2)
+        assert len(accepted) == 10  # the whole backlog in one readiness event
+        more = [socket.create_connection(server.address)
+                for _ in range(netloop.dispatcher.ACCEPT_BURST + 8)]
+        clients.extend(more)
+        loop.run_once(2)
+        assert len(accepted) == 10 + netloop.dispatcher.ACCEPT_BURST  # but bounded
+        run_until(loop, lambda: len(accepted) == 10 + len(more))
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_accept_nothing_pending(loop):
+    server = EchoServer(loop.map)
+    assert server.accept() is None
+
+
+def test_default_handle_accepted_closes_and_warns(loop, caplog):
+    server = netloop.Dispatcher(map=loop.map)
+    server.create_socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(5)
+    server.ignore_log_types = frozenset()
+    c = socket.create_connection(server.socket.getsockname())
+    try:
+        with caplog.at_level("WARNING", logger="netloop"):
+            run_until(loop, lambda: "unhandled accepted event" in caplog.text)
+        c.settimeout(5)
+        assert c.recv(10) == b""  # the server closed it
+    finally:
+        c.close()
+
+
+def test_repr(loop):
+    server = EchoServer(loop.map)
+    r = repr(server)
+    # addr is what bind() was given (port 0 here), as in asyncore.
+    assert re.match(r"<coresupport\.EchoServer listening 127\.0\.0\.1:0 at 0x[0-9a-f]+>$", r), r
+    m: dict = {}
+    d = netloop.asyncore.dispatcher(map=m)
+    assert re.match(r"<asyncore\.dispatcher at 0x[0-9a-f]+>$", repr(d)), repr(d)
+    d.addr = "/some/path"
+    assert "'/some/path'" in repr(d)
+    a, b = socket.socketpair()
+    try:
+        c = netloop.Dispatcher(a, map=m)
+        assert re.match(r"<netloop\.dispatcher\.Dispatcher connected '' at 0x", repr(c)), repr(c)
+        c.close()
+    finally:
+        b.close()
+
+
+def test_log_info_core_uses_logging(caplog, capsys):
+    d = netloop.Dispatcher(map={})
+    with caplog.at_level("DEBUG", logger="netloop"):
+        d.log_info("hello there")
+        d.log_info("quiet warning", "warning")  # ignored by default, as in asyncore
+        d.log_info("bad thing", "error")
+        d.log("debug line")
+    assert capsys.readouterr() == ("", "")
+    records = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert ("INFO", "info: hello there") in records
+    assert ("ERROR", "error: bad thing") in records
+    assert not any("quiet warning" in m for _, m in records)
+    assert any("debug line" in m for _, m in records)
+
+
+def test_log_info_facade_prints(caplog, capsys):
+    d = netloop.asyncore.dispatcher(map={})
+    with caplog.at_level("DEBUG", logger="netloop"):
+        d.log_info("hello there")
+        d.log_info("quiet warning", "warning")
+        d.log_info("bad thing", "error")
+        d.log("debug line")
+    out, err = capsys.readouterr()
+    assert out == "info: hello there\nerror: bad thing\n"
+    assert err == "log: debug line\n"
+    assert not caplog.records
+
+
+def test_close_twice_and_recv_when_nothing_waits(loop):
+    a, b = socket.socketpair()
+    try:
+        d = netloop.Dispatcher(a, map=loop.map)
+        loop.run_once(0)
+        assert d.recv(10) == b""  # spurious wake-up: nothing to read, not closed
+        assert d.connected and a.fileno() in loop.map
+        d.close()
+        d.close()
+        assert not loop.map
+    finally:
+        b.close()
+
+
+def test_unconnected_socket_handed_over(loop):
+    s = socket.socket()
+    d = netloop.Dispatcher(s, map=loop.map)
+    try:
+        assert not d.connected
+        assert d.addr is None
+    finally:
+        d.close()
