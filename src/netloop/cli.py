@@ -12,7 +12,7 @@ import signal
 import socket
 import sys
 import time
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from .buffered import BufferedDispatcher
 from .dispatcher import Dispatcher
@@ -89,7 +89,7 @@ class _Stats:
 
 
 def demo(backend: str = "auto", connections: int = 50, seconds: float = 2.0,
-         size: int = 64, out: Any = None) -> dict:
+         size: int = 64, out: Any = None) -> Dict[str, Any]:
     """Echo server plus load on one loop; returns (and prints) what happened."""
     out = out or sys.stdout
     loop = Loop(poller=None if backend == "auto" else backend)
@@ -115,7 +115,7 @@ def demo(backend: str = "auto", connections: int = 50, seconds: float = 2.0,
         elapsed = time.perf_counter() - start
         cpu = time.process_time() - cpu0
         server.close()
-        result = {
+        result: Dict[str, Any] = {
             "backend": loop.poller.name,
             "connections": connections,
             "messages": stats.messages,
@@ -176,7 +176,7 @@ def _make_echo(kind: str, host: str, port: int, loop: Loop) -> Any:
             allow_reuse_address = True
             daemon_threads = True
 
-        return Server((host, port), Handler, map=loop.map)  # type: ignore[call-arg]
+        return Server((host, port), Handler, map=loop.map)
     raise ValueError("unknown kind %r" % kind)
 
 

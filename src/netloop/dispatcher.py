@@ -136,14 +136,14 @@ class Dispatcher:
     def add_channel(self, map: Optional[ChannelMap] = None) -> None:
         if map is None:
             map = self._map
-        fd = self._fileno
+        fd: Any = self._fileno  # None for a dispatcher with no socket, as in asyncore
         map[fd] = self
         lp = _lookup(map)
         if lp is not None and lp._acquired:
             lp._add(fd, self)
 
     def del_channel(self, map: Optional[ChannelMap] = None) -> None:
-        fd = self._fileno
+        fd: Any = self._fileno
         if map is None:
             map = self._map
         if fd in map:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
-from typing import Tuple
+from typing import Tuple, Type
 
 __all__ = [
     "ExitNow",
@@ -48,7 +48,7 @@ ACCEPT_RESOURCE = frozenset(
 )
 
 #: Exceptions that leave the loop rather than being handed to ``handle_error()``.
-RERAISED: Tuple[type, ...] = (ExitNow, KeyboardInterrupt, SystemExit)
+RERAISED: Tuple[Type[BaseException], ...] = (ExitNow, KeyboardInterrupt, SystemExit)
 
 
 def strerror(err: int) -> str:

@@ -80,6 +80,10 @@ class Loop:
     their own events (False, cheaper when those predicates depend on the channel alone).
     """
 
+    _closed = False
+    _implicit = False
+    _acquired = False
+
     def __init__(self, map: Optional[ChannelMap] = None,
                  poller: Union[None, str, Poller] = None, *,
                  clock: Optional[Callable[[], float]] = None, scan: bool = True) -> None:
@@ -327,14 +331,15 @@ class Loop:
         if not self.map and not self._running:
             self._maybe_release()
 
-    def _update(self, obj: Any) -> None:
+    def _update(self, obj: Any) -> None:  # obj: a registered channel
         """A channel's interest may have changed: re-register it if it did."""
         fd = obj._fileno
-        if self._objs.get(fd) is obj:
-            if fd in self._asked:
-                self._set_mask(fd, self._ask(obj, self._masks.get(fd, 0)))
-            else:
-                self._set_mask(fd, obj._nl_mask())
+        if self._objs.get(fd) is not obj:
+            return
+        if fd in self._asked:
+            self._set_mask(fd, self._ask(obj, self._masks.get(fd, 0)))
+        else:
+            self._set_mask(fd, obj._nl_mask())  # type: ignore[union-attr]  # mypy narrows Any
 
     def _ask(self, obj: Any, current: int) -> int:
         if getattr(obj, "_nl_paused", False):

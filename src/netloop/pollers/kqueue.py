@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import errno
 import os
-import select as _select
+import select as _select_module
 from time import monotonic
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from .base import ERROR, HANGUP, INVALID, READ, READ_MASK, WRITE, Events
 
 #: Seconds between two checks for descriptors closed behind the poller's back.
 SWEEP_INTERVAL = 1.0
 
+# Typed as Any: the kqueue names exist only on BSD/macOS builds of the select module.
+_select: Any = _select_module
 _KQUEUE = getattr(_select, "kqueue", None)
 
 
@@ -37,7 +39,7 @@ class KqueuePoller:
 
     def _control(self, fd: int, old: int, new: int) -> None:
         ke = _select.kevent
-        changes: List = []
+        changes: List[Any] = []
         for bit, filt in ((READ_MASK, _select.KQ_FILTER_READ), (WRITE, _select.KQ_FILTER_WRITE)):
             if new & bit and not old & bit:
                 changes.append(ke(fd, filt, _select.KQ_EV_ADD))
@@ -95,7 +97,7 @@ class KqueuePoller:
         return closed
 
     def fileno(self) -> int:
-        return self._kq.fileno()
+        return int(self._kq.fileno())
 
     def close(self) -> None:
         self._masks.clear()
