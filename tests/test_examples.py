@@ -91,24 +91,27 @@ def test_demo_command_prints_what_it_did() -> None:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("backend", ["auto", "select", "poll"])
-def test_echo_command_serves_and_stops_on_sigterm(backend: str) -> None:
+@pytest.mark.parametrize("backend,kind", [("auto", "dispatcher"), ("select", "dispatcher"),
+                                          ("poll", "dispatcher"), ("auto", "chat"),
+                                          ("auto", "socketserver")])
+def test_echo_command_serves_and_stops_on_sigterm(backend: str, kind: str) -> None:
     import socket
-    proc = subprocess.Popen([sys.executable, "-m", "netloop", "echo", "--backend", backend],
-                            env=ENV, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "netloop", "echo", "--backend", backend,
+                             "--kind", kind], env=ENV, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         assert "listening on 127.0.0.1:" in line, line
         port = int(line.strip().rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-            s.sendall(b"x" * 100000)
+            payload = (b"x" * 99 + b"\n") * 1000  # lines, so the chat kind echoes it too
+            s.sendall(payload)
             got = b""
-            while len(got) < 100000:
+            while len(got) < len(payload):
                 chunk = s.recv(65536)
                 assert chunk
                 got += chunk
-            assert got == b"x" * 100000
+            assert got == payload
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
         assert "stopped" in proc.stdout.read()
