@@ -14,7 +14,8 @@ such fds as ``INVALID`` (poll's POLLNVAL), each once, at most once per ``SWEEP_I
 from __future__ import annotations
 
 import sys
-from typing import List, Optional, Tuple
+from time import monotonic
+from typing import Dict, List, Optional, Tuple
 
 if sys.version_info >= (3, 8):
     from typing import Protocol
@@ -52,3 +53,32 @@ class Poller(Protocol):
     def poll(self, timeout: Optional[float]) -> Events: ...
     def fileno(self) -> int: ...
     def close(self) -> None: ...
+
+
+#: Seconds between two sweeps for descriptors closed behind the poller's back.
+SWEEP_INTERVAL = 1.0
+
+
+class ClosedFdSweep:
+    """For pollers whose kernel drops a closed descriptor without a word (epoll, kqueue).
+
+    The subclass keeps ``_masks`` (what it registered) and ``_find_closed()`` (which of those
+    the kernel no longer has, as ``INVALID`` events, forgotten once reported). The loop calls
+    ``find_closed()`` after a poll that returned nothing; this rate-limits the O(registered)
+    check to once per ``SWEEP_INTERVAL``.
+    """
+
+    _masks: Dict[int, int]
+    _next_sweep = 0.0
+
+    def find_closed(self) -> Events:
+        if not self._masks:
+            return []
+        now = monotonic()
+        if now < self._next_sweep:
+            return []
+        self._next_sweep = now + SWEEP_INTERVAL
+        return self._find_closed()
+
+    def _find_closed(self) -> Events:  # pragma: no cover - defined by each poller
+        raise NotImplementedError

@@ -29,15 +29,13 @@ import select as _select
 from time import monotonic
 from typing import Dict, Optional
 
-from .base import INVALID, READ, READ_MASK, WRITE, Events
+from .base import SWEEP_INTERVAL, ClosedFdSweep, INVALID, READ, READ_MASK, WRITE, Events
 
-#: Seconds between two checks for descriptors closed behind the poller's back.
-SWEEP_INTERVAL = 1.0
 
 _EPOLL = getattr(_select, "epoll", None)
 
 
-class EpollPoller:
+class EpollPoller(ClosedFdSweep):
     name = "epoll"
 
     def __init__(self) -> None:
@@ -94,16 +92,6 @@ class EpollPoller:
         events.extend((fd, mask & (READ | WRITE)) for fd, mask in self._always.items()
                       if mask & (READ_MASK | WRITE))
         return events
-
-    def find_closed(self) -> Events:
-        """At most once per ``SWEEP_INTERVAL``: registered fds closed behind our back."""
-        if not self._masks:
-            return []
-        now = monotonic()
-        if now < self._next_sweep:
-            return []
-        self._next_sweep = now + SWEEP_INTERVAL
-        return self._find_closed()
 
     def _find_closed(self) -> Events:
         """The registered fds the kernel dropped because they were closed, as INVALID.

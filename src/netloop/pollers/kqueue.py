@@ -17,17 +17,16 @@ import select as _select_module
 from time import monotonic
 from typing import Any, Dict, List, Optional
 
-from .base import ERROR, HANGUP, INVALID, READ, READ_MASK, WRITE, Events
+from .base import (SWEEP_INTERVAL, ERROR, HANGUP, INVALID, READ, READ_MASK, WRITE,
+                   ClosedFdSweep, Events)
 
-#: Seconds between two checks for descriptors closed behind the poller's back.
-SWEEP_INTERVAL = 1.0
 
 # Typed as Any: the kqueue names exist only on BSD/macOS builds of the select module.
 _select: Any = _select_module
 _KQUEUE = getattr(_select, "kqueue", None)
 
 
-class KqueuePoller:
+class KqueuePoller(ClosedFdSweep):
     name = "kqueue"
 
     def __init__(self) -> None:
@@ -73,16 +72,6 @@ class KqueuePoller:
                 bit |= HANGUP if not kev.fflags else ERROR | HANGUP
             flags[fd] = flags.get(fd, 0) | bit
         return list(flags.items())
-
-    def find_closed(self) -> Events:
-        """At most once per ``SWEEP_INTERVAL``: registered fds closed behind our back."""
-        if not self._masks:
-            return []
-        now = monotonic()
-        if now < self._next_sweep:
-            return []
-        self._next_sweep = now + SWEEP_INTERVAL
-        return self._find_closed()
 
     def _find_closed(self) -> Events:
         # Reported once: the kernel deleted the filters with the fd, so forget it here too.
