@@ -123,8 +123,8 @@ def test_socket_closed_behind_back(loop, caplog):
 
 def test_closed_behind_back_reported_once(loop, caplog, monkeypatch):
     """Later idle passes do not report the same dead descriptor again and again."""
-    from netloop.pollers import epoll as epoll_module
-    monkeypatch.setattr(epoll_module, "SWEEP_INTERVAL", 0.0)
+    from netloop.pollers import base as base_module
+    monkeypatch.setattr(base_module, "SWEEP_INTERVAL", 0.0)
     a, b = socket.socketpair()
     c, d = socket.socketpair()
     try:

@@ -237,8 +237,8 @@ def test_epoll_finds_fd_closed_behind_its_back(monkeypatch):
     """epoll drops a closed fd silently; find_closed() says POLLNVAL for it, once."""
     if "epoll" not in pollers.available():
         pytest.skip("no epoll")
-    from netloop.pollers import epoll as epoll_module
-    monkeypatch.setattr(epoll_module, "SWEEP_INTERVAL", 0.0)
+    from netloop.pollers import base as base_module
+    monkeypatch.setattr(base_module, "SWEEP_INTERVAL", 0.0)
     p = pollers.EpollPoller()
     a, b = socket.socketpair()
     c, d = socket.socketpair()

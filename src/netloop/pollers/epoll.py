@@ -26,10 +26,9 @@ from __future__ import annotations
 
 import errno
 import select as _select
-from time import monotonic
 from typing import Dict, Optional
 
-from .base import SWEEP_INTERVAL, ClosedFdSweep, INVALID, READ, READ_MASK, WRITE, Events
+from .base import ClosedFdSweep, INVALID, READ, READ_MASK, WRITE, Events
 
 
 _EPOLL = getattr(_select, "epoll", None)
@@ -47,7 +46,6 @@ class EpollPoller(ClosedFdSweep):
         # the C method itself (it takes None for "block"), saving a Python frame per pass.
         self.poll = self._ep.poll  # type: ignore[method-assign]
         self._masks: Dict[int, int] = {}  # what the kernel holds, for the closed-fd sweep
-        self._next_sweep = monotonic() + SWEEP_INTERVAL
 
     def register(self, fd: int, mask: int) -> None:
         try:

@@ -14,10 +14,9 @@ from __future__ import annotations
 import errno
 import os
 import select as _select_module
-from time import monotonic
 from typing import Any, Dict, List, Optional
 
-from .base import (SWEEP_INTERVAL, ERROR, HANGUP, INVALID, READ, READ_MASK, WRITE,
+from .base import (ERROR, HANGUP, INVALID, READ, READ_MASK, WRITE,
                    ClosedFdSweep, Events)
 
 
@@ -34,7 +33,6 @@ class KqueuePoller(ClosedFdSweep):
             raise OSError(errno.ENOSYS, "kqueue is not available on this platform")
         self._kq = _KQUEUE()
         self._masks: Dict[int, int] = {}
-        self._next_sweep = monotonic() + SWEEP_INTERVAL
 
     def _control(self, fd: int, old: int, new: int) -> None:
         ke = _select.kevent
