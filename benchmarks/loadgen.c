@@ -22,6 +22,8 @@
  * is sampled exactly at the start and end of the measured window, and its
  * VmRSS is sampled before and after the idle connections are opened.
  *
+ * Connections are closed with an RST by default (--close rst): see conn_close().
+ *
  * Output: one JSON object on stdout.  Diagnostics go to stderr.
  * Build:  cc -O2 -o loadgen loadgen.c      (Linux only: epoll)
  */
@@ -46,7 +48,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define LOADGEN_VERSION "1"
+#define LOADGEN_VERSION "2"
 #define PERIOD 65521u          /* prime: pattern period                   */
 #define CHUNK_MAX 65536u       /* largest single send / recv              */
 #define HS_SIZE 64u            /* size of the set-up echo exchange        */
@@ -89,6 +91,9 @@ static size_t o_size = 64;
 static double o_duration = 5.0, o_warmup = 1.0, o_setup_timeout = 60.0, o_settle = 0.3,
               o_drain = 2.0;
 static int o_line = 0;
+static int o_close_rst = 1;       /* close with RST (no client TIME_WAIT) */
+static int o_busy_poll = 1;       /* spin on epoll_wait(0) while measuring */
+static uint64_t spin_idle_ns;     /* time spent in empty polls in the window */
 static long o_server_pid = 0;
 
 /* ---- global state ---- */
@@ -117,6 +122,8 @@ static double hist_sum;
 static uint64_t t_measure0, t_measure1;
 static double srv_cpu0_u, srv_cpu0_s, srv_cpu1_u, srv_cpu1_s;
 static double cli_cpu0, cli_cpu1;
+static double sys0[3], sys1[3];
+static int sys_ok;
 static long rss_before_idle = -1, rss_after_idle = -1, srv_hwm = -1, srv_rss_end = -1;
 static int srv_ok = 0;
 static char fatal_msg[256];
@@ -217,6 +224,25 @@ static long read_proc_status_kb(const char *key) {
     return val;
 }
 
+/* whole-machine CPU from /proc/stat, in seconds: [0]=user+nice+system [1]=irq+softirq [2]=steal */
+static int read_sys_cpu(double out[3]) {
+    char line[512];
+    unsigned long long v[8] = {0};
+    FILE *f = fopen("/proc/stat", "r");
+    if (!f) return 0;
+    char *ok = fgets(line, sizeof line, f);
+    fclose(f);
+    if (!ok || strncmp(line, "cpu ", 4) != 0) return 0;
+    if (sscanf(line + 4, "%llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
+               &v[4], &v[5], &v[6], &v[7]) < 8)
+        return 0;
+    double hz = (double)sysconf(_SC_CLK_TCK);
+    out[0] = (double)(v[0] + v[1] + v[2]) / hz;
+    out[1] = (double)(v[5] + v[6]) / hz;
+    out[2] = (double)v[7] / hz;
+    return 1;
+}
+
 static double self_cpu(void) {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
@@ -234,7 +260,17 @@ static void set_events(struct conn *c, uint32_t ev) {
     c->ev = ev;
 }
 
+/* With --close rst (the default) every client socket is closed with an RST
+   (SO_LINGER 0) instead of a FIN.  The side that sends the first FIN keeps a
+   TIME_WAIT entry for 60 s; at 20,000+ connections/s, or after 10,000 idle
+   connections, those fill the whole ephemeral port range, and then bind() to
+   port 0 fails for every process on the machine.  Servers see ECONNRESET
+   instead of EOF at the end of a connection. */
 static void conn_close(struct conn *c) {
+    if (c->fd >= 0 && o_close_rst) {
+        struct linger lg = {.l_onoff = 1, .l_linger = 0};
+        setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    }
     if (c->fd >= 0) close(c->fd);
     c->fd = -1;
     c->gen++;
@@ -435,9 +471,26 @@ static void msg_read(struct conn *c, uint64_t now) {
 }
 
 /* ---- connecting ---- */
+/* Create a socket and start connecting it.  Returns the fd (or -1);
+   *status is 0 when already connected, 1 when the connection is in progress,
+   -1 when socket() or connect() failed. */
+static int open_and_connect(int *status) {
+    int fd = socket(g_addr->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        *status = -1;
+        return -1;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    int r = connect(fd, g_addr->ai_addr, g_addr->ai_addrlen);
+    *status = r == 0 ? 0 : (errno == EINPROGRESS ? 1 : -1);
+    return fd;
+}
+
 static void start_connect(struct conn *c) {
     uint64_t now = now_ns();
-    int fd = socket(g_addr->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int status;
+    int fd = open_and_connect(&status);
     c->gen++;
     c->state = S_CONNECTING;
     c->msg_len = 0;
@@ -446,26 +499,18 @@ static void start_connect(struct conn *c) {
         outstanding++;
     else
         pending_connects++;
-    if (fd < 0) {
-        c->fd = -1;
+    c->fd = fd;
+    if (fd < 0 || status < 0) {
         conn_fail(c, E_CONNECT, now);
         return;
     }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    c->fd = fd;
     c->ev = EPOLLOUT;
     struct epoll_event e = {.events = EPOLLOUT, .data.u64 = ev_key(c)};
     if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &e) < 0) {
         conn_fail(c, E_OTHER, now);
         return;
     }
-    int r = connect(fd, g_addr->ai_addr, g_addr->ai_addrlen);
-    if (r == 0) {
-        on_ready(c, now);
-    } else if (errno != EINPROGRESS) {
-        conn_fail(c, E_CONNECT, now);
-    }
+    if (status == 0) on_ready(c, now);
 }
 
 static void on_ready(struct conn *c, uint64_t now) {       /* TCP connected */
@@ -589,6 +634,7 @@ static void enter_measure(uint64_t now) {
     completed = completed_bytes = 0;
     srv_ok = read_proc_cpu(&srv_cpu0_u, &srv_cpu0_s);
     cli_cpu0 = self_cpu();
+    sys_ok = read_sys_cpu(sys0);
     t_measure0 = now_ns();
     phase_deadline = t_measure0 + (uint64_t)(o_duration * 1e9);
 }
@@ -598,6 +644,7 @@ static void enter_drain(uint64_t now) {
     t_measure1 = now_ns();
     if (srv_ok) srv_ok = read_proc_cpu(&srv_cpu1_u, &srv_cpu1_s);
     cli_cpu1 = self_cpu();
+    if (sys_ok) sys_ok = read_sys_cpu(sys1);
     phase = P_DRAIN;
     phase_deadline = t_measure1 + (uint64_t)(o_drain * 1e9);
     /* stream connections whose window is already empty are done */
@@ -700,9 +747,9 @@ static void print_json(void) {
     srv_rss_end = read_proc_status_kb("VmRSS");
 
     printf("{\"loadgen_version\": \"%s\", \"mode\": \"%s\", \"line\": %s, \"host\": \"%s\", "
-           "\"port\": %s, \"conns\": %ld, \"idle\": %ld, \"size\": %zu, ",
+           "\"port\": %s, \"conns\": %ld, \"idle\": %ld, \"size\": %zu, \"close\": \"%s\", ",
            LOADGEN_VERSION, mode, o_line ? "true" : "false", o_host, o_port, o_conns, o_idle,
-           o_size);
+           o_size, o_close_rst ? "rst" : "fin");
     printf("\"warmup_s\": %.3f, \"duration_s\": %.6f, \"rate\": %.3f, \"rate_unit\": \"%s\", ",
            o_warmup, dur, rate, unit);
     printf("\"requests\": %llu, \"requests_per_s\": %.3f, \"bytes\": %llu, \"mb_per_s\": %.3f, ",
@@ -718,8 +765,16 @@ static void print_json(void) {
     for (int i = 0; i < E_N; i++)
         printf("%s\"%s\": %llu", i ? ", " : "", err_names[i], (unsigned long long)errors[i]);
     printf("}, \"active_alive\": %ld, \"idle_ready\": %ld, ", active_alive, idle_ready);
-    printf("\"client\": {\"cpu_s\": %.3f, \"cpu_util\": %.4f}, ", cli_cpu1 - cli_cpu0,
-           dur > 0 ? (cli_cpu1 - cli_cpu0) / dur : 0.0);
+    {
+        /* with --busy-poll the client never sleeps; busy_util leaves out the empty polls */
+        double cpu = cli_cpu1 - cli_cpu0, idle = (double)spin_idle_ns / 1e9;
+        double busy = o_busy_poll ? cpu - idle : cpu;
+        if (busy < 0) busy = 0;
+        printf("\"client\": {\"cpu_s\": %.3f, \"cpu_util\": %.4f, \"busy_poll\": %s, "
+               "\"busy_util\": %.4f}, ",
+               cpu, dur > 0 ? cpu / dur : 0.0, o_busy_poll ? "true" : "false",
+               dur > 0 ? busy / dur : 0.0);
+    }
     printf("\"server\": {\"pid\": %ld", o_server_pid);
     if (srv_ok && dur > 0) {
         double u = srv_cpu1_u - srv_cpu0_u, s = srv_cpu1_s - srv_cpu0_s;
@@ -738,6 +793,16 @@ static void print_json(void) {
     if (srv_rss_end >= 0) printf(", \"rss_end_kb\": %ld", srv_rss_end);
     if (srv_hwm >= 0) printf(", \"vmhwm_kb\": %ld", srv_hwm);
     printf("}");
+    if (sys_ok && dur > 0) {
+        /* CPU used by everything else on the machine during the window: noise indicator */
+        double srv = srv_ok ? (srv_cpu1_u - srv_cpu0_u) + (srv_cpu1_s - srv_cpu0_s) : 0.0;
+        double other = (sys1[0] - sys0[0]) - srv - (cli_cpu1 - cli_cpu0);
+        if (other < 0) other = 0;
+        printf(", \"system\": {\"ncpu_online\": %ld, \"other_cpu_util\": %.4f, "
+               "\"irq_softirq_util\": %.4f, \"steal_util\": %.4f}",
+               sysconf(_SC_NPROCESSORS_ONLN), other / dur, (sys1[1] - sys0[1]) / dur,
+               (sys1[2] - sys0[2]) / dur);
+    }
     if (fatal_msg[0]) printf(", \"fatal\": \"%s\"", fatal_msg);
     printf("}\n");
     fflush(stdout);
@@ -761,7 +826,11 @@ static void usage(FILE *f) {
             "  --connect-batch B   max connections being set up at once (default 256)\n"
             "  --setup-timeout T   seconds allowed for each set-up phase (default 60)\n"
             "  --settle T          seconds to wait after idle set-up before RSS (default 0.3)\n"
-            "  --drain-timeout T   seconds to wait for in-flight echoes (default 2)\n");
+            "  --drain-timeout T   seconds to wait for in-flight echoes (default 2)\n"
+            "  --close rst|fin     how the client closes connections (default rst: no\n"
+            "                      TIME_WAIT left behind; fin: orderly close)\n"
+            "  --busy-poll 0|1     spin on epoll_wait(0) during warm-up and measurement\n"
+            "                      instead of sleeping (default 1; needs its own CPU)\n");
 }
 
 static double parse_double(const char *s, const char *name) {
@@ -788,6 +857,7 @@ int main(int argc, char **argv) {
         {"cpu", required_argument, 0, 'C'},      {"connect-batch", required_argument, 0, 'b'},
         {"setup-timeout", required_argument, 0, 'T'}, {"settle", required_argument, 0, 'S'},
         {"drain-timeout", required_argument, 0, 'D'}, {"help", no_argument, 0, 'H'},
+        {"close", required_argument, 0, 'K'},      {"busy-poll", required_argument, 0, 'B'},
         {0, 0, 0, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -812,6 +882,12 @@ int main(int argc, char **argv) {
         case 'T': o_setup_timeout = parse_double(optarg, "--setup-timeout"); break;
         case 'S': o_settle = parse_double(optarg, "--settle"); break;
         case 'D': o_drain = parse_double(optarg, "--drain-timeout"); break;
+        case 'K':
+            if (!strcmp(optarg, "rst")) o_close_rst = 1;
+            else if (!strcmp(optarg, "fin")) o_close_rst = 0;
+            else die("--close must be rst or fin, not %s", optarg);
+            break;
+        case 'B': o_busy_poll = parse_long(optarg, "--busy-poll") ? 1 : 0; break;
         case 'H': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -862,8 +938,14 @@ int main(int argc, char **argv) {
     restart_ids = calloc((size_t)(o_conns ? o_conns : 1), sizeof *restart_ids);
     restart_tmp = calloc((size_t)(o_conns ? o_conns : 1), sizeof *restart_tmp);
     if (!pat || !rbuf || !conns || !restart_ids || !restart_tmp) die("out of memory%s", "");
+    /* the buffer is periodic (pat[i] == pat[i % PERIOD]) so that any slice is
+       the byte stream at that offset, even across the wrap */
     uint64_t x = 0x9E3779B97F4A7C15ull;
     for (size_t i = 0; i < pat_len; i++) {
+        if (i >= PERIOD) {
+            pat[i] = pat[i - PERIOD];
+            continue;
+        }
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
@@ -899,13 +981,21 @@ int main(int argc, char **argv) {
         pump_restarts();
         now = now_ns();
         int timeout = 0;
-        if (n_restart > 0) {
+        int spinning = o_busy_poll && (phase == P_WARMUP || phase == P_MEASURE);
+        if (spinning) {
+            timeout = 0;
+        } else if (n_restart > 0) {
             timeout = 1;                /* back off briefly after failed connects */
         } else if (phase_deadline > now) {
             uint64_t ms = (phase_deadline - now + 999999) / 1000000;
             timeout = ms > 1000 ? 1000 : (int)ms;
         }
         int n = epoll_wait(ep, evs, MAXEV, timeout);
+        if (spinning && n == 0) {
+            if (phase == P_MEASURE) spin_idle_ns += now_ns() - now;
+            advance(now_ns());
+            continue;
+        }
         if (n < 0) {
             if (errno == EINTR) continue;
             perror("loadgen: epoll_wait");

@@ -62,8 +62,14 @@ LINE_KINDS = ("netloop-chat", "asynchat", "asyncio-streams")
 ALL_KINDS = BYTE_KINDS + LINE_KINDS
 
 
-class Stop(Exception):
-    """Raised from the SIGTERM handler to leave a blocking loop."""
+class Stop(SystemExit):
+    """Raised from the SIGTERM handler to leave a blocking loop.
+
+    A SystemExit subclass on purpose: asyncore-style loops catch ordinary
+    exceptions raised inside handlers (handle_error) but re-raise SystemExit."""
+
+    def __init__(self):
+        SystemExit.__init__(self, 0)
 
 
 def _raise_stop(signum, frame):  # pragma: no cover - signal path
@@ -338,7 +344,7 @@ def serve_minimal_epoll(args):
     announce(lsock.getsockname()[1])
     try:
         while True:
-            for fd, ev in ep.poll():
+            for fd, _events in ep.poll():
                 if fd == lfd:
                     while True:
                         try:

@@ -1,0 +1,145 @@
+"""Smoke tests for the benchmark tooling (load generator, servers, runner).
+
+They build benchmarks/loadgen.c, start stdlib-only echo servers in their own
+processes and drive them for about a second each.  Every server is stopped
+and reaped even when an assertion fails."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+BENCH_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, BENCH_DIR)
+
+import benchlib  # noqa: E402
+
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="loadgen needs Linux/epoll"),
+]
+
+
+@pytest.fixture(scope="module")
+def loadgen():
+    if benchlib.find_compiler() is None:
+        pytest.skip("no C compiler: cannot build benchmarks/loadgen.c")
+    return benchlib.build_loadgen(quiet=True)
+
+
+def server_cmd(kind):
+    return [sys.executable, benchlib.SERVERS_PY, "--kind", kind, "--port", "0"]
+
+
+def run_against(kind, loadgen, **kw):
+    srv = benchlib.ServerProcess(server_cmd(kind), ready_timeout=30, name=kind)
+    try:
+        srv.start()
+        result = benchlib.run_loadgen(loadgen, srv.port, server_pid=srv.proc.pid,
+                                      timeout=90, **kw)
+        alive = srv.alive()
+    finally:
+        srv.stop()
+        srv.cleanup_files()
+    assert alive, "server died during the run"
+    assert srv.exit_code == 0, "server did not stop cleanly on SIGTERM: %r" % srv.exit_code
+    assert not srv.killed
+    return result
+
+
+def test_pingpong_minimal_epoll(loadgen):
+    r = run_against("minimal-epoll", loadgen, mode="pingpong", conns=4, size=64,
+                    duration=1.0, warmup=0.2)
+    for key in ("mode", "requests_per_s", "latency_us", "errors", "duration_s", "server",
+                "client", "rate", "rate_unit"):
+        assert key in r
+    assert r["mode"] == "pingpong"
+    assert r["errors"] == 0, r["error_detail"]
+    assert r["requests"] > 100
+    assert r["requests_per_s"] > 100
+    assert 0.8 < r["duration_s"] < 2.0
+    lat = r["latency_us"]
+    assert 0 < lat["p50"] <= lat["p99"] <= lat["max"]
+    assert r["active_alive"] == 4
+    # the server's own CPU accounting was sampled over the window
+    assert r["server"]["pid"] > 0
+    assert "cpu_util" in r["server"] and "vmhwm_kb" in r["server"]
+
+
+def test_stream_line_connrate_idle(loadgen):
+    # one server, several loadgen modes in sequence
+    srv = benchlib.ServerProcess(server_cmd("minimal-epoll"), ready_timeout=30)
+    try:
+        srv.start()
+        common = dict(server_pid=srv.proc.pid, duration=0.5, warmup=0.1, timeout=60)
+        stream = benchlib.run_loadgen(loadgen, srv.port, mode="stream", conns=2,
+                                      size=65536, **common)
+        line = benchlib.run_loadgen(loadgen, srv.port, mode="pingpong", conns=3, size=64,
+                                    line=True, **common)
+        conn = benchlib.run_loadgen(loadgen, srv.port, mode="connrate", conns=4, size=64,
+                                    **common)
+        idle = benchlib.run_loadgen(loadgen, srv.port, mode="pingpong", conns=2, size=64,
+                                    idle=200, **common)
+    finally:
+        srv.stop()
+        srv.cleanup_files()
+    assert srv.exit_code == 0
+    assert stream["errors"] == 0 and stream["mb_per_s"] > 1 and stream["rate_unit"] == "MB/s"
+    assert line["errors"] == 0 and line["line"] is True and line["requests"] > 0
+    assert conn["errors"] == 0 and conn["conns_per_s"] > 10
+    assert idle["errors"] == 0 and idle["idle_ready"] == 200
+    assert "rss_per_idle_conn_bytes" in idle["server"]
+
+
+BAD_ECHO = textwrap.dedent(
+    """
+    import socket, sys
+    ls = socket.socket(); ls.bind(("127.0.0.1", 0)); ls.listen(16)
+    print(ls.getsockname()[1], flush=True)
+    while True:
+        c, _ = ls.accept()
+        while True:
+            d = c.recv(65536)
+            if not d:
+                break
+            c.sendall(d[:-1] + bytes([d[-1] ^ 0x20]))  # corrupt the last byte
+        c.close()
+    """
+)
+
+
+def test_loadgen_detects_corrupted_echo(loadgen):
+    srv = benchlib.ServerProcess([sys.executable, "-c", BAD_ECHO], ready_timeout=30)
+    try:
+        srv.start()
+        r = benchlib.run_loadgen(loadgen, srv.port, mode="pingpong", conns=1, size=64,
+                                 duration=0.3, warmup=0.0, setup_timeout=5, timeout=60)
+    finally:
+        srv.stop()
+        srv.cleanup_files()
+    assert r["errors"] >= 1
+    assert r["error_detail"]["mismatch"] >= 1
+
+
+def test_missing_compiler_message(monkeypatch):
+    monkeypatch.setattr(benchlib, "find_compiler", lambda: None)
+    with pytest.raises(benchlib.BenchError, match="no C compiler"):
+        benchlib.build_loadgen(force=True, quiet=True)
+
+
+def test_runner_quick_subset(loadgen, tmp_path):
+    out = tmp_path / "res"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(BENCH_DIR, "run.py"), "--quick", "--servers",
+         "minimal-epoll", "--scenarios", "pp10", "--duration", "0.5", "--warmup", "0.1",
+         "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=100,
+    )
+    assert proc.returncode == 0, proc.stdout
+    data = json.loads((out / "results.json").read_text())
+    assert len(data["runs"]) == 1 and data["runs"][0]["ok"]
+    assert data["runs"][0]["result"]["errors"] == 0
+    md = (out / "results.md").read_text()
+    assert "minimal-epoll@" in md and "pp10" in md
