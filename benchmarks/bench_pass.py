@@ -1,0 +1,103 @@
+"""Per-request user-space cost of one loop pass, measured in-process (no load generator).
+
+Each round: N client sockets each send 64 bytes, the server side runs one pass, the clients read
+the echoes. Kernel work is the same for every variant, so differences are the server's Python
+overhead. Prints microseconds per request (CPU time; noisy on a busy machine). For a
+deterministic figure count instructions with callgrind, as benchmarks/README.md's log does:
+
+    for r in 50 150; do ROUNDS=$r valgrind --tool=callgrind --callgrind-out-file=/dev/null \\
+        $(python3 -c 'import sys; print(sys.executable)') benchmarks/bench_pass.py netloop 2>&1 \\
+        | grep Collected; done
+    # (second - first) / (100 rounds * N) = instructions per request
+
+Variants: minimal (a hand-written epoll echo), netloop (legacy dispatcher_with_send code on
+netloop.asyncore, the pass as loop() runs it), run_once (the same through Loop.run_once(0)).
+Environment: N (connections, default 100), ROUNDS (default 2000).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "src"))
+
+N = int(os.environ.get("N", 100))
+ROUNDS = int(os.environ.get("ROUNDS", 2000))
+MESSAGE = b"x" * 64
+
+
+def drive(clients, one_pass) -> float:
+    def rounds(count: int) -> None:
+        for _ in range(count):
+            for c in clients:
+                c.send(MESSAGE)
+            one_pass()
+            for c in clients:
+                c.recv(65536)
+
+    rounds(200)  # warm-up
+    start = time.process_time()
+    rounds(ROUNDS)
+    return (time.process_time() - start) / (ROUNDS * len(clients)) * 1e6
+
+
+def main() -> int:
+    which = sys.argv[1] if len(sys.argv) > 1 else "netloop"
+    pairs = [socket.socketpair() for _ in range(N)]
+    for a, b in pairs:
+        a.setblocking(False)
+        b.setblocking(False)
+    clients = [b for _, b in pairs]
+    cleanup = []
+    if which == "minimal":
+        ep = select.epoll()
+        conns = {a.fileno(): a for a, _ in pairs}
+        for fd in conns:
+            ep.register(fd, select.EPOLLIN)
+
+        def one_pass() -> None:
+            for fd, _ in ep.poll(0):
+                s = conns[fd]
+                data = s.recv(65536)
+                if data:
+                    s.send(data)
+        cleanup.append(ep.close)
+    else:
+        import netloop
+        from netloop import asyncore
+
+        class EchoHandler(asyncore.dispatcher_with_send):
+            def handle_read(self) -> None:
+                data = self.recv(8192)
+                if data:
+                    self.send(data)
+
+        for a, _ in pairs:
+            EchoHandler(a)
+        lp = netloop.get_loop(asyncore.socket_map)
+        lp.run_once(0)
+        if which == "run_once":
+            def one_pass() -> None:
+                lp.run_once(0)
+        else:
+            def one_pass() -> None:
+                lp._pass(0)  # what loop() runs each iteration
+        cleanup.append(lambda: asyncore.close_all())
+    per_request = drive(clients, one_pass)
+    print("%-9s N=%d: %.3f us CPU per request (server and clients in one process)"
+          % (which, N, per_request))
+    for fn in cleanup:
+        fn()
+    for a, b in pairs:
+        a.close()
+        b.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
