@@ -136,6 +136,11 @@ class dispatcher(_Dispatcher):
     def _default_map(self) -> Any:
         return socket_map
 
+    def _new_socket(self, family: int, type: int) -> Any:
+        # Through this module's global, looked up now: code that sets `asyncore.socket` to a
+        # mock module (CPython's test_smtpd does) gets mock sockets, as with asyncore.
+        return socket.socket(family, type)
+
     def log(self, message: Any) -> None:
         sys.stderr.write("log: %s\n" % str(message))
 
