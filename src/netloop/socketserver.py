@@ -1,9 +1,12 @@
 """Drop-in replacement for the standard library's ``socketserver`` (Python 3.13's names).
 
 Every public name of the standard module, with its behaviour and signatures, served by netloop's
-loop: ``import netloop.socketserver as socketserver``. The classes live in ``netloop.servers``;
-this module only names them. What netloop adds (shared loops, immediate ``shutdown()``, bursts of
-accepts, EMFILE back-off) is described in ``netloop.servers.base``.
+loop: ``import netloop.socketserver as socketserver``. The classes do their work in
+``netloop.servers``; here each is a thin subclass declared under the module name
+``socketserver`` (as the stdlib's classes are, which code and CPython's own tests check), built
+on this module's own bases so that ``issubclass`` relations are the stdlib's: a
+``ThreadingTCPServer`` here is a ``TCPServer`` here. What netloop adds (shared loops, immediate
+``shutdown()``, bursts of accepts, EMFILE back-off) is described in ``netloop.servers.base``.
 """
 
 from __future__ import annotations
@@ -11,18 +14,48 @@ from __future__ import annotations
 import os
 import socket
 
-from .servers import (
-    BaseRequestHandler,
-    BaseServer,
-    DatagramRequestHandler,
-    StreamRequestHandler,
-    TCPServer,
-    ThreadingMixIn,
-    ThreadingTCPServer,
-    ThreadingUDPServer,
-    UDPServer,
-)
+from . import servers as _core
 from .servers.handlers import _SocketWriter  # noqa: F401  (a private name some code imports)
+
+
+# Each class body sets __module__: the stdlib's classes are socketserver.X, and code (CPython's
+# test_socketserver among it) checks that.
+
+class BaseServer(_core.BaseServer):
+    __module__ = "socketserver"
+
+
+class TCPServer(_core.TCPServer, BaseServer):
+    __module__ = "socketserver"
+
+
+class UDPServer(_core.UDPServer, TCPServer):
+    __module__ = "socketserver"
+
+
+class ThreadingMixIn(_core.ThreadingMixIn):
+    __module__ = "socketserver"
+
+
+class ThreadingTCPServer(ThreadingMixIn, TCPServer):
+    __module__ = "socketserver"
+
+
+class ThreadingUDPServer(ThreadingMixIn, UDPServer):
+    __module__ = "socketserver"
+
+
+class BaseRequestHandler(_core.BaseRequestHandler):
+    __module__ = "socketserver"
+
+
+class StreamRequestHandler(_core.StreamRequestHandler, BaseRequestHandler):
+    __module__ = "socketserver"
+
+
+class DatagramRequestHandler(_core.DatagramRequestHandler, BaseRequestHandler):
+    __module__ = "socketserver"
+
 
 __all__ = [
     "BaseRequestHandler",
@@ -36,18 +69,31 @@ __all__ = [
     "UDPServer",
 ]
 
+
 if hasattr(os, "fork"):
-    from .servers import ForkingMixIn, ForkingTCPServer, ForkingUDPServer
+    class ForkingMixIn(_core.ForkingMixIn):
+        __module__ = "socketserver"
+
+    class ForkingTCPServer(ForkingMixIn, TCPServer):
+        __module__ = "socketserver"
+
+    class ForkingUDPServer(ForkingMixIn, UDPServer):
+        __module__ = "socketserver"
 
     __all__ += ["ForkingMixIn", "ForkingTCPServer", "ForkingUDPServer"]
 
 if hasattr(socket, "AF_UNIX"):
-    from .servers import (
-        ThreadingUnixDatagramServer,
-        ThreadingUnixStreamServer,
-        UnixDatagramServer,
-        UnixStreamServer,
-    )
+    class UnixStreamServer(_core.UnixStreamServer, TCPServer):
+        __module__ = "socketserver"
+
+    class UnixDatagramServer(_core.UnixDatagramServer, UDPServer):
+        __module__ = "socketserver"
+
+    class ThreadingUnixStreamServer(ThreadingMixIn, UnixStreamServer):
+        __module__ = "socketserver"
+
+    class ThreadingUnixDatagramServer(ThreadingMixIn, UnixDatagramServer):
+        __module__ = "socketserver"
 
     __all__ += [
         "ThreadingUnixDatagramServer",
@@ -55,8 +101,12 @@ if hasattr(socket, "AF_UNIX"):
         "UnixDatagramServer",
         "UnixStreamServer",
     ]
-
     if hasattr(os, "fork"):
-        from .servers import ForkingUnixDatagramServer, ForkingUnixStreamServer
+        class ForkingUnixStreamServer(ForkingMixIn, UnixStreamServer):
+            __module__ = "socketserver"
+
+        class ForkingUnixDatagramServer(ForkingMixIn, UnixDatagramServer):
+            __module__ = "socketserver"
 
         __all__ += ["ForkingUnixDatagramServer", "ForkingUnixStreamServer"]
+
