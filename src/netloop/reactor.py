@@ -503,15 +503,10 @@ class Loop:
                                 obj.handle_read()
                             else:
                                 obj.handle_read_event()
-                        except OSError as err:
-                            if err.errno in DISCONNECTED:
-                                obj.handle_close()
-                            else:
-                                obj.handle_error()
                         except RERAISED:
                             raise
-                        except BaseException:
-                            obj.handle_error()
+                        except BaseException as err:
+                            _route_failure(obj, err)
                     else:
                         self._dispatch_flags(fd, obj, flags)
             finally:
@@ -576,15 +571,10 @@ class Loop:
                     return
             if flags & CLOSED_MASK:
                 obj.handle_close()
-        except OSError as err:
-            if err.errno in DISCONNECTED:
-                obj.handle_close()
-            else:
-                obj.handle_error()
         except RERAISED:
             raise
-        except BaseException:
-            obj.handle_error()
+        except BaseException as err:
+            _route_failure(obj, err)
 
     def _on_wake(self) -> None:
         assert self._waker is not None
@@ -742,6 +732,16 @@ class Loop:
             signal.set_wakeup_fd(self._old_wakeup_fd if self._old_wakeup_fd is not None else -1)
             self._old_wakeup_fd = None
         return True
+
+
+def _route_failure(obj: Any, err: BaseException) -> None:
+    """asyncore's rule for an exception out of a handler (called inside the ``except`` block,
+    so ``handle_error()`` still sees it): a disconnect closes the channel quietly, anything
+    else goes to ``handle_error()``."""
+    if isinstance(err, OSError) and err.errno in DISCONNECTED:
+        obj.handle_close()
+    else:
+        obj.handle_error()
 
 
 def _ignore_in_frame(signum: int, frame: Any) -> None:
