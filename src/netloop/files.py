@@ -38,7 +38,7 @@ class FileWrapper:
     def getsockopt(self, level: int, optname: int, buflen: Optional[int] = None) -> int:
         if level == socket.SOL_SOCKET and optname == socket.SO_ERROR and not buflen:
             return 0
-        raise NotImplementedError("Only asyncore specific behaviour implemented.")
+        raise NotImplementedError("a file wrapper answers only SO_ERROR (always 0)")
 
     read = recv
     write = send
