@@ -143,12 +143,12 @@ class _Listener(Dispatcher):
 class BaseServer:
     """The request pipeline of socketserver's ``BaseServer``, served by a netloop loop.
 
-    Methods for the caller: ``serve_forever(poll_interval=0.5)``, ``shutdown()``,
-    ``handle_request()``, ``server_close()``, ``get_loop()``, ``set_loop()``; the server is a
-    context manager that calls ``server_close()`` on exit. Methods to override, as in
-    socketserver: ``server_bind``, ``server_activate``, ``get_request``, ``handle_timeout``,
+    Run it with ``serve_forever(poll_interval=0.5)`` or ``handle_request()``; stop it with
+    ``shutdown()`` and release it with ``server_close()`` (or a ``with`` block). ``get_loop()``
+    and ``set_loop()`` say or choose the loop. The hooks a subclass may replace are
+    socketserver's: ``server_bind``, ``server_activate``, ``get_request``, ``handle_timeout``,
     ``verify_request``, ``process_request``, ``shutdown_request``, ``close_request``,
-    ``service_actions``, ``handle_error``; ``finish_request`` builds the handler.
+    ``service_actions`` and ``handle_error``; ``finish_request`` builds the handler.
 
     ``loop`` / ``map`` (keyword-only): the loop, or the channel map, to serve this server from
     (default: a private one). See the module's documentation.
