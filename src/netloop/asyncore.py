@@ -40,7 +40,8 @@ socket_map = _reactor.socket_map
 
 # Names asyncore had at module level, re-exported for code that reaches for them there.
 _ = (EALREADY, EINPROGRESS, EWOULDBLOCK, ECONNRESET, EINVAL, ENOTCONN, ESHUTDOWN, EISCONN,
-     EBADF, ECONNABORTED, EPIPE, EAGAIN, errorcode, os, socket, time, sys, warnings)
+     EBADF, ECONNABORTED, EPIPE, EAGAIN, errorcode, os, socket, time, sys, warnings,
+     _strerror)
 
 
 def _map(map: Optional[Any]) -> Any:

@@ -15,6 +15,7 @@ from typing import Any, Deque, Optional
 
 from .dispatcher import Dispatcher, known_interest
 from .errors import DISCONNECTED, WOULD_BLOCK
+from .outqueue import consume, tail
 from .pollers import READ_MASK, WRITE
 from .reactor import ChannelMap
 
@@ -22,13 +23,6 @@ __all__ = ["BufferedDispatcher", "SEND_CHUNKS"]
 
 #: Chunks handed to one sendmsg() call (Linux allows 1024; more rarely helps).
 SEND_CHUNKS = 64
-
-
-def _tail(data: Any, start: int) -> Any:
-    """The unsent part of ``data``, without copying when ``data`` cannot change under us."""
-    if type(data) is bytes:
-        return memoryview(data)[start:]
-    return bytes(data[start:])
 
 
 class BufferedDispatcher(Dispatcher):
@@ -110,7 +104,7 @@ class BufferedDispatcher(Dispatcher):
         size = len(data)
         if sent < size:
             q = self._queue()
-            q.append(_tail(data, sent))
+            q.append(tail(data, sent))
             self._out_pending = size - sent
             self._update_interest()
 
@@ -140,15 +134,7 @@ class BufferedDispatcher(Dispatcher):
         self._out_pending -= sent
         if self._nl_idle is not None and sent:
             self._nl_last = self._nl_idle._queue.clock()
-        while sent:
-            head = q[0]
-            size = len(head)
-            if size <= sent:
-                q.popleft()
-                sent -= size
-            else:
-                q[0] = memoryview(head)[sent:]
-                break
+        consume(q, sent)
         if not q:
             self._out_pending = 0
             self._update_interest()

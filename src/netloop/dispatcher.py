@@ -24,7 +24,8 @@ from errno import (EALREADY, EBADF, EINPROGRESS, EINVAL, EISCONN, ENOTCONN, EWOU
                    errorcode)
 from typing import Any, Callable, Optional, Tuple, TypeVar
 
-from .errors import ACCEPT_RESOURCE, ACCEPT_RETRY, DISCONNECTED, WOULD_BLOCK, compact_traceback
+from .errors import (ACCEPT_RESOURCE, ACCEPT_RETRY, DISCONNECTED, WOULD_BLOCK, compact_traceback,
+                     strerror)
 from .pollers import READ_MASK, WRITE
 from .reactor import ChannelMap, _lookup, socket_map
 
@@ -328,7 +329,7 @@ class Dispatcher:
     def handle_connect_event(self) -> None:
         err = self.socket.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
         if err != 0:
-            raise OSError(err, os.strerror(err) if err > 0 else str(err))
+            raise OSError(err, strerror(err))
         self.handle_connect()
         self.connected = True
         self.connecting = False

@@ -613,9 +613,6 @@ class Loop:
         """
         logger.error("netloop: exception in callback %r", callback, exc_info=True)
 
-    def _has_work(self) -> bool:
-        return bool(self.map) or bool(self._timers) or bool(self._ready)
-
     def run(self, timeout: Optional[float] = None, count: Optional[int] = None) -> None:
         """Serve channels, timers and queued calls until none is left, ``stop()`` is called,
         or ``count`` passes have run. ``timeout`` caps each pass's wait (None: no cap)."""

@@ -19,6 +19,8 @@ import weakref
 from collections import deque
 from typing import Any, Callable, Deque, Iterable, List, Optional, Tuple
 
+from ..outqueue import consume, tail
+
 try:
     from typing import Protocol
 except ImportError:  # pragma: no cover - Python < 3.8
@@ -72,19 +74,6 @@ class SimpleProducer:
         self._data = data[:0]
         self._start = 0
         return data[start:] if start else data
-
-
-def tail(data: Any, start: int) -> Any:
-    """The unsent part of a queued entry, without copying when the entry cannot change.
-
-    ``bytes`` (and views of them) are sliced through a memoryview. A ``bytearray`` is copied:
-    holding a view of it would forbid its owner to resize it (BufferError) while it waits.
-    """
-    if type(data) is bytes:
-        return memoryview(data)[start:]
-    if type(data) is memoryview and data.readonly:
-        return data[start:]
-    return bytes(memoryview(data)[start:])
 
 
 class ProducerFifo(deque):  # type: ignore[type-arg]
@@ -207,16 +196,3 @@ def gather(fifo: Deque[Any], budget: int, max_chunks: int = SEND_CHUNKS,
     return chunks, total
 
 
-def consume(fifo: Deque[Any], sent: int) -> None:
-    """Drop ``sent`` bytes from the head of ``fifo`` (as ``gather()`` laid them out)."""
-    while sent > 0 and fifo:
-        head = fifo[0]
-        size = head.nbytes if type(head) is memoryview else len(head)
-        if size <= sent:
-            fifo.popleft()
-            sent -= size
-        else:
-            if type(head) is memoryview and head.format != "B":
-                head = head.cast("B")
-            fifo[0] = tail(head, sent)
-            return
