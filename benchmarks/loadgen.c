@@ -307,6 +307,11 @@ static void pick_message(struct conn *c, size_t len) {
     if (o_line) {
         memcpy(c->lbuf, pat + off, len - 1);
         c->lbuf[len - 1] = '\n';
+        if (o_line > 1 && len >= (size_t)(2 * o_line)) {
+            /* --lines N: N lines of len/N bytes (the last takes the remainder) */
+            size_t seg = len / (size_t)o_line;
+            for (int k = 1; k < o_line; k++) c->lbuf[k * seg - 1] = '\n';
+        }
         c->msg = c->lbuf;
     } else {
         c->msg = pat + off;
@@ -750,6 +755,7 @@ static void print_json(void) {
            "\"port\": %s, \"conns\": %ld, \"idle\": %ld, \"size\": %zu, \"close\": \"%s\", ",
            LOADGEN_VERSION, mode, o_line ? "true" : "false", o_host, o_port, o_conns, o_idle,
            o_size, o_close_rst ? "rst" : "fin");
+    printf("\"lines_per_msg\": %d, ", o_line);
     printf("\"warmup_s\": %.3f, \"duration_s\": %.6f, \"rate\": %.3f, \"rate_unit\": \"%s\", ",
            o_warmup, dur, rate, unit);
     printf("\"requests\": %llu, \"requests_per_s\": %.3f, \"bytes\": %llu, \"mb_per_s\": %.3f, ",
@@ -821,6 +827,8 @@ static void usage(FILE *f) {
             "  --warmup W          warm-up seconds before measuring (default 1)\n"
             "  --idle K            extra silent connections opened first (default 0)\n"
             "  --line              messages end in '\\n' and contain no other newline\n"
+            "  --lines N           line mode with N lines per message (each message\n"
+            "                      is N lines of size/N bytes, sent as one write)\n"
             "  --server-pid PID    sample server CPU time and RSS from /proc\n"
             "  --cpu N             pin this process to CPU N\n"
             "  --connect-batch B   max connections being set up at once (default 256)\n"
@@ -853,7 +861,7 @@ int main(int argc, char **argv) {
         {"mode", required_argument, 0, 'm'},     {"conns", required_argument, 0, 'c'},
         {"size", required_argument, 0, 's'},     {"duration", required_argument, 0, 'd'},
         {"warmup", required_argument, 0, 'w'},   {"idle", required_argument, 0, 'i'},
-        {"line", no_argument, 0, 'l'},           {"server-pid", required_argument, 0, 'P'},
+        {"line", no_argument, 0, 'l'},           {"lines", required_argument, 0, 'L'},           {"server-pid", required_argument, 0, 'P'},
         {"cpu", required_argument, 0, 'C'},      {"connect-batch", required_argument, 0, 'b'},
         {"setup-timeout", required_argument, 0, 'T'}, {"settle", required_argument, 0, 'S'},
         {"drain-timeout", required_argument, 0, 'D'}, {"help", no_argument, 0, 'H'},
@@ -875,7 +883,8 @@ int main(int argc, char **argv) {
         case 'd': o_duration = parse_double(optarg, "--duration"); break;
         case 'w': o_warmup = parse_double(optarg, "--warmup"); break;
         case 'i': o_idle = parse_long(optarg, "--idle"); break;
-        case 'l': o_line = 1; break;
+        case 'l': if (!o_line) o_line = 1; break;
+        case 'L': o_line = (int)parse_long(optarg, "--lines"); break;
         case 'P': o_server_pid = parse_long(optarg, "--server-pid"); break;
         case 'C': o_cpu = parse_long(optarg, "--cpu"); break;
         case 'b': o_batch = parse_long(optarg, "--connect-batch"); break;
@@ -898,6 +907,8 @@ int main(int argc, char **argv) {
     }
     if (o_size < 1 || o_size > (64u << 20)) die("--size must be 1..64MiB%s", "");
     if (o_line && o_size < 2) die("--line needs --size >= 2%s", "");
+    if (o_line < 0 || (o_line > 1 && o_size < (size_t)(2 * o_line)))
+        die("--lines N needs N >= 1 and --size >= 2N%s", "");
     if (o_mode != M_PINGPONG && o_conns < 1) die("--conns must be >= 1 for this mode%s", "");
     if (o_batch < 1) o_batch = 1;
     signal(SIGPIPE, SIG_IGN);

@@ -52,6 +52,15 @@ SCENARIOS = {
                         title="RSS per idle conn, 10,000 idle"),
     "line100": dict(mode="pingpong", conns=100, size=64, line=True, category="line",
                     title="line echo 64 B lines, 100 conns"),
+    # Pipelined lines: each message is 16 lines of 64 B sent in one write (a client that
+    # pipelines commands: SMTP PIPELINING, Redis, log shippers). Figures are per line.
+    "line100-x16": dict(mode="pingpong", conns=100, size=1024, line=16, category="line",
+                        title="line echo, 16 pipelined 64 B lines per message, 100 conns"),
+    # Line echo next to 1,000 idle connections (under select's 1024-fd limit, so that
+    # stdlib asynchat on select can take part).
+    "line100-idle1k": dict(mode="pingpong", conns=100, size=64, idle=1000, line=True,
+                           category="line",
+                           title="line echo 64 B lines, 100 conns + 1,000 idle"),
 }
 for _name, _sc in SCENARIOS.items():
     _sc.setdefault("idle", 0)
@@ -248,10 +257,18 @@ def starved(scenario, result):
     return srv is not None and cli is not None and srv < 0.85 and cli < 0.85
 
 
+def lines_per_msg(scenario):
+    """Lines in each message of a line scenario (1 unless pipelined), else 1."""
+    return int(scenario["line"]) if scenario["line"] else 1
+
+
 def metric_of(scenario, result):
     if scenario["metric"] == "rss_per_idle":
         return result.get("server", {}).get("rss_per_idle_conn_bytes")
-    return result.get("rate")
+    rate = result.get("rate")
+    if rate is not None and scenario["mode"] == "pingpong":
+        rate *= lines_per_msg(scenario)  # line scenarios count lines, not messages
+    return rate
 
 
 def run_one(loadgen, server, sc_name, sc, opts, cpus):
@@ -391,10 +408,14 @@ def summarise(runs, servers, scenarios):
                 "failures": [r["error"] for r in rs if not r["ok"]],
                 "metric": _median([metric_of(sc, x) for x in res]),
                 "metric_all": [metric_of(sc, x) for x in res],
-                "unit": "bytes/idle conn" if sc["metric"] == "rss_per_idle" else UNITS[sc["mode"]],
+                "unit": ("bytes/idle conn" if sc["metric"] == "rss_per_idle"
+                         else "lines/s" if sc["category"] == "line" else UNITS[sc["mode"]]),
                 "p50_us": _median([x["latency_us"]["p50"] for x in res if x.get("requests")]),
                 "p99_us": _median([x["latency_us"]["p99"] for x in res if x.get("requests")]),
-                "server_cpu_us_per_op": _median([x["server"].get("cpu_us_per_op") for x in res]),
+                # per line in line scenarios (a message of a pipelined one holds several)
+                "server_cpu_us_per_op": _median([
+                    x["server"]["cpu_us_per_op"] / lines_per_msg(sc)
+                    if x["server"].get("cpu_us_per_op") is not None else None for x in res]),
                 "server_cpu_us_per_mb": _median([x["server"].get("cpu_us_per_mb") for x in res]),
                 "server_cpu_util": _median([x["server"].get("cpu_util") for x in res]),
                 "client_cpu_util": _median([client_util(x) for x in res]),
@@ -532,7 +553,7 @@ def render_markdown(meta, servers, scenarios, cells, primary_tag, ref=None):
     table("bytes", "Server peak RSS (VmHWM)", memory, False)
     table("line", "Line echo (issue #3): throughput, median", headline, True)
     table("line", "Line echo: latency p50 / p99 (µs)", latency, False)
-    table("line", "Line echo: server CPU per request (µs) [server CPU use]", cpu, False)
+    table("line", "Line echo: server CPU per line (µs) [server CPU use]", cpu, False)
     notes = []
     for key, cell in cells.items():
         srv_name, sc_name = key.split("|")

@@ -527,3 +527,141 @@ def test_found_terminator_must_be_defined(loop: netloop.Loop, peers: List[socket
     peer.send(b"x\n")
     run_until(loop, lambda: ch.errors is not None)
     assert isinstance(ch.errors, NotImplementedError)
+
+
+# ---------------------------------------------------------------- pipelined input: batched replies
+class Probe(Lines):
+    """Echoes, and records after each push how many chunks wait in the queue."""
+
+    echo = True
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.queued_after_push: List[int] = []
+
+    def push(self, data: Any) -> None:
+        super().push(data)
+        self.queued_after_push.append(len(self.producer_fifo))
+
+
+def test_pipelined_replies_leave_together_with_the_last(loop: netloop.Loop,
+                                                          peers: List[socket.socket]) -> None:
+    ch, peer = make_pair(loop, peers, cls=Probe)
+    peer.send(b"a\nb\nc\nd\n")
+    run_until(loop, lambda: len(ch.frames) == 4)
+    # Frames a-c were followed by more input in the same read: their replies were queued;
+    # d's push sent all four in one call.
+    assert ch.queued_after_push == [1, 2, 3, 0]
+    assert read_from(loop, peer, 8) == b"a\nb\nc\nd\n"
+    assert not ch.producer_fifo and not ch._nl_batch
+    # A lone frame in a read pushes at once, as asynchat did.
+    peer.send(b"e\n")
+    run_until(loop, lambda: len(ch.frames) == 5)
+    assert ch.queued_after_push[-1] == 0
+    assert read_from(loop, peer, 2) == b"e\n"
+
+
+def test_batch_ends_with_the_read_when_a_partial_frame_follows(
+        loop: netloop.Loop, peers: List[socket.socket]) -> None:
+    ch, peer = make_pair(loop, peers, cls=Probe)
+    peer.send(b"a\nb\npart")
+    run_until(loop, lambda: len(ch.frames) == 2)
+    assert ch.queued_after_push == [1, 2]  # b was not the last bytes of the read
+    assert read_from(loop, peer, 4) == b"a\nb\n"  # sent when the read was done
+    peer.send(b"ial\n")
+    run_until(loop, lambda: len(ch.frames) == 3)
+    assert ch.frames[-1] == b"partial"
+    assert read_from(loop, peer, 8) == b"partial\n"
+
+
+def test_close_in_a_batch_sends_what_was_pushed_first(loop: netloop.Loop,
+                                                        peers: List[socket.socket]) -> None:
+    class Quitter(Probe):
+        def found_terminator(self) -> None:
+            super().found_terminator()
+            if self.frames[-1] == b"quit":
+                self.push(b"bye\n")
+                self.close()
+
+    ch, peer = make_pair(loop, peers, cls=Quitter)
+    peer.send(b"one\nquit\nnever\n")
+    run_until(loop, lambda: not ch.connected)
+    # As in asynchat, the rest of the read is still handed out; its reply goes nowhere.
+    assert ch.frames == [b"one", b"quit", b"never"]
+    peer.setblocking(True)
+    peer.settimeout(10)
+    got = b""
+    while True:
+        chunk = peer.recv(100)
+        if not chunk:
+            break
+        got += chunk
+    assert got == b"one\nquit\nbye\n"
+
+
+def test_exception_in_a_batch_keeps_earlier_replies(loop: netloop.Loop,
+                                                     peers: List[socket.socket]) -> None:
+    class Failing(Probe):
+        errors = 0
+
+        def found_terminator(self) -> None:
+            super().found_terminator()
+            if self.frames[-1] == b"boom":
+                raise RuntimeError("boom")
+
+        def handle_error(self) -> None:
+            self.errors += 1  # keeps the channel open
+
+    ch, peer = make_pair(loop, peers, cls=Failing)
+    peer.send(b"one\nboom\nthree\n")
+    run_until(loop, lambda: ch.errors == 1)
+    assert read_from(loop, peer, 9) == b"one\nboom\n"
+    assert not ch._nl_batch
+    # As in asynchat, the rest of that read waits for the next one; the channel works on.
+    peer.send(b"four\n")
+    run_until(loop, lambda: len(ch.frames) == 4)
+    assert read_from(loop, peer, 11) == b"three\nfour\n"
+
+
+def test_batched_replies_keep_order_with_producers(loop: netloop.Loop,
+                                                   peers: List[socket.socket]) -> None:
+    class Mixed(Probe):
+        def found_terminator(self) -> None:
+            data = self._get_data()
+            self.frames.append(data)
+            if data == b"p":
+                self.push_with_producer(SimpleProducer(b"producer\n", 3))
+            else:
+                self.push(data + b"\n")
+
+    ch, peer = make_pair(loop, peers, cls=Mixed)
+    peer.send(b"x\np\ny\nz\n")
+    run_until(loop, lambda: len(ch.frames) == 4)
+    assert read_from(loop, peer, 15) == b"x\nproducer\ny\nz\n"
+
+
+def test_batch_behind_a_backlog_keeps_order(loop: netloop.Loop,
+                                            peers: List[socket.socket]) -> None:
+    ch, peer = make_pair(loop, peers, cls=Probe)
+    blob = bytes(range(256)) * 8192  # 2 MiB: more than the socket buffers take at once
+    ch.push(blob)
+    assert ch.producer_fifo  # a backlog waits for write readiness
+    peer.send(b"a\n" + bytearray(b"b\n") + b"c\n")
+    run_until(loop, lambda: len(ch.frames) == 3)
+    got = read_from(loop, peer, len(blob) + 6, timeout=30)
+    assert got == blob + b"a\nb\nc\n"
+    run_until(loop, lambda: not ch.producer_fifo)
+
+
+def test_batch_of_mixed_byte_types(loop: netloop.Loop, peers: List[socket.socket]) -> None:
+    class Typed(Probe):
+        def found_terminator(self) -> None:
+            data = self._get_data()
+            self.frames.append(data)
+            kinds = {b"m": memoryview, b"a": bytearray}
+            self.push(kinds.get(data, bytes)(data + b"\n"))
+
+    ch, peer = make_pair(loop, peers, cls=Typed)
+    peer.send(b"m\nb\na\nz\n")
+    run_until(loop, lambda: len(ch.frames) == 4)
+    assert read_from(loop, peer, 8) == b"m\nb\na\nz\n"

@@ -142,6 +142,90 @@ def test_accept_burst(loop):
             c.close()
 
 
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6, socket.AF_UNIX])
+def test_accepted_socket_and_handler_address(loop, monkeypatch, family):
+    if family == socket.AF_INET6 and not has_ipv6():
+        pytest.skip("no IPv6 loopback")
+    address = None
+    if family == socket.AF_UNIX:
+        tmp = tempfile.mkdtemp()
+        address = os.path.join(tmp, "s")
+    peer_lookups: List[Any] = []
+    real_getpeername = socket.socket.getpeername
+
+    def counting_getpeername(self: socket.socket) -> Any:
+        peer_lookups.append(self)
+        return real_getpeername(self)
+
+    server = EchoServer(loop.map, family, address)
+    seen: List[Any] = []
+
+    def handle_accepted(sock: Any, addr: Any) -> None:
+        seen.append((sock, addr))
+        EchoServer.handle_accepted(server, sock, addr)
+
+    server.handle_accepted = handle_accepted  # type: ignore[method-assign]
+    monkeypatch.setattr(socket.socket, "getpeername", counting_getpeername)
+    client = socket.socket(family)
+    try:
+        client.connect(server.address)
+        run_until(loop, lambda: server.channels)
+        sock, addr = seen[0]
+        handler = server.channels[0]
+        # The accepted socket is what socket.accept() gives, made non-blocking by the handler.
+        assert type(sock) is socket.socket
+        assert sock.family == family and sock.type == socket.SOCK_STREAM
+        assert sock.gettimeout() == 0.0
+        assert handler.connected and handler.addr == addr
+        if family != socket.AF_UNIX:
+            assert addr == client.getsockname()
+        assert peer_lookups == []  # the address came from accept(), not getpeername()
+        client.sendall(b"ping")
+        got = bytearray()
+        client.settimeout(0)
+        run_until(loop, lambda: (got.extend(_recv_nowait(client)), bytes(got) == b"ping")[1])
+    finally:
+        client.close()
+        if family == socket.AF_UNIX:
+            os.unlink(address)
+            os.rmdir(tmp)
+
+
+def _recv_nowait(sock: socket.socket) -> bytes:
+    try:
+        return sock.recv(100)
+    except BlockingIOError:
+        return b""
+
+
+def test_handler_for_a_socket_accepted_elsewhere_asks_getpeername(loop):
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    sock, addr = listener.accept()  # a blocking accept, outside any loop
+    try:
+        handler = netloop.Dispatcher(sock, map=loop.map)
+        assert handler.addr == addr == client.getsockname()
+        assert sock.gettimeout() == 0.0
+        handler.close()
+    finally:
+        client.close()
+        listener.close()
+
+
+def test_blocking_listener_accepts_through_socket_accept(loop):
+    server = EchoServer(loop.map)
+    server.socket.settimeout(5)  # legacy code may leave its listener with a timeout
+    client = socket.create_connection(server.address)
+    try:
+        pair = server.accept()
+        assert pair is not None
+        sock, addr = pair
+        assert addr == client.getsockname() and type(sock) is socket.socket
+        sock.close()
+    finally:
+        client.close()
+
+
 def test_accept_nothing_pending(loop):
     server = EchoServer(loop.map)
     assert server.accept() is None

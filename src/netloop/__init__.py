@@ -9,10 +9,21 @@ instead of the removed modules.
 from .buffered import BufferedDispatcher
 from .dispatcher import Dispatcher, known_interest
 from .errors import ExitNow
-from .files import FileDispatcher, FileWrapper
 from .pollers import available as available_pollers
 from .reactor import Loop, get_loop, loop, socket_map
 from .timers import TimerHandle
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .files import FileDispatcher, FileWrapper
+else:
+    def __getattr__(name: str) -> object:
+        """``FileDispatcher``/``FileWrapper``: their module is imported on first use."""
+        if name in ("FileDispatcher", "FileWrapper"):
+            from . import files
+            value = globals()[name] = getattr(files, name)
+            return value
+        raise AttributeError("module %r has no attribute %r" % (__name__, name))
 
 __version__ = "0.1.0"
 

@@ -11,13 +11,17 @@ from __future__ import annotations
 
 from collections import deque
 from itertools import islice
-from typing import Any, Deque, Optional
 
 from .dispatcher import Dispatcher, known_interest
 from .errors import DISCONNECTED, WOULD_BLOCK
 from .outqueue import consume, tail
 from .pollers import READ_MASK, WRITE
-from .reactor import ChannelMap
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Deque, Optional
+
+    from .reactor import ChannelMap
 
 __all__ = ["BufferedDispatcher", "SEND_CHUNKS"]
 

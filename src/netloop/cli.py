@@ -6,18 +6,22 @@
 
 from __future__ import annotations
 
-import argparse
-
-import signal
 import socket
 import sys
 import time
-from typing import Any, Dict, List, Optional
 
 from .buffered import BufferedDispatcher
 from .dispatcher import Dispatcher
 from .pollers import available
 from .reactor import Loop
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from typing import Any, Dict, List, Optional, Tuple
+
+# argparse and signal are imported where they are used: ``import netloop.cli`` and the echo
+# server should not carry what they do not need (see _plain_echo_args).
 
 __all__ = ["main", "EchoHandler", "EchoServer"]
 
@@ -186,6 +190,8 @@ def _make_echo(kind: str, host: str, port: int, loop: Loop) -> Any:
 
 
 def echo(host: str, port: int, backend: str, kind: str) -> int:
+    import signal
+
     loop = Loop(poller=None if backend == "auto" else backend)
     server = _make_echo(kind, host, port, loop)
     address = getattr(server, "address", None) or server.server_address[:2]
@@ -205,8 +211,46 @@ def echo(host: str, port: int, backend: str, kind: str) -> int:
     return 0
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    backends = ["auto"] + available()
+_KINDS = ["dispatcher", "chat", "socketserver"]
+_ECHO_OPTIONS = ("--host", "--port", "--backend", "--kind")
+
+
+def _plain_echo_args(argv: List[str], backends: List[str]) -> Optional[Tuple[str, int, str, str]]:
+    """``(host, port, backend, kind)`` when ``argv`` is ``echo`` followed only by complete
+    ``--option value`` / ``--option=value`` pairs with valid values, exactly what argparse
+    would make of it; None for anything else (help, abbreviations, errors), left to argparse.
+
+    The echo server is what the benchmarks start, and argparse would cost it about 1.5 MiB
+    (argparse, re, gettext, locale, shutil and the compression modules shutil imports).
+    """
+    if not argv or argv[0] != "echo":
+        return None
+    values = {"--host": "127.0.0.1", "--port": "0", "--backend": "auto", "--kind": "dispatcher"}
+    rest = argv[1:]
+    i = 0
+    while i < len(rest):
+        name, sep, value = rest[i].partition("=")
+        if not sep:
+            if i + 1 == len(rest):
+                return None
+            i += 1
+            value = rest[i]
+        i += 1
+        if name not in _ECHO_OPTIONS or not value or value.startswith("-"):
+            return None
+        values[name] = value
+    try:
+        port = int(values["--port"])
+    except ValueError:
+        return None
+    if values["--backend"] not in backends or values["--kind"] not in _KINDS:
+        return None
+    return values["--host"], port, values["--backend"], values["--kind"]
+
+
+def _parser(backends: List[str]) -> argparse.ArgumentParser:
+    import argparse
+
     parser = argparse.ArgumentParser(prog="python -m netloop", description=__doc__)
     sub = parser.add_subparsers(dest="command")
     p_demo = sub.add_parser("demo", help="echo server plus a short built-in load")
@@ -218,8 +262,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     p_echo.add_argument("--host", default="127.0.0.1")
     p_echo.add_argument("--port", type=int, default=0)
     p_echo.add_argument("--backend", default="auto", choices=backends)
-    p_echo.add_argument("--kind", default="dispatcher",
-                        choices=["dispatcher", "chat", "socketserver"])
+    p_echo.add_argument("--kind", default="dispatcher", choices=_KINDS)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    backends = ["auto"] + available()
+    plain = _plain_echo_args(sys.argv[1:] if argv is None else argv, backends)
+    if plain is not None:
+        return echo(*plain)
+    parser = _parser(backends)
     args = parser.parse_args(argv)
     if args.command == "demo":
         demo(args.backend, args.connections, args.seconds, args.size)

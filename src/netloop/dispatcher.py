@@ -10,6 +10,10 @@ and event routing) with these differences, each deliberate:
   one clear line and pauses the listener briefly instead of raising, which in asyncore reached
   ``handle_error()`` and closed the listening socket (or, if caught, spun at 100% CPU).
 - The default ``handle_accept()`` accepts a bounded burst per readiness event, not one.
+- A dispatcher made for a socket its loop accepted in the same pass takes ``addr`` from
+  ``accept()`` instead of asking ``getpeername()`` (one system call less per connection). If
+  the peer already reset, ``connected`` stays True and the first ``recv()`` reports the close,
+  where asyncore had set ``connected`` to False; the channel closes either way.
 - ``recv()`` of a socket with nothing to read (a spurious wake-up) returns ``b''`` without
   closing, instead of raising into ``handle_error()``.
 - ``log_info()`` goes to the ``netloop`` logger; the asyncore facade prints, as asyncore did.
@@ -17,24 +21,35 @@ and event routing) with these differences, each deliberate:
 
 from __future__ import annotations
 
-import logging
 import os
 import socket as _socket
 from errno import (EALREADY, EBADF, EINPROGRESS, EINVAL, EISCONN, ENOTCONN, EWOULDBLOCK,
                    errorcode)
-from typing import Any, Callable, Optional, Tuple, TypeVar
 
+from ._lazy import lazy_logger, lazy_module
 from .errors import (ACCEPT_RESOURCE, ACCEPT_RETRY, DISCONNECTED, WOULD_BLOCK, compact_traceback,
                      strerror)
 from .pollers import READ_MASK, WRITE
-from .reactor import ChannelMap, _lookup, socket_map
+from .reactor import _lookup, socket_map
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import logging
+    from typing import Any, Callable, Optional, Tuple, TypeVar
+
+    from .reactor import ChannelMap
+
+    logger: logging.Logger
+    _F = TypeVar("_F", bound=Callable[..., Any])
+else:
+    # Imported when something is logged: see _lazy.
+    logging = lazy_module(globals(), "logging")
+    logger = lazy_logger(globals(), "netloop")
 
 __all__ = ["Dispatcher", "known_interest", "ACCEPT_BURST", "ACCEPT_BACKOFF"]
 
-logger = logging.getLogger("netloop")
-
-_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR,
-           "debug": logging.DEBUG}
+# logging.INFO, WARNING, ERROR and DEBUG (literal: no logging import until something is logged).
+_LEVELS = {"info": 20, "warning": 30, "error": 40, "debug": 10}
 
 #: Connections the default ``handle_accept()`` takes per readiness event. Enough to drain a
 #: burst of connects in one pass, small enough that a connect flood cannot starve the
@@ -43,7 +58,9 @@ ACCEPT_BURST = 32
 #: Seconds a listener rests after accept() failed for lack of descriptors or memory.
 ACCEPT_BACKOFF = 0.1
 
-_F = TypeVar("_F", bound=Callable[..., Any])
+# The C socket type's own family/type (socket.socket wraps them in enum conversions).
+_FAMILY = _socket.SocketType.family.__get__
+_TYPE = _socket.SocketType.type.__get__
 
 
 def known_interest(fn: _F) -> _F:
@@ -100,6 +117,11 @@ class Dispatcher:
             sock.setblocking(False)
             self.connected = True
             self.set_socket(sock, map)
+            lp = self._nl_loop
+            accepted = lp._accepted if lp is not None else None
+            if accepted is not None and accepted[0] is sock:
+                self.addr = accepted[1]  # what getpeername() would answer
+                return
             try:
                 self.addr = sock.getpeername()
             except OSError as err:
@@ -232,8 +254,16 @@ class Dispatcher:
 
     def accept(self) -> Optional[Tuple[Any, Any]]:
         """One ``(conn, address)`` from the backlog, or None when there is none to take."""
+        sock = self.socket
         try:
-            conn, addr = self.socket.accept()
+            if type(sock) is _socket.socket and sock.gettimeout() == 0.0:
+                # socket.accept() without its per-call enum conversions of family and type
+                # (the same socket results: a non-blocking listener gives the new socket the
+                # default timeout, as socket.accept() does).
+                fd, addr = sock._accept()  # type: ignore[attr-defined]
+                conn = _socket.socket(_FAMILY(sock), _TYPE(sock), sock.proto, fileno=fd)
+            else:
+                conn, addr = sock.accept()
         except TypeError:
             return None
         except OSError as why:
@@ -246,6 +276,10 @@ class Dispatcher:
         if self._nl_starved:
             self._nl_starved = False
             self.log_info("accept() works again", "info")
+        lp = self._nl_loop
+        if lp is not None:
+            # A handler made for conn in this pass takes addr from here, saving getpeername().
+            lp._accepted = (conn, addr)
         return conn, addr
 
     def _accept_exhausted(self, why: OSError) -> None:

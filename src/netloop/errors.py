@@ -10,7 +10,10 @@ from __future__ import annotations
 import errno
 import os
 import sys
-from typing import Tuple, Type
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Tuple, Type
 
 __all__ = [
     "ExitNow",

@@ -10,10 +10,14 @@ from __future__ import annotations
 import os
 import socket
 import warnings
-from typing import Any, Optional
 
 from .dispatcher import Dispatcher
-from .reactor import ChannelMap
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Optional
+
+    from .reactor import ChannelMap
 
 __all__ = ["FileWrapper", "FileDispatcher"]
 

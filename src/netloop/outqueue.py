@@ -7,7 +7,9 @@ reader never makes the sender copy its backlog again and again; anything mutable
 
 from __future__ import annotations
 
-from typing import Any, Deque
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Deque
 
 __all__ = ["tail", "consume"]
 

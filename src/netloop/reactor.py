@@ -23,26 +23,37 @@ until ``close()``.
 
 from __future__ import annotations
 
-import logging
 import os
-import signal
-import threading
 import time
 import weakref
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, MutableMapping, Optional, Set, Tuple, Union
 
+from ._lazy import lazy_aliases, lazy_logger, lazy_module
 from .errors import DISCONNECTED, RERAISED
 from .pollers import (CLOSED_MASK, ERROR, HANGUP, INVALID, PRIORITY, READ, READ_MASK, WRITE,
-                      Poller, SelectPoller, create)
+                      SelectPoller, create)
 from .timers import TimerHandle, TimerQueue
 from .waker import Waker
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import logging
+    import signal
+    import threading
+    from typing import Any, Callable, Deque, Dict, List, MutableMapping, Optional, Set, Tuple, Union
+
+    from .pollers import Poller
+
+    logger: logging.Logger
+    ChannelMap = MutableMapping[int, Any]
+else:
+    # Imported on first use (signal handlers, the first run(), a warning): see _lazy.
+    signal = lazy_module(globals(), "signal")
+    threading = lazy_module(globals(), "threading")
+    logger = lazy_logger(globals(), "netloop")
+    __getattr__ = lazy_aliases(globals(), ChannelMap=lambda t: t.MutableMapping[int, t.Any])
+
 __all__ = ["Loop", "get_loop", "loop", "socket_map", "ChannelMap"]
-
-logger = logging.getLogger("netloop")
-
-ChannelMap = MutableMapping[int, Any]
 
 #: The process-wide default channel map (asyncore's ``socket_map``).
 socket_map: Dict[int, Any] = {}
@@ -111,6 +122,9 @@ class Loop:
         self._closed_fds: Set[int] = set()   # fds removed during the current dispatch
         self._bad: List[int] = []            # fds the poller refused as closed: report them
         self._dispatching = False
+        # (socket, address) just accepted by a listener of this loop, for the handler made in
+        # the same pass (see Dispatcher.accept); dropped at the end of each dispatch pass.
+        self._accepted: Optional[Tuple[Any, Any]] = None
         self._timers = TimerQueue(self._clock)
         self._ready: Deque[Tuple[Callable[..., Any], Tuple[Any, ...]]] = deque()
         self._signal_handlers: Dict[int, Tuple[Callable[..., Any], Tuple[Any, ...]]] = {}
@@ -511,6 +525,7 @@ class Loop:
                         self._dispatch_flags(fd, obj, flags)
             finally:
                 self._dispatching = False
+                self._accepted = None
                 if closed:
                     closed.clear()
             if self._asked and not self._scan_asked:

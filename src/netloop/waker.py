@@ -9,7 +9,10 @@ bytes. Writes that find the pipe full are dropped: the loop is already due to wa
 from __future__ import annotations
 
 import os
-from typing import List
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import List
 
 
 class Waker:

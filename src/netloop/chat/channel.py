@@ -10,6 +10,13 @@ these differences, each deliberate:
   a large push is not cut into copies. The queue is flushed with one ``sendmsg()`` of several
   chunks (at most ``ac_out_buffer_size`` bytes per call) where the socket has it, and a partly
   sent chunk stays queued as a view of its tail, not a copy.
+- Replies to pipelined input are batched: when one read holds several complete frames, what
+  ``found_terminator()`` pushes for all but the last is queued, and the last frame's first
+  ``push()`` sends it all in one call (so does the end of the read, or ``close()``). asynchat
+  made one send per push, and that run of small writes also met Nagle's algorithm: a client
+  pipelining 16 lines got their echo at delayed-ACK pace (about 40 ms). The last frame's push
+  still sends at once, so a reply pushed just before the socket is wrapped for TLS (STARTTLS,
+  which must end a pipelined group) goes out in the clear, as before.
 - Write interest is known to the loop: asked for when the queue fills, dropped when it drains,
   so an idle channel costs nothing per pass. ``producer_fifo`` is still a deque that code may
   append to directly; such an append is noticed (``ProducerFifo``). Code that *replaces*
@@ -28,14 +35,19 @@ from __future__ import annotations
 
 import socket as _socket
 from collections import deque
-from typing import Any, Deque, List, Optional
 
 from ..dispatcher import Dispatcher, known_interest
 from ..errors import DISCONNECTED, WOULD_BLOCK
 from ..pollers import READ_MASK, WRITE
-from ..reactor import ChannelMap
-from .framing import DATA, FOUND, Framer, Terminator
+from .framing import DATA, FOUND, Framer
 from .producers import BYTES_TYPES, SEND_CHUNKS, ProducerFifo, consume, gather, tail
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Deque, List, Optional
+
+    from ..reactor import ChannelMap
+    from .framing import Terminator
 
 __all__ = ["ChatChannel", "DEFAULT_MAX_BUFFER"]
 
@@ -43,6 +55,9 @@ __all__ = ["ChatChannel", "DEFAULT_MAX_BUFFER"]
 DEFAULT_MAX_BUFFER = 1 << 20
 
 _SENDMSG = getattr(_socket.socket, "sendmsg", None)
+# Batch states of push() (see ChatChannel._nl_input): queue only; queue and send all.
+_QUEUE = 1
+_LAST = 2
 _deque_append = deque.append
 
 
@@ -70,18 +85,23 @@ class ChatChannel(Dispatcher):
     max_buffer: Optional[int] = DEFAULT_MAX_BUFFER
 
     _nl_writing = False     # whether the loop was last told that the queue holds something
+    _nl_batch: Any = False  # _QUEUE/_LAST while replies to one read's frames are batched
     # send()/recv() are the dispatcher's own, so the socket may be called directly (and
     # sendmsg() stand in for several send() calls); an override (TLS, tests) is always called.
     _nl_plain_send = True
     _nl_plain_recv = True
     # initiate_send() is this class's own, so push() may send at once without calling it.
     _nl_plain_initiate = True
+    # get_terminator() is this class's own: the terminator may be read directly.
+    _nl_plain_term = True
+    _nl_batched = 0         # bytes objects push() queued in the current batch (see _nl_flush)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._nl_plain_send = cls.send is Dispatcher.send
         cls._nl_plain_recv = cls.recv is Dispatcher.recv
         cls._nl_plain_initiate = cls.initiate_send is ChatChannel.initiate_send
+        cls._nl_plain_term = cls.get_terminator is ChatChannel.get_terminator
 
     def __init__(self, sock: Optional[_socket.socket] = None,
                  map: Optional[ChannelMap] = None) -> None:
@@ -199,35 +219,54 @@ class ChatChannel(Dispatcher):
             # framer's own walk, inlined. Its step() takes over at a partial frame, a change of
             # terminator kind, a frame that may be over the limit, or when found_terminator()
             # touched the input (discard_buffers(), a nested handle_read()).
-            term = self.get_terminator()
+            #
+            # Replies to pipelined frames are batched: push() queues them (_QUEUE) until the
+            # last frame of the read pushes (_LAST), which sends everything in one call.
+            plain_term = self._nl_plain_term
+            term = self.terminator if plain_term else self.get_terminator()
             if term.__class__ is bytes and term:
                 limit = self.max_buffer
+                tlen = len(term)
                 end = len(data)
                 pos = 0
-                while True:
-                    index = data.find(term, pos)
-                    if index < 0 or (limit is not None and framer._size + index - pos > limit):
-                        break
-                    if framer._size or framer._over:
-                        framer._size = 0
-                        framer._over = False
-                    start = pos
-                    pos = index + len(term)
-                    if pos >= end:
-                        framer._buf = b""
-                        framer._pos = 0
-                    else:
-                        framer._pos = pos
-                    if index > start:
-                        self.collect_incoming_data(data[start:index])
-                    self.found_terminator()
-                    if pos >= end:
-                        return
-                    if framer._buf is not data or framer._pos != pos:
-                        break
-                    term = self.get_terminator()
-                    if term.__class__ is not bytes or not term:
-                        break
+                size = framer._size  # bytes of the first frame handed out by earlier reads
+                stale = size or framer._over
+                batching = False
+                try:
+                    while True:
+                        index = data.find(term, pos)
+                        if index < 0 or (limit is not None and size + index - pos > limit):
+                            break
+                        if stale:
+                            framer._size = size = 0
+                            framer._over = stale = False
+                        start = pos
+                        pos = index + tlen
+                        if pos >= end:
+                            framer._buf = b""
+                            framer._pos = 0
+                            if batching:
+                                self._nl_batch = _LAST  # its first push sends the lot
+                        else:
+                            framer._pos = pos
+                            if not batching and self._nl_plain_initiate:
+                                batching = True
+                                self._nl_batch = _QUEUE
+                        if index > start:
+                            self.collect_incoming_data(data[start:index])
+                        self.found_terminator()
+                        if pos >= end:
+                            return
+                        if framer._buf is not data or framer._pos != pos:
+                            break
+                        if not plain_term or self.terminator is not term:
+                            term = self.get_terminator()
+                            if term.__class__ is not bytes or not term:
+                                break
+                            tlen = len(term)
+                finally:
+                    if batching:
+                        self._nl_flush()
         framer.max_buffer = self.max_buffer
         step = framer.step
         while True:
@@ -258,6 +297,20 @@ class ChatChannel(Dispatcher):
         if cls is not bytes and not isinstance(data, BYTES_TYPES):
             raise TypeError("data argument must be byte-ish (%r)" % type(data))
         fifo = self.producer_fifo
+        batch = self._nl_batch
+        if batch and self.connected:
+            # Called from found_terminator() for one of several frames of one read: queue now,
+            # and send when the last frame pushes (one send per read, not one per line; and no
+            # run of small writes for Nagle's algorithm to hold back).
+            if cls is bytes:
+                if data:
+                    _deque_append(fifo, data)
+                    self._nl_batched += 1
+            elif _nbytes(data):
+                _deque_append(fifo, data)
+            if batch is _LAST:
+                self._nl_flush()
+            return
         if fifo or not self.connected or not self._nl_plain_initiate:
             _deque_append(fifo, data)
             self.initiate_send()
@@ -312,6 +365,32 @@ class ChatChannel(Dispatcher):
         if start < size:
             self._queue_tail(data, start)
 
+    def _nl_flush(self) -> None:
+        """End a batch of replies (see ``_nl_input``): send what is queued."""
+        self._nl_batch = False
+        fifo = self.producer_fifo
+        batched = self._nl_batched
+        self._nl_batched = 0
+        if not fifo:
+            return
+        if batched > 1 and batched == len(fifo) and self.connected:
+            # The queue holds only the batch's byte strings (initiate_send() resets the count,
+            # and any other entry would make the lengths differ): one string, one send.
+            data = b"".join(fifo)
+            fifo.clear()
+            ChatChannel.push(self, data)
+        else:
+            self.initiate_send()
+
+    def close(self) -> None:
+        if self._nl_batch:
+            # Closed by found_terminator() in a batch: what it pushed first goes out first, as
+            # it would have without the batch.
+            self._nl_batch = False
+            if self.producer_fifo and self.connected:
+                self.initiate_send()
+        super().close()
+
     def _queue_tail(self, data: Any, start: int) -> None:
         if not self.connected:
             return  # closed by the send: nothing will go out any more
@@ -332,6 +411,7 @@ class ChatChannel(Dispatcher):
     def initiate_send(self) -> None:
         """Send as much of the queue as the kernel takes now, several chunks per call."""
         fifo = self.producer_fifo
+        self._nl_batched = 0
         obs = self.ac_out_buffer_size
         encoding = self.encoding if self.use_encoding else None
         while fifo and self.connected:
@@ -381,6 +461,7 @@ class ChatChannel(Dispatcher):
         self._framer.clear()
         del self.incoming[:]
         self.producer_fifo.clear()
+        self._nl_batched = 0
         self._sync_write()
 
     # ------------------------------------------------------------------ interest

@@ -23,7 +23,17 @@ until its terminator: the reader decides (close, skip, answer with an error).
 
 from __future__ import annotations
 
-from typing import Iterator, Optional, Tuple, Union
+from .._lazy import lazy_aliases
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Iterator, Optional, Tuple, Union
+
+    Terminator = Union[bytes, int, None]
+    Event = Tuple[bytes, int]
+else:
+    __getattr__ = lazy_aliases(globals(), Terminator=lambda t: t.Union[bytes, int, None],
+                               Event=lambda t: t.Tuple[bytes, int])
 
 __all__ = ["Framer", "Terminator", "DATA", "FOUND", "OVERFLOW", "find_prefix_at_end"]
 
@@ -31,9 +41,6 @@ __all__ = ["Framer", "Terminator", "DATA", "FOUND", "OVERFLOW", "find_prefix_at_
 DATA = 0      # a piece of the current frame; its terminator has not been seen yet
 FOUND = 1     # the last piece of the current frame (maybe empty): its terminator came next
 OVERFLOW = 2  # the current frame is over ``max_buffer``; no data comes with this event
-
-Terminator = Union[bytes, int, None]
-Event = Tuple[bytes, int]
 
 
 def find_prefix_at_end(haystack: bytes, needle: bytes) -> int:

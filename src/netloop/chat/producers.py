@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import weakref
 from collections import deque
-from typing import Any, Callable, Deque, Iterable, List, Optional, Tuple
 
 from ..outqueue import consume, tail
 
-try:
-    from typing import Protocol
-except ImportError:  # pragma: no cover - Python < 3.8
-    Protocol = object  # type: ignore[assignment]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Deque, Iterable, List, Optional, Protocol, Tuple
+else:
+    Protocol = object  # at run time Producer is a plain class: typing stays unimported
 
 __all__ = ["Producer", "SimpleProducer", "ProducerFifo", "gather", "consume", "tail",
            "BYTES_TYPES", "SEND_CHUNKS"]

@@ -10,14 +10,23 @@ from __future__ import annotations
 
 import os
 import select as _select
-from typing import Callable, Dict, List, Union
 
+from .._lazy import lazy_aliases
+from . import base as _base
 from .base import (CLOSED_MASK, ERROR, HANGUP, INVALID, PRIORITY, READ, READ_MASK, WRITE,
-                   Events, Poller)
+                   Poller)
 from .epoll import EpollPoller
 from .kqueue import KqueuePoller
 from .poll import PollPoller
 from .select import FD_SETSIZE, FDSetSizeError, SelectPoller
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Dict, List, Union
+
+    from .base import Events
+else:
+    __getattr__ = lazy_aliases(globals(), Events=lambda t: _base.Events)  # no typing until asked
 
 __all__ = [
     "READ", "WRITE", "PRIORITY", "ERROR", "HANGUP", "INVALID", "READ_MASK", "CLOSED_MASK",

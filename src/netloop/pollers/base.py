@@ -13,14 +13,19 @@ such fds as ``INVALID`` (poll's POLLNVAL), each once, at most once per ``SWEEP_I
 
 from __future__ import annotations
 
-import sys
 from time import monotonic
-from typing import Dict, List, Optional, Tuple
 
-if sys.version_info >= (3, 8):
-    from typing import Protocol
-else:  # pragma: no cover
+from .._lazy import lazy_aliases
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Dict, List, Optional, Protocol, Tuple
+
+    Events = List[Tuple[int, int]]
+else:
+    # At run time Poller is a plain class (typing stays unimported); Events is made on demand.
     Protocol = object
+    __getattr__ = lazy_aliases(globals(), Events=lambda t: t.List[t.Tuple[int, int]])
 
 READ = 0x001
 PRIORITY = 0x002
@@ -33,8 +38,6 @@ INVALID = 0x020
 READ_MASK = READ | PRIORITY
 #: Flags that say the descriptor is dead or in error.
 CLOSED_MASK = ERROR | HANGUP | INVALID
-
-Events = List[Tuple[int, int]]
 
 
 class Poller(Protocol):

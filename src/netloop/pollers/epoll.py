@@ -26,9 +26,14 @@ from __future__ import annotations
 
 import errno
 import select as _select
-from typing import Dict, Optional
 
-from .base import ClosedFdSweep, INVALID, READ, READ_MASK, WRITE, Events
+from .base import ClosedFdSweep, INVALID, READ, READ_MASK, WRITE
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Dict, Optional
+
+    from .base import Events
 
 
 _EPOLL = getattr(_select, "epoll", None)

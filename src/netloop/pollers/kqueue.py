@@ -14,10 +14,14 @@ from __future__ import annotations
 import errno
 import os
 import select as _select_module
-from typing import Any, Dict, List, Optional
 
-from .base import (ERROR, HANGUP, INVALID, READ, READ_MASK, WRITE,
-                   ClosedFdSweep, Events)
+from .base import ERROR, HANGUP, INVALID, READ, READ_MASK, WRITE, ClosedFdSweep
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Dict, List, Optional
+
+    from .base import Events
 
 
 # Typed as Any: the kqueue names exist only on BSD/macOS builds of the select module.

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import math
 import select as _select
-from typing import Optional, Set
 
-from .base import Events
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Optional, Set
+
+    from .base import Events
 
 
 class PollPoller:

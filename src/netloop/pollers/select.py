@@ -8,9 +8,14 @@ poller refuses such a descriptor when it is registered instead, naming the fix.
 from __future__ import annotations
 
 import select as _select
-from typing import Dict, Optional, Set
 
-from .base import PRIORITY, READ, READ_MASK, WRITE, Events
+from .base import PRIORITY, READ, READ_MASK, WRITE
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Dict, Optional, Set
+
+    from .base import Events
 
 #: glibc's FD_SETSIZE; CPython's select() checks descriptors against it.
 FD_SETSIZE = 1024

@@ -1,0 +1,177 @@
+"""``import netloop`` stays light: what the core imports only on first use stays unimported.
+
+A server's memory starts with its imports: typing, logging (with traceback, threading, string),
+argparse (with re and gettext) would add about 2-4 MiB to ``python -m netloop echo``. These tests
+run a fresh interpreter and check that importing netloop adds none of them, that the names
+made lazy still resolve to what they were, and that the echo command's plain argument form
+(parsed without argparse) means what argparse would make of it.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+import typing
+from typing import List, Optional
+
+import pytest
+
+import netloop
+from netloop import cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src"))
+ENV.pop("NETLOOP_POLLER", None)
+
+#: Modules the core no longer imports (each was imported by ``import netloop.cli`` before).
+LAZY = ["typing", "logging", "traceback", "argparse", "re", "threading", "signal", "gettext"]
+
+
+def fresh(code: str) -> str:
+    """Run ``code`` in a new interpreter (netloop from this checkout); its stdout."""
+    result = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def added_modules(statements: str) -> List[str]:
+    """The lazily imported modules that ``statements`` adds to ``sys.modules``."""
+    out = fresh("import sys\n"
+                "before = set(sys.modules)\n"
+                + statements + "\n"
+                "print(sorted(set(sys.modules) - before))\n")
+    added = ast.literal_eval(out.strip().splitlines()[-1])
+    return [name for name in LAZY if name in added]
+
+
+@pytest.mark.parametrize("statements", [
+    "import netloop",
+    "import netloop.cli",
+    "import netloop.chat",
+    "from netloop import Loop, Dispatcher, BufferedDispatcher, TimerHandle, ExitNow",
+])
+def test_import_adds_no_heavy_module(statements: str) -> None:
+    assert added_modules(statements) == []
+
+
+def test_loop_with_a_channel_adds_no_heavy_module_but_threading() -> None:
+    # A whole exchange over a loop: only run() reaches for threading (its thread id), if the
+    # interpreter had not imported it at startup already.
+    added = added_modules(
+        "import socket, netloop\n"
+        "lp = netloop.Loop()\n"
+        "a, b = socket.socketpair()\n"
+        "class Echo(netloop.BufferedDispatcher):\n"
+        "    def handle_read(self):\n"
+        "        self.send(self.recv(100))\n"
+        "        lp.stop()\n"
+        "ch = Echo(a, map=lp.map)\n"
+        "b.send(b'ping')\n"
+        "lp.run(timeout=5, count=10)\n"
+        "assert b.recv(100) == b'ping'\n"
+        "ch.close(); b.close(); lp.close()\n")
+    assert [name for name in added if name != "threading"] == []
+
+
+def test_echo_command_does_not_import_argparse() -> None:
+    added = added_modules(
+        "import netloop.cli as c\n"
+        "seen = []\n"
+        "c.echo = lambda *args: seen.append(args) or 0\n"
+        "assert c.main(['echo', '--port', '0', '--backend', 'auto']) == 0\n"
+        "assert seen == [('127.0.0.1', 0, 'auto', 'dispatcher')], seen\n")
+    assert added == []
+
+
+def test_logging_is_imported_when_something_is_logged() -> None:
+    out = fresh("import sys, netloop\n"
+                "from netloop import dispatcher\n"
+                "assert 'logging' not in sys.modules\n"
+                "netloop.Dispatcher(map={}).log_info('hello there', 'error')\n"
+                "import logging\n"
+                "assert dispatcher.logger is logging.getLogger('netloop')\n"
+                "print('ok')\n")
+    assert out.strip() == "ok"
+
+
+def test_lazy_names_resolve_as_before() -> None:
+    from netloop import FileDispatcher, FileWrapper, files, pollers, reactor
+    from netloop.chat import framing
+    from netloop.pollers import base
+
+    assert (FileDispatcher, FileWrapper) == (files.FileDispatcher, files.FileWrapper)
+    assert netloop.FileDispatcher is files.FileDispatcher
+    assert pollers.Events is base.Events
+    assert base.Events == typing.List[typing.Tuple[int, int]]
+    assert reactor.ChannelMap == typing.MutableMapping[int, typing.Any]
+    assert framing.Terminator == typing.Union[bytes, int, None]
+    assert framing.Event == typing.Tuple[bytes, int]
+    for module in (netloop, pollers, reactor, framing):
+        for name in module.__all__:
+            assert getattr(module, name) is not None
+    with pytest.raises(AttributeError):
+        netloop.NoSuchThing  # noqa: B018
+    with pytest.raises(AttributeError):
+        reactor.NoSuchThing  # noqa: B018
+
+
+def test_star_import_gives_every_public_name() -> None:
+    out = fresh("from netloop import *\n"
+                "from netloop.pollers import *\n"
+                "from netloop.reactor import *\n"
+                "print(FileDispatcher.__name__, Events, ChannelMap)\n")
+    assert out.startswith("FileDispatcher ")
+
+
+# The echo command's plain form must mean exactly what argparse makes of it.
+PLAIN = [
+    ["echo"],
+    ["echo", "--port", "5"],
+    ["echo", "--port=5", "--host", "::1"],
+    ["echo", "--backend", "poll", "--kind", "chat"],
+    ["echo", "--kind=socketserver", "--backend=select"],
+    ["echo", "--port", " 7 "],
+    ["echo", "--port", "1", "--port", "2"],
+    ["echo", "--host", "a=b"],
+    ["echo", "--host=a=b"],
+    ["echo", "--host", "localhost", "--port", "8000", "--backend", "epoll", "--kind", "chat"],
+]
+LEFT_TO_ARGPARSE = [
+    [], ["demo"], ["--help"], ["echo", "--help"], ["echo", "-h"], ["echo", "extra"],
+    ["echo", "--po", "5"], ["echo", "--port", "-5"], ["echo", "--port=-5"], ["echo", "--port", "x"],
+    ["echo", "--backend", "nope"], ["echo", "--kind", "nope"], ["echo", "--host"],
+    ["echo", "--host="], ["echo", "--host", ""], ["echo", "--", "--port", "5"],
+    ["echo", "--port", "5", "--bogus", "1"],
+]
+
+
+def _argparse_echo(argv: List[str]) -> Optional[tuple]:
+    backends = ["auto"] + netloop.available_pollers()
+    try:
+        args = cli._parser(backends).parse_args(argv)
+    except SystemExit:
+        return None
+    if args.command != "echo":
+        return None
+    return (args.host, args.port, args.backend, args.kind)
+
+
+@pytest.mark.parametrize("argv", PLAIN)
+def test_plain_echo_arguments_match_argparse(argv: List[str]) -> None:
+    backends = ["auto"] + netloop.available_pollers()
+    if "--backend" in argv and argv[argv.index("--backend") + 1] not in backends:
+        pytest.skip("this platform lacks %s" % argv[argv.index("--backend") + 1])
+    plain = cli._plain_echo_args(argv, backends)
+    assert plain is not None
+    assert plain == _argparse_echo(argv)
+
+
+@pytest.mark.parametrize("argv", LEFT_TO_ARGPARSE)
+def test_other_arguments_are_left_to_argparse(argv: List[str],
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    backends = ["auto"] + netloop.available_pollers()
+    assert cli._plain_echo_args(argv, backends) is None
+    _argparse_echo(argv)  # whatever argparse says (an error, help, a value) stays its own
