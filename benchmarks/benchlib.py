@@ -19,7 +19,6 @@ BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_DIR = os.path.dirname(BENCH_DIR)
 SRC_DIR = os.path.join(REPO_DIR, "src")
 BUILD_DIR = os.path.join(BENCH_DIR, ".build")
-PYCACHE_DIR = os.path.join(BUILD_DIR, "pycache")
 VENV_DIR = os.path.join(BENCH_DIR, ".venvs")
 LOADGEN_SRC = os.path.join(BENCH_DIR, "loadgen.c")
 SERVERS_PY = os.path.join(BENCH_DIR, "servers.py")
@@ -177,10 +176,11 @@ def server_env(extra=None):
     env["PYTHONPATH"] = SRC_DIR + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["PYTHONUNBUFFERED"] = "1"
     env.pop("NETLOOP_POLLER", None)
-    # Servers start from cached bytecode, as an installed package does (pip compiles it), but
-    # the cache lives under .build, not next to the sources. Compiling at start-up instead
-    # would leave about 2 MiB more in a server's RSS (see probe_python, which fills it).
-    env.setdefault("PYTHONPYCACHEPREFIX", PYCACHE_DIR)
+    # Servers start from cached bytecode (__pycache__, gitignored), as an installed package
+    # does: compiling at start-up would leave about 2 MiB more in a server's RSS. probe_python
+    # fills the cache. (A PYTHONPYCACHEPREFIX would also hide the stdlib's own .pyc files.)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env.pop("PYTHONPYCACHEPREFIX", None)
     if extra:
         env.update(extra)
     return env

@@ -586,6 +586,8 @@ def render_markdown(meta, servers, scenarios, cells, primary_tag, ref=None):
 def _unit_label(sc):
     if sc["metric"] == "rss_per_idle":
         return "per conn"
+    if sc.get("category") == "line":
+        return "lines/s"
     return UNITS[sc["mode"]]
 
 
@@ -610,7 +612,8 @@ def plot_from_json(json_path, outdir):
         names = [r[0] for r in rows][::-1]
         vals = [r[1] for r in rows][::-1]
         ax.barh(names, vals, color="#4a7ab5")
-        unit = "bytes per idle connection" if sc["metric"] == "rss_per_idle" else UNITS[sc["mode"]]
+        unit = ("bytes per idle connection" if sc["metric"] == "rss_per_idle"
+                else _unit_label(sc))
         ax.set_xlabel(unit)
         ax.set_title(sc["title"])
         ax.tick_params(axis="y", labelsize=8)
