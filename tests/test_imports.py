@@ -57,6 +57,14 @@ def test_import_adds_no_heavy_module(statements: str) -> None:
     assert added_modules(statements) == []
 
 
+@pytest.mark.parametrize("module", ["netloop.asyncore", "netloop.asynchat"])
+def test_drop_in_facades_do_not_import_typing(module: str) -> None:
+    # Legacy servers import the facades, not the core: they pay for what these import. (The
+    # facades log through print(), so logging is not needed either.)
+    added = added_modules("import " + module)
+    assert "typing" not in added and "re" not in added and "logging" not in added
+
+
 def test_loop_with_a_channel_adds_no_heavy_module_but_threading() -> None:
     # A whole exchange over a loop: only run() reaches for threading (its thread id), if the
     # interpreter had not imported it at startup already.

@@ -78,6 +78,8 @@ def test_stream_line_connrate_idle(loadgen):
                                       size=65536, **common)
         line = benchlib.run_loadgen(loadgen, srv.port, mode="pingpong", conns=3, size=64,
                                     line=True, **common)
+        lines16 = benchlib.run_loadgen(loadgen, srv.port, mode="pingpong", conns=3, size=1024,
+                                       line=16, **common)
         conn = benchlib.run_loadgen(loadgen, srv.port, mode="connrate", conns=4, size=64,
                                     **common)
         idle = benchlib.run_loadgen(loadgen, srv.port, mode="pingpong", conns=2, size=64,
@@ -88,6 +90,8 @@ def test_stream_line_connrate_idle(loadgen):
     assert srv.exit_code == 0
     assert stream["errors"] == 0 and stream["mb_per_s"] > 1 and stream["rate_unit"] == "MB/s"
     assert line["errors"] == 0 and line["line"] is True and line["requests"] > 0
+    assert line["lines_per_msg"] == 1
+    assert lines16["errors"] == 0 and lines16["lines_per_msg"] == 16 and lines16["requests"] > 0
     assert conn["errors"] == 0 and conn["conns_per_s"] > 10
     assert idle["errors"] == 0 and idle["idle_ready"] == 200
     assert "rss_per_idle_conn_bytes" in idle["server"]
@@ -143,3 +147,14 @@ def test_runner_quick_subset(loadgen, tmp_path):
     assert data["runs"][0]["result"]["errors"] == 0
     md = (out / "results.md").read_text()
     assert "minimal-epoll@" in md and "pp10" in md
+
+
+@pytest.mark.parametrize("script", ["bench_pass.py", "bench_accept.py"])
+def test_in_process_benches(script):
+    env = dict(os.environ, ROUNDS="5", N="4", K="4")
+    for variant in ("minimal", "netloop"):
+        proc = subprocess.run([sys.executable, os.path.join(BENCH_DIR, script), variant],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert "us CPU per" in proc.stdout

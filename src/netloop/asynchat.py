@@ -16,7 +16,9 @@ Importing it warns of nothing; on Python 3.12+ ``netloop.compat.install()`` make
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing is not imported at run time: it costs a server ~1 MiB
+    from typing import Any
 
 from . import asyncore
 from .chat.channel import ChatChannel as _ChatChannel

@@ -17,7 +17,10 @@ import time
 import warnings
 from errno import (EAGAIN, EALREADY, EBADF, ECONNABORTED, ECONNRESET, EINPROGRESS, EINVAL,
                    EISCONN, ENOTCONN, EPIPE, ESHUTDOWN, EWOULDBLOCK, errorcode)
-from typing import Any, Optional
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing is not imported at run time: it costs a server ~1 MiB
+    from typing import Any, Optional
 
 from . import reactor as _reactor
 from .buffered import BufferedDispatcher as _BufferedDispatcher
