@@ -11,7 +11,9 @@ deterministic figure count instructions with callgrind, as benchmarks/README.md'
     # (second - first) / (100 rounds * N) = instructions per request
 
 Variants: minimal (a hand-written epoll echo), netloop (legacy dispatcher_with_send code on
-netloop.asyncore, the pass as loop() runs it), run_once (the same through Loop.run_once(0)).
+netloop.asyncore, the pass as loop() runs it), run_once (the same through Loop.run_once(0)),
+asyncore and asyncore-poll (the same legacy code on the stdlib's asyncore, select or poll loop,
+one loop(count=1) per pass; Python 3.11 and older).
 Environment: N (connections, default 100), ROUNDS (default 2000).
 """
 
@@ -67,6 +69,25 @@ def main() -> int:
                 if data:
                     s.send(data)
         cleanup.append(ep.close)
+    elif which in ("asyncore", "asyncore-poll"):  # the stdlib's (Python 3.11 and older)
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import asyncore as stdlib_asyncore
+
+        class LegacyEcho(stdlib_asyncore.dispatcher_with_send):
+            def handle_read(self) -> None:
+                data = self.recv(8192)
+                if data:
+                    self.send(data)
+
+        for a, _ in pairs:
+            LegacyEcho(a)
+        use_poll = which == "asyncore-poll"
+
+        def one_pass() -> None:
+            stdlib_asyncore.loop(0, use_poll, count=1)
+        cleanup.append(lambda: stdlib_asyncore.close_all())
     else:
         import netloop
         from netloop import asyncore
