@@ -673,3 +673,29 @@ def test_set_poller_switches_backend(pairs):
         for obj in list(lp.map.values()):
             obj.close()
         lp.close()
+
+
+def test_loop_registry_is_weak_and_keeps_the_current_loop() -> None:
+    import gc
+    import weakref
+
+    from netloop import reactor
+
+    channels: dict = {}
+    first = netloop.get_loop(channels)
+    assert netloop.get_loop(channels) is first and reactor._lookup(channels) is first
+    gone = weakref.ref(first)
+    del first
+    gc.collect()
+    assert gone() is None  # nobody held it and it served nothing: it went away
+    assert id(channels) not in reactor._loops
+
+    old = netloop.Loop(channels)
+    old.close()
+    new = netloop.Loop(channels)  # a closed loop's map may be served again
+    assert reactor._lookup(channels) is new
+    del old
+    gc.collect()  # the old loop's death must not drop the new loop's entry
+    assert reactor._lookup(channels) is new and netloop.get_loop(channels) is new
+    new.close()
+    assert reactor._lookup(channels) is None

@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import time
 import weakref
+from _weakref import _remove_dead_weakref  # type: ignore[attr-defined]
 from collections import deque
 
 from ._lazy import lazy_aliases, lazy_logger, lazy_module
@@ -58,22 +59,37 @@ __all__ = ["Loop", "get_loop", "loop", "socket_map", "ChannelMap"]
 #: The process-wide default channel map (asyncore's ``socket_map``).
 socket_map: Dict[int, Any] = {}
 
-# id(map) -> the Loop serving it. Weak: a loop nobody holds and that serves nothing goes away.
-# A Loop holds its map, so the id cannot be reused while the entry lives.
-_loops: "weakref.WeakValueDictionary[int, Loop]" = weakref.WeakValueDictionary()
+# id(map) -> a weak reference to the Loop serving it: a loop nobody holds and that serves
+# nothing goes away (and its entry with it). A Loop holds its map, so the id cannot be reused
+# while the entry lives. A plain dict of references rather than a WeakValueDictionary: its
+# lookups are C calls, and dispatchers make one per connection set up and torn down.
+_loops: "Dict[int, weakref.ref[Loop]]" = {}
 # Loops holding kernel objects, kept alive while they do.
 _active: Set["Loop"] = set()
 
 
 def _lookup(map: ChannelMap) -> Optional["Loop"]:
-    return _loops.get(id(map))
+    ref = _loops.get(id(map))
+    return ref() if ref is not None else None
+
+
+def _register(lp: "Loop") -> None:
+    key = id(lp.map)
+
+    def forget(ref: "weakref.ref[Loop]") -> None:
+        # Only if the entry is still this dead reference (another loop may serve the map
+        # now), in one step, as WeakValueDictionary does: GC may run this on any thread.
+        _remove_dead_weakref(_loops, key)
+
+    _loops[key] = weakref.ref(lp, forget)
 
 
 def get_loop(map: Optional[ChannelMap] = None) -> "Loop":
     """The loop that serves ``map`` (the default ``socket_map`` when None), made if needed."""
     if map is None:
         map = socket_map
-    lp = _loops.get(id(map))
+    ref = _loops.get(id(map))
+    lp = ref() if ref is not None else None
     if lp is None or lp._closed:
         lp = Loop(map)
         lp._implicit = True
@@ -100,7 +116,7 @@ class Loop:
                  clock: Optional[Callable[[], float]] = None, scan: bool = True) -> None:
         if map is None:
             map = {}
-        existing = _loops.get(id(map))
+        existing = _lookup(map)
         if existing is not None and not existing._closed:
             if existing._implicit and not existing._acquired:
                 existing._closed = True
@@ -143,7 +159,7 @@ class Loop:
         # out by reading. poll()-style dispatch (the default) does. The drop-in loop() picks
         # the one its use_poll asks for.
         self._hup_closes = True
-        _loops[id(map)] = self
+        _register(self)
 
     @property
     def scan(self) -> bool:
@@ -162,11 +178,11 @@ class Loop:
     def _acquire(self) -> None:
         if self._closed:
             raise RuntimeError("the loop is closed")
-        current = _loops.get(id(self.map))
+        current = _lookup(self.map)
         if current is not self:
             if current is not None and not current._closed and current._acquired:
                 raise RuntimeError("this map is now served by another loop")
-            _loops[id(self.map)] = self
+            _register(self)
         self._poller = create(self._poller_spec)
         self._waker = Waker()
         self._wake_fd = self._waker.rfd
@@ -295,7 +311,7 @@ class Loop:
         self._timers.close()
         self._ready.clear()
         self._closed = True
-        if _loops.get(id(self.map)) is self:
+        if _lookup(self.map) is self:
             del _loops[id(self.map)]
 
     def __repr__(self) -> str:
@@ -662,7 +678,7 @@ class Loop:
         finally:
             self._stopping = False
             self._thread_id = None
-            if not self._running:
+            if not self._running and not self.map:
                 self._maybe_release()
 
     def stop(self) -> None:
@@ -792,7 +808,8 @@ def loop(timeout: Optional[float] = 30.0, use_poll: bool = False,
     if not map:
         return
     lp = get_loop(map)
-    if poller is None and use_poll and not os.environ.get("NETLOOP_POLLER"):
+    if poller is None and use_poll and lp._poller_spec != "poll" \
+            and not os.environ.get("NETLOOP_POLLER"):  # (os.environ costs ~1 us a call)
         poller = "poll"
     if poller is not None and lp._poller_spec != poller:
         wanted = poller if isinstance(poller, str) else getattr(poller, "name", None)
