@@ -665,3 +665,19 @@ def test_batch_of_mixed_byte_types(loop: netloop.Loop, peers: List[socket.socket
     peer.send(b"m\nb\na\nz\n")
     run_until(loop, lambda: len(ch.frames) == 4)
     assert read_from(loop, peer, 8) == b"m\nb\na\nz\n"
+
+
+def test_batch_survives_found_terminator_rearranging_the_queue(
+        loop: netloop.Loop, peers: List[socket.socket]) -> None:
+    class Juggler(Probe):
+        def found_terminator(self) -> None:
+            super().found_terminator()
+            if self.frames[-1] == b"b":
+                # Legacy code may edit the queue itself: take a reply back, queue a producer.
+                taken = self.producer_fifo.popleft()
+                self.producer_fifo.append(SimpleProducer(b"[" + taken + b"]", 2))
+
+    ch, peer = make_pair(loop, peers, cls=Juggler)
+    peer.send(b"a\nb\nc\n")
+    run_until(loop, lambda: len(ch.frames) == 3)
+    assert read_from(loop, peer, 8) == b"b\n[a\n]c\n"

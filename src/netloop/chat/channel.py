@@ -376,7 +376,11 @@ class ChatChannel(Dispatcher):
         if batched > 1 and batched == len(fifo) and self.connected:
             # The queue holds only the batch's byte strings (initiate_send() resets the count,
             # and any other entry would make the lengths differ): one string, one send.
-            data = b"".join(fifo)
+            try:
+                data = b"".join(fifo)
+            except TypeError:  # found_terminator() rearranged the queue itself
+                self.initiate_send()
+                return
             fifo.clear()
             ChatChannel.push(self, data)
         else:
