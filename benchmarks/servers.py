@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import inspect
-import json
 import os
 import signal
 import socket
@@ -144,6 +142,8 @@ def make_chat_handler(asynchat_mod):
 
 
 def loop_accepts_poller(loop_func):
+    import inspect  # only here: inspect (and json, below) would add ~2 MiB to every server
+
     try:
         return "poller" in inspect.signature(loop_func).parameters
     except (TypeError, ValueError):
@@ -495,6 +495,8 @@ def main(argv=None):
     ap.add_argument("--probe", action="store_true", help="print capabilities as JSON")
     args = ap.parse_args(argv)
     if args.probe:
+        import json
+
         print(json.dumps(probe()))
         return 0
     if not args.kind:
