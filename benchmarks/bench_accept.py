@@ -81,12 +81,11 @@ def _echoed(c: socket.socket) -> bool:
 
 def main() -> int:
     which = sys.argv[1] if len(sys.argv) > 1 else "netloop"
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1024)
-    listener.setblocking(False)
-    address = listener.getsockname()
     if which == "minimal":
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1024)
+        listener.setblocking(False)
         ep = select.epoll()
         lfd = listener.fileno()
         ep.register(lfd, select.EPOLLIN)
@@ -115,37 +114,23 @@ def main() -> int:
                     del socks[fd]
                     ep.unregister(fd)
                     s.close()
-        per_conn = drive(address, one_pass, lambda: len(socks))
+        per_conn = drive(listener.getsockname(), one_pass, lambda: len(socks))
         ep.close()
+        listener.close()
     else:
+        # The benchmark servers' legacy echo (servers.py silences asyncore's deprecation).
+        from servers import LEGACY_RECV, make_dispatcher_classes
         if which == "asyncore":  # the stdlib's (Python 3.11 and older)
-            import warnings
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                import asyncore
+            import asyncore
         else:
             from netloop import asyncore
-
-        class EchoHandler(asyncore.dispatcher_with_send):
-            def handle_read(self) -> None:
-                data = self.recv(8192)
-                if data:
-                    self.send(data)
-
-            def handle_close(self) -> None:
-                self.close()
-
-        class Server(asyncore.dispatcher):
-            def handle_accepted(self, sock, addr) -> None:
-                EchoHandler(sock)
-
-        server = Server(listener)
-        server.accepting = True
+        _, EchoServer = make_dispatcher_classes(asyncore, LEGACY_RECV)
+        server = EchoServer("127.0.0.1", 0)
         socket_map = asyncore.socket_map
-        per_conn = drive(address, lambda: asyncore.loop(0, map=socket_map, count=1),
+        per_conn = drive(server.socket.getsockname(),
+                         lambda: asyncore.loop(0, map=socket_map, count=1),
                          lambda: len(socket_map) - 1)
         asyncore.close_all()
-    listener.close()
     print("%-8s K=%d: %.3f us CPU per connection (server and clients in one process)"
           % (which, K, per_conn))
     return 0

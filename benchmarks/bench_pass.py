@@ -69,45 +69,32 @@ def main() -> int:
                 if data:
                     s.send(data)
         cleanup.append(ep.close)
-    elif which in ("asyncore", "asyncore-poll"):  # the stdlib's (Python 3.11 and older)
-        import warnings
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            import asyncore as stdlib_asyncore
-
-        class LegacyEcho(stdlib_asyncore.dispatcher_with_send):
-            def handle_read(self) -> None:
-                data = self.recv(8192)
-                if data:
-                    self.send(data)
-
-        for a, _ in pairs:
-            LegacyEcho(a)
-        use_poll = which == "asyncore-poll"
-
-        def one_pass() -> None:
-            stdlib_asyncore.loop(0, use_poll, count=1)
-        cleanup.append(lambda: stdlib_asyncore.close_all())
     else:
-        import netloop
-        from netloop import asyncore
-
-        class EchoHandler(asyncore.dispatcher_with_send):
-            def handle_read(self) -> None:
-                data = self.recv(8192)
-                if data:
-                    self.send(data)
-
+        # The legacy echo handler the benchmark servers use, on the stdlib's asyncore
+        # (Python 3.11 and older; servers.py silences its deprecation warning) or netloop's.
+        from servers import LEGACY_RECV, make_dispatcher_classes
+        if which in ("asyncore", "asyncore-poll"):
+            import asyncore
+        else:
+            import netloop
+            from netloop import asyncore
+        EchoHandler, _ = make_dispatcher_classes(asyncore, LEGACY_RECV)
         for a, _ in pairs:
             EchoHandler(a)
-        lp = netloop.get_loop(asyncore.socket_map)
-        lp.run_once(0)
-        if which == "run_once":
+        if which in ("asyncore", "asyncore-poll"):
+            use_poll = which == "asyncore-poll"
+
             def one_pass() -> None:
-                lp.run_once(0)
+                asyncore.loop(0, use_poll, count=1)
         else:
-            def one_pass() -> None:
-                lp._pass(0)  # what loop() runs each iteration
+            lp = netloop.get_loop(asyncore.socket_map)
+            lp.run_once(0)
+            if which == "run_once":
+                def one_pass() -> None:
+                    lp.run_once(0)
+            else:
+                def one_pass() -> None:
+                    lp._pass(0)  # what loop() runs each iteration
         cleanup.append(lambda: asyncore.close_all())
     per_request = drive(clients, one_pass)
     print("%-9s N=%d: %.3f us CPU per request (server and clients in one process)"

@@ -30,7 +30,7 @@ from ._lazy import lazy_logger, lazy_module
 from .errors import (ACCEPT_RESOURCE, ACCEPT_RETRY, DISCONNECTED, WOULD_BLOCK, compact_traceback,
                      strerror)
 from .pollers import READ_MASK, WRITE
-from .reactor import _lookup, _loops, socket_map
+from .reactor import _lookup, socket_map
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -161,8 +161,7 @@ class Dispatcher:
             map = self._map
         fd: Any = self._fileno  # None for a dispatcher with no socket, as in asyncore
         map[fd] = self
-        ref = _loops.get(id(map))  # reactor._lookup(), inlined: once per connection
-        lp = ref() if ref is not None else None
+        lp = _lookup(map)
         if lp is not None and lp._acquired:
             lp._add(fd, self)
 

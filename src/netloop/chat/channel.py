@@ -390,9 +390,7 @@ class ChatChannel(Dispatcher):
         if self._nl_batch:
             # Closed by found_terminator() in a batch: what it pushed first goes out first, as
             # it would have without the batch.
-            self._nl_batch = False
-            if self.producer_fifo and self.connected:
-                self.initiate_send()
+            self._nl_flush()
         super().close()
 
     def _queue_tail(self, data: Any, start: int) -> None:
