@@ -2,10 +2,19 @@
 
 ``demo`` runs an echo server and a short built-in load on one loop, then prints what it did.
 ``echo`` runs a reference echo server until Ctrl-C or SIGTERM, printing its address when ready.
+
+Errors a user can make (a bad option value, a port in use, a host that does not resolve) end the
+command with one line on stderr and exit status 2, never a traceback. To add an option: one
+``add_argument()`` in ``_demo_parser()`` or ``_echo_parser()`` with a ``help=`` text (the default
+is appended to it), a ``type=`` converter from the ``_check_*`` family when the value has bounds
+(it raises ``argparse.ArgumentTypeError``, which argparse reports on one line), and the value
+passed on in ``_run_demo()``/``_run_echo()``. Failures found after parsing (opening a file,
+binding) raise ``UsageError``, which ``main()`` reports the same way.
 """
 
 from __future__ import annotations
 
+import math
 import socket
 import sys
 import time
@@ -18,12 +27,20 @@ from .reactor import Loop
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
-    from typing import Any, Dict, List, Optional, Tuple
+    from typing import Any, Callable, Dict, List, NoReturn, Optional
 
-# argparse and signal are imported where they are used: ``import netloop.cli`` and the echo
-# server should not carry what they do not need (see _plain_echo_args).
+# argparse and signal are imported where they are used: ``import netloop.cli`` stays light for
+# programs that import EchoServer or demo() (tests/test_imports.py).
 
-__all__ = ["main", "EchoHandler", "EchoServer"]
+__all__ = ["main", "demo", "echo", "EchoHandler", "EchoServer", "UsageError"]
+
+PROG = "python -m netloop"
+KINDS = ["dispatcher", "chat", "socketserver"]
+
+
+class UsageError(Exception):
+    """A mistake on the command line found after parsing (a port in use, a host that does not
+    resolve): ``main()`` prints it as one line on stderr and exits with status 2."""
 
 
 class EchoHandler(BufferedDispatcher):
@@ -94,7 +111,18 @@ class _Stats:
 
 def demo(backend: str = "auto", connections: int = 50, seconds: float = 2.0,
          size: int = 64, out: Any = None) -> Dict[str, Any]:
-    """Echo server plus load on one loop; returns (and prints) what happened."""
+    """Run an echo server and ``connections`` clients on one loop for ``seconds``.
+
+    Each client sends a ``size``-byte message, waits for its echo and sends again until the time
+    is up; the result (also printed to ``out``) counts the round trips and the CPU they took.
+    ``ValueError`` for a count or size below 1, or a negative or non-finite duration.
+    """
+    if connections < 1:
+        raise ValueError("connections must be at least 1, not %r" % (connections,))
+    if size < 1:
+        raise ValueError("size must be at least 1 byte, not %r" % (size,))
+    if not (seconds >= 0 and math.isfinite(seconds)):
+        raise ValueError("seconds must be a finite number >= 0, not %r" % (seconds,))
     out = out or sys.stdout
     loop = Loop(poller=None if backend == "auto" else backend)
     try:
@@ -136,9 +164,11 @@ def demo(backend: str = "auto", connections: int = 50, seconds: float = 2.0,
           % (connections, result["backend"]), file=out)
     print("  %d round trips of %d bytes in %.2fs: %d round trips/s, %.1f MB/s each way"
           % (result["messages"], size, result["seconds"], result["round_trips_per_s"],
-             result["messages"] * size / result["seconds"] / 1e6), file=out)
-    print("  CPU per round trip (server and clients together): %s us"
-          % result["cpu_us_per_round_trip"], file=out)
+             result["messages"] * size / result["seconds"] / 1e6 if result["seconds"] else 0.0),
+          file=out)
+    cpu_us = result["cpu_us_per_round_trip"]
+    print("  CPU per round trip (server and clients together): %s"
+          % ("n/a (no round trip completed)" if cpu_us is None else "%s us" % cpu_us), file=out)
     return result
 
 
@@ -189,11 +219,28 @@ def _make_echo(kind: str, host: str, port: int, loop: Loop) -> Any:
     raise ValueError("unknown kind %r" % kind)
 
 
-def echo(host: str, port: int, backend: str, kind: str) -> int:
+def echo(host: str = "127.0.0.1", port: int = 0, backend: str = "auto",
+         kind: str = "dispatcher") -> int:
+    """Serve echo on ``host``:``port`` until SIGTERM or SIGINT; print the address when ready.
+
+    ``UsageError`` when the server cannot listen there (port in use or out of range, a host
+    that does not resolve, an address of the wrong kind).
+    """
     import signal
 
     loop = Loop(poller=None if backend == "auto" else backend)
-    server = _make_echo(kind, host, port, loop)
+    try:
+        try:
+            server = _make_echo(kind, host, port, loop)
+        except (OSError, OverflowError) as err:
+            # gaierror is an OSError; bind() raises OverflowError for a port over 65535.
+            raise UsageError("cannot listen on %s port %s: %s"
+                             % (host, port, getattr(err, "strerror", None) or err)) from None
+    except BaseException:
+        for obj in list(loop.map.values()):
+            obj.close()
+        loop.close()
+        raise
     address = getattr(server, "address", None) or server.server_address[:2]
     loop.add_signal_handler(signal.SIGTERM, loop.stop)
     loop.add_signal_handler(signal.SIGINT, loop.stop)
@@ -211,78 +258,131 @@ def echo(host: str, port: int, backend: str, kind: str) -> int:
     return 0
 
 
-_KINDS = ["dispatcher", "chat", "socketserver"]
-_ECHO_OPTIONS = ("--host", "--port", "--backend", "--kind")
+# ---------------------------------------------------------------- the parser
+# Values are checked where argparse converts them (type=), so a bad one is reported like any
+# other usage error: one line, status 2.
+
+def _check_port(text: str) -> int:
+    port = _int(text)
+    if not 0 <= port <= 65535:
+        raise _type_error("%s is not a port number (0 to 65535; 0 picks a free port)" % text)
+    return port
 
 
-def _plain_echo_args(argv: List[str], backends: List[str]) -> Optional[Tuple[str, int, str, str]]:
-    """``(host, port, backend, kind)`` when ``argv`` is ``echo`` followed only by complete
-    ``--option value`` / ``--option=value`` pairs with valid values, exactly what argparse
-    would make of it; None for anything else (help, abbreviations, errors), left to argparse.
+def _check_count(text: str) -> int:
+    value = _int(text)
+    if value < 1:
+        raise _type_error("must be at least 1, not %s" % text)
+    return value
 
-    The echo server is what the benchmarks start, and argparse would cost it about 1.5 MiB
-    (argparse, re, gettext, locale, shutil and the compression modules shutil imports).
-    """
-    if not argv or argv[0] != "echo":
-        return None
-    values = {"--host": "127.0.0.1", "--port": "0", "--backend": "auto", "--kind": "dispatcher"}
-    rest = argv[1:]
-    i = 0
-    while i < len(rest):
-        name, sep, value = rest[i].partition("=")
-        if not sep:
-            if i + 1 == len(rest):
-                return None
-            i += 1
-            value = rest[i]
-        i += 1
-        if name not in _ECHO_OPTIONS or not value or value.startswith("-"):
-            return None
-        values[name] = value
+
+def _check_seconds(text: str) -> float:
     try:
-        port = int(values["--port"])
+        value = float(text)
     except ValueError:
-        return None
-    if values["--backend"] not in backends or values["--kind"] not in _KINDS:
-        return None
-    return values["--host"], port, values["--backend"], values["--kind"]
+        raise _type_error("%r is not a number of seconds" % text) from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise _type_error("must be a number of seconds >= 0, not %s" % text)
+    return value
 
 
-def _parser(backends: List[str]) -> argparse.ArgumentParser:
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise _type_error("%r is not a whole number" % text) from None
+
+
+def _type_error(message: str) -> Exception:
+    import argparse
+    return argparse.ArgumentTypeError(message)
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    """Help that shows each option's default after its text."""
+    import argparse
+    return argparse.ArgumentDefaultsHelpFormatter(prog, max_help_position=30)
+
+
+def _demo_parser(sub: Any, backends: List[str]) -> None:
+    p = sub.add_parser("demo", help="run an echo server and a short built-in load, then report",
+                       formatter_class=_formatter,
+                       description="Run an echo server and a built-in load of clients on one "
+                                   "loop for a while, then print round trips per second and "
+                                   "CPU time per round trip.")
+    p.add_argument("--backend", default="auto", choices=backends,
+                   help="poller to use (auto: the best this platform has)")
+    p.add_argument("--connections", type=_check_count, default=50, metavar="N",
+                   help="client connections, each with one message in flight")
+    p.add_argument("--seconds", type=_check_seconds, default=2.0, metavar="S",
+                   help="how long the clients keep sending")
+    p.add_argument("--size", type=_check_count, default=64, metavar="BYTES",
+                   help="size of each message")
+    p.set_defaults(run=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    demo(args.backend, args.connections, args.seconds, args.size)
+    return 0
+
+
+def _echo_parser(sub: Any, backends: List[str]) -> None:
+    p = sub.add_parser("echo", help="run an echo server until Ctrl-C or SIGTERM",
+                       formatter_class=_formatter,
+                       description="Run an echo server until Ctrl-C or SIGTERM. It prints "
+                                   "'listening on HOST:PORT' once it accepts connections.")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address or host name to listen on (an IPv6 address listens on IPv6)")
+    p.add_argument("--port", type=_check_port, default=0,
+                   help="TCP port to listen on; 0 picks a free one")
+    p.add_argument("--backend", default="auto", choices=backends,
+                   help="poller to use (auto: the best this platform has)")
+    p.add_argument("--kind", default="dispatcher", choices=KINDS,
+                   help="server to run: a Dispatcher, a line-echoing asynchat channel, or a "
+                        "socketserver ThreadingTCPServer on the loop")
+    p.set_defaults(run=_run_echo)
+
+
+def _run_echo(args: argparse.Namespace) -> int:
+    return echo(args.host, args.port, args.backend, args.kind)
+
+
+def _parser() -> argparse.ArgumentParser:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m netloop", description=__doc__)
-    sub = parser.add_subparsers(dest="command")
-    p_demo = sub.add_parser("demo", help="echo server plus a short built-in load")
-    p_demo.add_argument("--backend", default="auto", choices=backends)
-    p_demo.add_argument("--connections", type=int, default=50)
-    p_demo.add_argument("--seconds", type=float, default=2.0)
-    p_demo.add_argument("--size", type=int, default=64)
-    p_echo = sub.add_parser("echo", help="run an echo server until Ctrl-C or SIGTERM")
-    p_echo.add_argument("--host", default="127.0.0.1")
-    p_echo.add_argument("--port", type=int, default=0)
-    p_echo.add_argument("--backend", default="auto", choices=backends)
-    p_echo.add_argument("--kind", default="dispatcher", choices=_KINDS)
+    from . import __version__
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> NoReturn:
+            # One line, not usage plus error: the command is short enough to find in --help.
+            self.exit(2, "%s: error: %s (see --help)\n" % (self.prog, message))
+
+    backends = ["auto"] + available()
+    parser = Parser(prog=PROG, formatter_class=_formatter,
+                    description="netloop %s: a fast single-threaded event loop for Python "
+                                "networking. Try the demo, or run an echo server."
+                                % __version__)
+    parser.add_argument("--version", action="version", version="netloop %s" % __version__)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    for add in (_demo_parser, _echo_parser):
+        add(sub, backends)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    backends = ["auto"] + available()
-    plain = _plain_echo_args(sys.argv[1:] if argv is None else argv, backends)
-    if plain is not None:
-        return echo(*plain)
-    parser = _parser(backends)
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``); its exit status."""
+    parser = _parser()
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        demo(args.backend, args.connections, args.seconds, args.size)
-        return 0
-    if args.command == "echo":
-        return echo(args.host, args.port, args.backend, args.kind)
-    parser.print_help()
-    return 2
+    run: Optional[Callable[[argparse.Namespace], int]] = getattr(args, "run", None)
+    if run is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return run(args)
+    except UsageError as err:
+        print("%s %s: error: %s" % (PROG, args.command, err), file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
-
-
