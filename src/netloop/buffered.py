@@ -145,3 +145,15 @@ class BufferedDispatcher(Dispatcher):
 
     def handle_write(self) -> None:
         self.initiate_send()
+
+    def _nl_before_tls(self) -> bytes:
+        # What is queued was sent before start_tls(): it goes out in the clear, first.
+        self.initiate_send()
+        q = self._outq
+        if not q:
+            return b""
+        plain = b"".join(q)
+        q.clear()
+        self._out_pending = 0
+        self._update_interest()
+        return plain

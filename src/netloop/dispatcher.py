@@ -35,6 +35,7 @@ from .reactor import _lookup, socket_map
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import logging
+    import ssl
     from typing import Any, Callable, Optional, Tuple, TypeVar
 
     from .reactor import ChannelMap
@@ -46,7 +47,8 @@ else:
     logging = lazy_module(globals(), "logging")
     logger = lazy_logger(globals(), "netloop")
 
-__all__ = ["Dispatcher", "known_interest", "ACCEPT_BURST", "ACCEPT_BACKOFF"]
+__all__ = ["Dispatcher", "known_interest", "ACCEPT_BURST", "ACCEPT_BACKOFF",
+           "TLS_HANDSHAKE_TIMEOUT"]
 
 # logging.INFO, WARNING, ERROR and DEBUG (literal: no logging import until something is logged).
 _LEVELS = {"info": 20, "warning": 30, "error": 40, "debug": 10}
@@ -57,6 +59,10 @@ _LEVELS = {"info": 20, "warning": 30, "error": 40, "debug": 10}
 ACCEPT_BURST = 32
 #: Seconds a listener rests after accept() failed for lack of descriptors or memory.
 ACCEPT_BACKOFF = 0.1
+
+#: Seconds ``start_tls()`` gives a handshake (and ``unwrap()`` a close_notify exchange) by
+#: default before the channel is closed: a silent peer cannot hold a channel forever.
+TLS_HANDSHAKE_TIMEOUT = 30.0
 
 # The C socket type's own family/type (socket.socket wraps them in enum conversions).
 _FAMILY = _socket.SocketType.family.__get__
@@ -339,6 +345,49 @@ class Dispatcher:
             except OSError as why:
                 if why.errno not in (ENOTCONN, EBADF):
                     raise
+
+    # ------------------------------------------------------------------ TLS (see netloop.tls)
+    def start_tls(self, context: ssl.SSLContext, *, server_side: bool = False,
+                  server_hostname: Optional[str] = None,
+                  handshake_timeout: Optional[float] = TLS_HANDSHAKE_TIMEOUT) -> None:
+        """Speak TLS on this channel from now on: at accept/connect time, or mid-stream.
+
+        The handshake runs on the loop without blocking; ``handle_tls_established()`` is called
+        when it completes, and from then on ``recv``/``send``/``handle_read`` work as before,
+        over TLS. Output sent or pushed meanwhile is queued and goes out after the handshake;
+        plaintext already queued (a STARTTLS "go ahead") is sent in the clear first. If called
+        right after ``connect()``, the handshake starts once the connection is made.
+
+        ``server_hostname`` names the server a client expects (needed when the context checks
+        host names). ``handshake_timeout`` (seconds, None for none) bounds the handshake. A
+        handshake that fails or times out logs one line naming the peer and the reason and
+        closes the channel through ``handle_close()``.
+        """
+        from . import tls
+        tls.start(self, context, server_side, server_hostname, handshake_timeout)
+
+    def unwrap(self, timeout: Optional[float] = TLS_HANDSHAKE_TIMEOUT) -> None:
+        """Leave TLS (close_notify both ways) and go on in the clear (FTP's CCC, say).
+
+        ``handle_tls_unwrapped()`` is called once the peer has answered; until then nothing is
+        read or sent. ``timeout`` bounds the wait (the channel is closed when it runs out).
+        """
+        from . import tls
+        tls.unwrap(self, timeout)
+
+    def handle_tls_established(self) -> None:
+        """Called when the TLS handshake started by ``start_tls()`` completes (default: no-op).
+
+        ``self.socket.getpeercert()``, ``.version()``, ``.cipher()`` tell what was agreed.
+        """
+
+    def handle_tls_unwrapped(self) -> None:
+        """Called when ``unwrap()`` completes: the channel speaks plaintext again."""
+
+    def _nl_before_tls(self) -> bytes:
+        """Called by ``start_tls()`` first: drop unread plaintext, and take (and return) the
+        output still queued, which must go out in the clear before the handshake."""
+        return b""
 
     # ------------------------------------------------------------------ logging
     def log(self, message: Any) -> None:

@@ -426,8 +426,9 @@ class ChatChannel(Dispatcher):
                     return
                 break
             try:
-                if len(chunks) > 1 and self._nl_plain_send and _SENDMSG is not None and \
-                        getattr(type(self.socket), "sendmsg", None) is _SENDMSG:
+                if len(chunks) > 1 and self._nl_plain_send and _SENDMSG is not None and (
+                        getattr(type(self.socket), "sendmsg", None) is _SENDMSG
+                        or getattr(self.socket, "_nl_gather", False)):
                     sent = self._sendmsg(chunks)
                 else:
                     first = chunks[0]
@@ -457,6 +458,28 @@ class ChatChannel(Dispatcher):
         if sent and self._nl_idle is not None:
             self._nl_last = self._nl_idle._queue.clock()  # as Dispatcher.send() does
         return sent
+
+    def _nl_before_tls(self) -> bytes:
+        # STARTTLS: input read after the command and before the handshake is plaintext a man in
+        # the middle may have put there (CVE-2011-0411): drop it, never execute it. Replies
+        # queued so far (the "go ahead" among them, batched behind pipelined commands) go out
+        # in the clear, ahead of the handshake.
+        self._framer.clear()
+        del self.incoming[:]
+        self._nl_batch = False
+        self.initiate_send()
+        fifo = self.producer_fifo
+        plain: List[Any] = []
+        while fifo and self.connected:
+            chunks, size = gather(fifo, 1 << 30, 1 << 30, self.encoding if self.use_encoding
+                                  else None)
+            if not chunks:
+                break
+            plain.extend(bytes(c) for c in chunks)
+            consume(fifo, size)
+        self._nl_batched = 0
+        self._sync_write()
+        return b"".join(plain)
 
     def discard_buffers(self) -> None:
         """Drop all unread input and unsent output (emergencies only)."""
