@@ -110,3 +110,12 @@ if hasattr(socket, "AF_UNIX"):
 
         __all__ += ["ForkingUnixDatagramServer", "ForkingUnixStreamServer"]
 
+
+
+def __getattr__(name: str) -> object:
+    """``TLSMixIn`` (``netloop.servers.tls``): imported on first use, with ``ssl``."""
+    if name == "TLSMixIn":
+        from .servers.tls import TLSMixIn
+        globals()[name] = TLSMixIn
+        return TLSMixIn
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))

@@ -229,6 +229,10 @@ class TLSSocket:
                 pass  # sent (want-read: the peer's close_notify is not awaited), or cannot be
         self.ssl_socket.close()
 
+    def detach_from_channel(self) -> None:
+        """Forget the channel (the SSL socket lives on elsewhere, e.g. in a request handler)."""
+        self._channel = None
+
     def detach(self) -> int:
         self._channel = None
         return self.ssl_socket.detach()

@@ -72,3 +72,12 @@ if hasattr(socket, "AF_UNIX"):
 
         class ForkingUnixDatagramServer(ForkingMixIn, UnixDatagramServer):
             """A Unix datagram server that handles each request in a child process."""
+
+
+def __getattr__(name: str) -> object:
+    """``TLSMixIn`` (``netloop.servers.tls``): imported on first use, with ``ssl``."""
+    if name == "TLSMixIn":
+        from .tls import TLSMixIn
+        globals()[name] = TLSMixIn
+        return TLSMixIn
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))
