@@ -1,11 +1,14 @@
 """Run one of CPython 3.11's own test modules with netloop's drop-ins put in its place.
 
-Usage: python cpython_suite.py TEST_NAME [--stdlib] [--json]
+Usage: python cpython_suite.py TEST_NAME [--stdlib] [--smtpd | --smtpd311] [--json]
 
 The test file is read from the machine's Python 3.11 install (found through ``pyenv root``, or
 ``$NETLOOP_CPYTHON311_LIB``); nothing of it is copied into this repository. It runs under the
 interpreter running this script, with that interpreter's own ``test.support``. Unless
-``--stdlib`` is given, ``sys.modules['asyncore']`` and ``['asynchat']`` are netloop's modules.
+``--stdlib`` is given, ``sys.modules['asyncore']`` and ``['asynchat']`` are netloop's modules;
+``--smtpd`` makes ``sys.modules['smtpd']`` netloop's too, ``--smtpd311`` makes it 3.11's own
+``smtpd.py`` read from that install (the reference on Pythons that no longer have it: 3.12+,
+where it runs on netloop's asyncore/asynchat).
 Prints one JSON line: counts and the outcome of every test.
 """
 
@@ -83,6 +86,22 @@ def main() -> int:
             sys.modules["asynchat"] = netloop.asynchat
         except ImportError:
             pass
+        if "--smtpd" in args:
+            import netloop.smtpd
+            sys.modules["smtpd"] = netloop.smtpd
+        elif "--smtpd311" in args:
+            # Its call to warnings._deprecated() raises on 3.12+, where it was removed.
+            saved = getattr(warnings, "_deprecated", None)
+            warnings._deprecated = lambda *a, **k: None  # type: ignore[attr-defined]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                ref = importlib.util.spec_from_file_location("smtpd", os.path.join(lib, "smtpd.py"))
+                assert ref is not None and ref.loader is not None
+                smtpd = importlib.util.module_from_spec(ref)
+                sys.modules["smtpd"] = smtpd
+                ref.loader.exec_module(smtpd)
+            if saved is not None:
+                warnings._deprecated = saved  # type: ignore[attr-defined]
     warnings.simplefilter("ignore", DeprecationWarning)
     spec = importlib.util.spec_from_file_location("cpython_" + name, path)
     assert spec is not None and spec.loader is not None
@@ -97,6 +116,7 @@ def main() -> int:
         "module": name,
         "implementation": "stdlib" if use_stdlib else "netloop",
         "poller": os.environ.get("NETLOOP_POLLER", "auto"),
+        "smtpd": getattr(sys.modules.get("smtpd"), "__file__", None),
         "run": result.testsRun,
         "failures": len(result.failures),
         "errors": len(result.errors),
