@@ -1,0 +1,714 @@
+"""Worker processes: one loop per process, several processes serving the same port.
+
+``run_workers(n, setup, address=...)`` starts ``n`` worker processes and supervises them until
+SIGTERM or SIGINT. Each worker is forked first and builds everything itself afterwards: its
+``Loop`` (so no poller, epoll set or kqueue is ever shared across a fork), then whatever
+``setup`` makes (listeners, channels, timers). Nothing is shared between workers but the
+listening sockets: each is an independent loop, and state kept in one worker's memory is not
+seen by the others.
+
+Listening sockets. With ``address=`` the supervisor opens them before forking, so a port given
+as 0 is chosen once and every worker serves the same one:
+
+- where the kernel balances connections over several sockets bound to one port
+  (``SO_REUSEPORT`` on Linux, ``SO_REUSEPORT_LB`` on FreeBSD), one socket per worker slot: no
+  thundering herd, each connection wakes one process. The supervisor keeps every slot's socket,
+  so a worker that restarts takes over its predecessor's socket and backlog: connections that
+  arrive while a worker restarts wait in the backlog instead of being refused;
+- elsewhere (or ``reuse_port=False``), one socket inherited by all workers;
+- with ``sockets=`` (socket activation, see ``netloop.activation``), those sockets, shared.
+
+``setup`` is called in each worker with a ``Worker`` (``worker.loop``, ``worker.sockets``: the
+listening sockets this worker serves, ``worker.index``); a ``setup()`` taking no argument is
+called without it, and ``current_worker()`` answers the same object. The loop serves
+``netloop.socket_map``, so dispatchers made without ``map=`` are served too.
+
+Supervision:
+
+- A worker that dies is restarted, after a delay that doubles while it keeps dying young
+  (``restart_delay`` up to ``max_restart_delay``), with one log line naming its exit status or
+  signal. A worker that dies before finishing ``setup`` stops everything: a program that cannot
+  start is not restarted in a loop (``run_workers`` returns 1).
+- SIGTERM or SIGINT: graceful stop. Each worker stops accepting (closes its listeners), lets its
+  open connections finish for up to ``grace`` seconds, closes what remains and exits. A worker
+  still alive a second after that is killed. A second SIGTERM/SIGINT kills the workers at once.
+- SIGHUP: graceful restart. New workers start first; once each has run its ``setup``, the old
+  ones stop as above. If a new worker fails to start, the old ones are kept.
+- If the supervisor dies (even by SIGKILL), the workers notice: each holds one end of a socket
+  pair whose other end only the supervisor holds, sees it close, and stops gracefully. No
+  orphan keeps serving.
+
+Logs go to the ``netloop.workers`` logger. POSIX only (``os.fork``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+__all__ = ["run_workers", "Supervisor", "Worker", "current_worker", "REUSE_PORT_OPTION"]
+
+logger = logging.getLogger("netloop.workers")
+
+#: The socket option that makes the kernel balance connections over the sockets bound to one
+#: port, or None where the platform has none (there, workers share one socket).
+REUSE_PORT_OPTION: Optional[int] = getattr(socket, "SO_REUSEPORT_LB", None)
+if REUSE_PORT_OPTION is None and sys.platform.startswith("linux"):
+    REUSE_PORT_OPTION = getattr(socket, "SO_REUSEPORT", None)
+
+_MSG_READY = b"R"
+_MSG_STOP = b"S"
+
+_current: Optional["Worker"] = None
+
+
+def current_worker() -> Optional["Worker"]:
+    """The ``Worker`` of this process, or None outside a worker."""
+    return _current
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return "signal %d" % signum
+
+
+def describe_status(status: int) -> str:
+    """``waitpid()``'s status in words: "exited with status 3", "killed by signal 9 (SIGKILL)"."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        return "killed by signal %d (%s)" % (sig, _signal_name(sig))
+    if os.WIFEXITED(status):
+        return "exited with status %d" % os.WEXITSTATUS(status)
+    return "ended with wait status %d" % status
+
+
+# ---------------------------------------------------------------------------- the worker side
+
+class _Control:
+    """The worker's end of its socket pair with the supervisor, as a channel of its loop."""
+
+    def __init__(self, worker: "Worker", sock: socket.socket) -> None:
+        from .dispatcher import Dispatcher, known_interest
+        from .pollers import READ_MASK
+
+        outer = self
+
+        class Channel(Dispatcher):
+            @known_interest
+            def readable(self) -> bool:
+                return True
+
+            @known_interest
+            def writable(self) -> bool:
+                return False
+
+            def _nl_mask(self) -> int:
+                return READ_MASK
+
+            def handle_read(self) -> None:
+                try:
+                    data = self.socket.recv(64)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:
+                    data = b""
+                if not data:
+                    outer.gone()
+                elif _MSG_STOP in data:
+                    worker.stop()
+
+            def handle_close(self) -> None:
+                outer.gone()
+
+        self.worker = worker
+        self.channel = Channel(sock, map=worker.loop.map)
+
+    def gone(self) -> None:
+        self.channel.close()
+        if not self.worker.stopping:
+            logger.warning("netloop: worker %d (pid %d): the supervisor is gone; stopping",
+                           self.worker.index, os.getpid())
+            self.worker.stop()
+
+
+class Worker:
+    """One worker process, as its ``setup`` sees it.
+
+    ``index``: the worker's slot, 0 to n-1 (kept by its replacements). ``generation``: 0, plus
+    one per SIGHUP. ``loop``: the process's ``netloop.Loop``. ``sockets``: the listening
+    sockets to serve (empty when ``run_workers`` was given no ``address``/``sockets``).
+    ``grace``: seconds open connections get when the worker stops.
+    """
+
+    def __init__(self, index: int, generation: int, loop: Any, sockets: List[socket.socket],
+                 grace: float) -> None:
+        self.index = index
+        self.generation = generation
+        self.loop = loop
+        self.sockets = sockets
+        self.grace = grace
+        self.stopping = False
+        self._stop_callbacks: List[Callable[[], Any]] = []
+        self._keep: List[Any] = []
+
+    def at_stop(self, fn: Callable[[], Any]) -> None:
+        """Call ``fn()`` when the worker begins to stop (after its listeners are closed)."""
+        self._stop_callbacks.append(fn)
+
+    def stop(self) -> None:
+        """Stop gracefully: stop accepting, let connections finish for ``grace`` seconds, exit.
+
+        Safe to call more than once, and from a signal handler installed on the loop.
+        """
+        if self.stopping:
+            return
+        self.stopping = True
+        lp = self.loop
+        for obj in list(lp.map.values()):
+            if obj not in self._keep and getattr(obj, "accepting", False):
+                try:
+                    obj.close()
+                except Exception:
+                    logger.exception("netloop: worker %d: closing listener %r", self.index, obj)
+        for sock in self.sockets:
+            sock.close()  # this process's copy; the supervisor keeps the socket for others
+        for fn in self._stop_callbacks:
+            try:
+                fn()
+            except Exception:
+                logger.exception("netloop: worker %d: stop callback %r failed", self.index, fn)
+        deadline = lp.time() + self.grace
+        lp.call_soon(self._drain, deadline)
+
+    def _open(self) -> List[Any]:
+        return [obj for obj in self.loop.map.values() if obj not in self._keep]
+
+    def _threads(self) -> List[threading.Thread]:
+        main = threading.main_thread()
+        return [t for t in threading.enumerate()
+                if t is not main and not t.daemon and t.is_alive()]
+
+    def _drain(self, deadline: float) -> None:
+        lp = self.loop
+        left = self._open()
+        threads = self._threads()
+        if not left and not threads:
+            lp.stop()
+            return
+        if lp.time() >= deadline:
+            if left:
+                logger.warning("netloop: worker %d (pid %d): %d connection(s) still open after "
+                               "the %gs grace period; closing them", self.index, os.getpid(),
+                               len(left), self.grace)
+                for obj in left:
+                    try:
+                        obj.close()
+                    except Exception:
+                        pass
+            if threads:
+                logger.warning("netloop: worker %d (pid %d): %d thread(s) still running after "
+                               "the %gs grace period; exiting anyway", self.index, os.getpid(),
+                               len(threads), self.grace)
+            lp.stop()
+            return
+        lp.call_later(min(0.05, max(0.0, deadline - lp.time())), self._drain, deadline)
+
+
+def _call_setup(setup: Callable[..., Any], worker: Worker) -> Any:
+    code = getattr(setup, "__code__", None)
+    if code is not None:
+        wanted = code.co_argcount - len(getattr(setup, "__defaults__", None) or ())
+        if hasattr(setup, "__self__"):
+            wanted -= 1
+        if wanted <= 0 and not code.co_flags & 0x04:  # no required argument, no *args
+            return setup()
+    return setup(worker)
+
+
+# ---------------------------------------------------------------------------- the supervisor
+
+class _Child:
+    def __init__(self, pid: int, slot: int, generation: int, conn: socket.socket) -> None:
+        self.pid = pid
+        self.slot = slot
+        self.generation = generation
+        self.conn: Optional[socket.socket] = conn
+        self.ready = False
+        self.retiring = False
+        self.started = time.monotonic()
+        self.kill_at: Optional[float] = None
+
+
+Address = Union[Tuple[Any, ...], str]
+
+
+class Supervisor:
+    """The parent process of ``run_workers``; see the module documentation.
+
+    Use ``listen()`` to open the listening sockets before ``run()`` (to print the addresses,
+    say); ``run()`` opens them itself otherwise.
+    """
+
+    def __init__(self, n: int, setup: Callable[..., Any], *,
+                 address: Union[None, Address, Sequence[Address]] = None,
+                 sockets: Optional[Sequence[socket.socket]] = None,
+                 reuse_port: Optional[bool] = None, backlog: int = 1024,
+                 grace: float = 10.0, poller: Optional[str] = None,
+                 restart_delay: float = 0.1, max_restart_delay: float = 5.0,
+                 ready_timeout: float = 60.0) -> None:
+        if n < 1:
+            raise ValueError("at least one worker is needed, not %r" % (n,))
+        if grace < 0:
+            raise ValueError("grace must be >= 0, not %r" % (grace,))
+        if not hasattr(os, "fork"):  # pragma: no cover
+            raise OSError("worker processes need os.fork()")
+        self.n = n
+        self.setup = setup
+        if address is None:
+            self.addresses: List[Address] = []
+        elif isinstance(address, str) or (isinstance(address, tuple) and address
+                                          and not isinstance(address[0], tuple)):
+            self.addresses = [address]  # type: ignore[list-item]
+        else:
+            self.addresses = list(address)  # type: ignore[arg-type]
+        self.shared: List[socket.socket] = list(sockets or [])
+        if reuse_port is None:
+            reuse_port = REUSE_PORT_OPTION is not None
+        elif reuse_port and REUSE_PORT_OPTION is None:
+            raise OSError("this platform has no load-balancing SO_REUSEPORT")
+        self.reuse_port = reuse_port
+        self.backlog = backlog
+        self.grace = grace
+        self.poller = poller
+        self.restart_delay = restart_delay
+        self.max_restart_delay = max_restart_delay
+        self.ready_timeout = ready_timeout
+        #: slot -> that slot's sockets (one per address) when reuse_port; else [] per slot.
+        self.slot_sockets: List[List[socket.socket]] = [[] for _ in range(n)]
+        self.children: Dict[int, _Child] = {}
+        self.generation = 0
+        self.stopping = False
+        self._listening = False
+        self._status = 0
+        self._delays = [restart_delay] * n
+        self._restarts: Dict[int, float] = {}   # slot -> when to restart it
+        self._reload: Optional[Tuple[List[_Child], float]] = None  # (new children, deadline)
+        self._signals: List[int] = []
+        self._wake_r: Optional[socket.socket] = None
+        self._wake_w: Optional[socket.socket] = None
+        self._kill_deadline: Optional[float] = None
+
+    # ------------------------------------------------------------------ sockets
+    def listen(self) -> List[Any]:
+        """Open the listening sockets for ``address``; return the addresses bound (with the
+        port chosen for port 0). Shared ``sockets`` are returned as they are."""
+        if not self._listening:
+            self._listening = True
+            try:
+                for address in self.addresses:
+                    self._open(address)
+            except BaseException:
+                self.close_sockets()
+                raise
+        seen = self.shared + (self.slot_sockets[0] if self.reuse_port else [])
+        return [sock.getsockname() for sock in seen]
+
+    def _open(self, address: Address) -> None:
+        if isinstance(address, str):
+            family = socket.AF_UNIX
+        else:
+            family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        if family == socket.AF_UNIX or not self.reuse_port:
+            self.shared.append(self._bind(family, address, False))
+            return
+        first = self._bind(family, address, True)
+        self.slot_sockets[0].append(first)
+        bound = first.getsockname()
+        for slot in range(1, self.n):
+            self.slot_sockets[slot].append(self._bind(family, bound, True))
+
+    def _bind(self, family: int, address: Any, reuse_port: bool) -> socket.socket:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            if family != socket.AF_UNIX:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                assert REUSE_PORT_OPTION is not None
+                sock.setsockopt(socket.SOL_SOCKET, REUSE_PORT_OPTION, 1)
+            sock.bind(address)
+            sock.listen(self.backlog)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def close_sockets(self) -> None:
+        """Close the supervisor's listening sockets (``run()`` does when it returns)."""
+        for sock in self.shared:
+            if sock.fileno() >= 0 and sock.family == socket.AF_UNIX and self.addresses:
+                try:
+                    path = sock.getsockname()
+                    if isinstance(path, str) and path and path in self.addresses:
+                        os.unlink(path)
+                except OSError:
+                    pass
+            sock.close()
+        for socks in self.slot_sockets:
+            for sock in socks:
+                sock.close()
+
+    # ------------------------------------------------------------------ running
+    def run(self) -> int:
+        """Start the workers and supervise them until a graceful stop; the exit status
+        (0, or 1 when a worker could not start). Main thread only."""
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("run_workers() must run in the main thread (signals)")
+        self.listen()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        old_handlers: Dict[int, Any] = {}
+        old_wakeup = -1
+        try:
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+                old_handlers[signum] = signal.signal(signum, self._on_signal)
+            old_wakeup = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+            for slot in range(self.n):
+                self._spawn(slot)
+            while self.children or not self.stopping:
+                self._step()
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            for signum, handler in old_handlers.items():
+                signal.signal(signum, handler)
+            self._kill_all(signal.SIGKILL)
+            self._reap(block=True)
+            for child in list(self.children.values()):
+                self._close_conn(child)
+            self._wake_r.close()
+            self._wake_w.close()
+            self.close_sockets()
+        return self._status
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._signals.append(signum)
+
+    def _step(self) -> None:
+        now = time.monotonic()
+        timeout: Optional[float] = None
+        deadlines = list(self._restarts.values())
+        deadlines += [c.kill_at for c in self.children.values() if c.kill_at is not None]
+        if self._reload is not None:
+            deadlines.append(self._reload[1])
+        if deadlines:
+            timeout = max(0.0, min(deadlines) - now)
+        watched: List[Any] = [self._wake_r]
+        watched += [c.conn for c in self.children.values() if c.conn is not None]
+        try:
+            readable, _, _ = select.select(watched, [], [], timeout)
+        except InterruptedError:  # pragma: no cover - PEP 475 retries select
+            readable = []
+        if self._wake_r in readable:
+            try:
+                while self._wake_r.recv(512):  # type: ignore[union-attr]
+                    pass
+            except (BlockingIOError, InterruptedError):
+                pass
+        signals, self._signals = self._signals, []
+        for signum in signals:
+            self._handle_signal(signum)
+        for child in list(self.children.values()):
+            if child.conn is not None and child.conn in readable:
+                self._read_child(child)
+        self._reap(block=False)
+        self._timers()
+
+    def _handle_signal(self, signum: int) -> None:
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            if self.stopping:
+                logger.warning("netloop: %s again: killing the workers now", _signal_name(signum))
+                self._kill_all(signal.SIGKILL)
+                return
+            logger.info("netloop: %s: stopping the workers gracefully (grace %gs)",
+                        _signal_name(signum), self.grace)
+            self.stop()
+        elif signum == signal.SIGHUP and not self.stopping:
+            self.reload()
+
+    def stop(self) -> None:
+        """Begin the graceful stop of every worker (what SIGTERM does)."""
+        self.stopping = True
+        self._restarts.clear()
+        self._reload = None
+        for child in self.children.values():
+            self._retire(child)
+
+    def reload(self) -> None:
+        """Start a new generation of workers, then retire the current one (what SIGHUP does)."""
+        if self._reload is not None:
+            logger.warning("netloop: SIGHUP while a restart is under way: ignored")
+            return
+        self.generation += 1
+        logger.info("netloop: SIGHUP: starting %d new workers (generation %d)", self.n,
+                    self.generation)
+        self._restarts.clear()
+        new = [self._spawn(slot) for slot in range(self.n)]
+        self._reload = (new, time.monotonic() + self.ready_timeout)
+
+    def _retire(self, child: _Child) -> None:
+        if child.retiring:
+            return
+        child.retiring = True
+        child.kill_at = time.monotonic() + self.grace + 1.0
+        if child.conn is not None:
+            try:
+                child.conn.send(_MSG_STOP)
+                return
+            except OSError:
+                pass
+        self._kill(child, signal.SIGTERM)
+
+    def _read_child(self, child: _Child) -> None:
+        assert child.conn is not None
+        try:
+            data = child.conn.recv(64)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close_conn(child)  # it is exiting; waitpid will tell how
+            return
+        if _MSG_READY in data and not child.ready:
+            child.ready = True
+            self._check_reload()
+
+    def _check_reload(self) -> None:
+        if self._reload is None:
+            return
+        new, _ = self._reload
+        if all(c.ready for c in new):
+            self._reload = None
+            old = [c for c in self.children.values() if c.generation < self.generation]
+            logger.info("netloop: generation %d ready; stopping %d old workers gracefully",
+                        self.generation, len(old))
+            for child in old:
+                self._retire(child)
+
+    def _abort_reload(self, why: str) -> None:
+        assert self._reload is not None
+        new, _ = self._reload
+        self._reload = None
+        logger.error("netloop: restart failed (%s); keeping the running workers", why)
+        for child in new:
+            if child.pid in self.children:
+                self._retire(child)
+        self.generation -= 1  # the running workers are the current generation again
+        # A slot whose worker died meanwhile gets a new one of this generation.
+        alive = {c.slot for c in self.children.values()
+                 if c.generation == self.generation and not c.retiring}
+        now = time.monotonic()
+        for slot in range(self.n):
+            if slot not in alive and slot not in self._restarts:
+                self._restarts[slot] = now + self._delays[slot]
+
+    def _timers(self) -> None:
+        now = time.monotonic()
+        for slot, when in list(self._restarts.items()):
+            if when <= now:
+                del self._restarts[slot]
+                if not self.stopping:
+                    self._spawn(slot)
+        for child in list(self.children.values()):
+            if child.kill_at is not None and child.kill_at <= now:
+                logger.warning("netloop: worker %d (pid %d) did not stop within %gs; killing it",
+                               child.slot, child.pid, self.grace)
+                child.kill_at = None
+                self._kill(child, signal.SIGKILL)
+        if self._reload is not None and self._reload[1] <= now:
+            self._abort_reload("new workers not ready within %gs" % self.ready_timeout)
+
+    def _kill(self, child: _Child, signum: int) -> None:
+        try:
+            os.kill(child.pid, signum)
+        except OSError:
+            pass
+
+    def _kill_all(self, signum: int) -> None:
+        for child in self.children.values():
+            self._kill(child, signum)
+
+    def _close_conn(self, child: _Child) -> None:
+        if child.conn is not None:
+            child.conn.close()
+            child.conn = None
+
+    def _reap(self, block: bool) -> None:
+        for child in list(self.children.values()):
+            try:
+                pid, status = os.waitpid(child.pid, 0 if block else os.WNOHANG)
+            except ChildProcessError:
+                pid, status = child.pid, 0
+            except InterruptedError:  # pragma: no cover
+                continue
+            if pid == 0:
+                continue
+            del self.children[child.pid]
+            self._close_conn(child)
+            self._exited(child, status)
+
+    def _exited(self, child: _Child, status: int) -> None:
+        what = describe_status(status)
+        if child.retiring or self.stopping:
+            logger.info("netloop: worker %d (pid %d) %s", child.slot, child.pid, what)
+            return
+        if self._reload is not None and child in self._reload[0]:
+            self._abort_reload("new worker %d (pid %d) %s while starting"
+                               % (child.slot, child.pid, what))
+            return
+        if child.generation < self.generation:
+            logger.info("netloop: worker %d (pid %d) of generation %d %s", child.slot,
+                        child.pid, child.generation, what)
+            return
+        if not child.ready:
+            logger.error("netloop: worker %d (pid %d) %s before it was ready; stopping all "
+                         "workers", child.slot, child.pid, what)
+            self._status = 1
+            self.stop()
+            return
+        lived = time.monotonic() - child.started
+        delay = self._delays[child.slot] if lived < 10.0 else self.restart_delay
+        self._delays[child.slot] = min(delay * 2, self.max_restart_delay)
+        logger.error("netloop: worker %d (pid %d) %s; restarting it in %.1fs", child.slot,
+                     child.pid, what, delay)
+        self._restarts[child.slot] = time.monotonic() + delay
+
+    # ------------------------------------------------------------------ forking
+    def _spawn(self, slot: int) -> _Child:
+        ours, theirs = socket.socketpair()
+        # Flush what the parent's buffers hold, or each child would write it again.
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError, AttributeError):
+                pass
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child, which never returns here
+            code = 1
+            try:
+                ours.close()
+                code = self._child(slot, theirs)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            except BaseException:
+                try:
+                    logger.exception("netloop: worker %d (pid %d) failed", slot, os.getpid())
+                except BaseException:
+                    pass
+            finally:
+                try:
+                    logging.shutdown()
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                finally:
+                    os._exit(code)
+        theirs.close()
+        ours.setblocking(False)
+        child = _Child(pid, slot, self.generation, ours)
+        self.children[pid] = child
+        logger.debug("netloop: worker %d started (pid %d)", slot, pid)
+        return child
+
+    def _child(self, slot: int, conn: socket.socket) -> int:
+        global _current
+        from . import reactor
+        from .reactor import Loop
+
+        # Signals: the supervisor's handlers are not ours. SIGHUP (a terminal hanging up on
+        # the whole group) is the supervisor's business.
+        signal.set_wakeup_fd(-1)
+        for signum in (signal.SIGTERM, signal.SIGCHLD):
+            signal.signal(signum, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        # Descriptors of the supervisor: close this process's copies. Another worker's control
+        # socket held open here would hide the supervisor's death from that worker.
+        assert self._wake_r is not None and self._wake_w is not None
+        self._wake_r.close()
+        self._wake_w.close()
+        for other in self.children.values():
+            if other.conn is not None:
+                other.conn.close()
+        mine: List[socket.socket] = list(self.shared)
+        for i, socks in enumerate(self.slot_sockets):
+            if i == slot:
+                mine.extend(socks)
+            else:
+                for sock in socks:
+                    sock.close()
+        # Channels the parent had in the default map are the parent's: not served here.
+        reactor.socket_map.clear()
+        try:
+            loop = Loop(reactor.socket_map, poller=self.poller)
+        except ValueError:
+            loop = reactor.get_loop(reactor.socket_map)
+        worker = Worker(slot, self.generation, loop, mine, self.grace)
+        _current = worker
+        conn.setblocking(False)
+        control = _Control(worker, conn)
+        worker._keep.append(control.channel)
+        loop.add_signal_handler(signal.SIGTERM, worker.stop)
+        loop.add_signal_handler(signal.SIGINT, worker.stop)
+        try:
+            _call_setup(self.setup, worker)
+        except Exception:
+            logger.exception("netloop: worker %d (pid %d): setup failed", slot, os.getpid())
+            return 3
+        if not worker.stopping:
+            try:
+                conn.send(_MSG_READY)
+            except OSError:
+                worker.stop()
+        try:
+            loop.run_forever()
+        finally:
+            for obj in list(loop.map.values()):
+                try:
+                    obj.close()
+                except Exception:
+                    pass
+            loop.close()
+        return 0
+
+
+def run_workers(n: int, setup: Callable[..., Any], *,
+                address: Union[None, Address, Sequence[Address]] = None,
+                sockets: Optional[Sequence[socket.socket]] = None,
+                reuse_port: Optional[bool] = None, backlog: int = 1024, grace: float = 10.0,
+                poller: Optional[str] = None, restart_delay: float = 0.1,
+                max_restart_delay: float = 5.0, ready_timeout: float = 60.0) -> int:
+    """Run ``n`` worker processes, each calling ``setup`` after it was forked, and supervise
+    them until SIGTERM/SIGINT; returns the exit status (0, or 1 if a worker could not start).
+
+    ``address``: ``(host, port)`` (port 0: one free port for all), a Unix socket path, or a list
+    of them, opened by the supervisor (see the module documentation for ``SO_REUSEPORT``).
+    ``sockets``: listening sockets to share instead (socket activation). ``reuse_port``: one
+    socket per worker (default: where the kernel balances them) or one shared socket.
+    ``grace``: seconds open connections get to finish on stop. ``poller``: each worker's
+    poller. ``restart_delay``/``max_restart_delay``: the back-off for workers that die.
+    ``ready_timeout``: how long SIGHUP's new workers get to finish ``setup``.
+    """
+    supervisor = Supervisor(n, setup, address=address, sockets=sockets, reuse_port=reuse_port,
+                            backlog=backlog, grace=grace, poller=poller,
+                            restart_delay=restart_delay, max_restart_delay=max_restart_delay,
+                            ready_timeout=ready_timeout)
+    return supervisor.run()
