@@ -172,61 +172,84 @@ def demo(backend: str = "auto", connections: int = 50, seconds: float = 2.0,
     return result
 
 
+def _line_echo_class() -> Any:
+    """The chat kind's handler: an asynchat channel that echoes each line."""
+    from .asynchat import async_chat
+
+    class LineEcho(async_chat):
+        def __init__(self, sock: socket.socket, map: Any) -> None:
+            async_chat.__init__(self, sock, map=map)
+            self.set_terminator(b"\n")
+            self.lines: List[bytes] = []
+
+        def collect_incoming_data(self, data: bytes) -> None:
+            self.lines.append(data)
+
+        def found_terminator(self) -> None:
+            line = b"".join(self.lines)
+            self.lines = []
+            self.push(line + b"\n")
+
+    return LineEcho
+
+
+def _socketserver_classes() -> Any:
+    """The socketserver kind's ``(Handler, Server)``."""
+    from . import socketserver as ss
+
+    class Handler(ss.StreamRequestHandler):
+        def handle(self) -> None:
+            try:
+                while True:
+                    data = self.request.recv(65536)
+                    if not data:
+                        return
+                    self.request.sendall(data)
+            except ConnectionError:
+                return  # a client that resets is an ordinary end for an echo server
+
+    class Server(ss.ThreadingTCPServer):
+        allow_reuse_address = True
+        daemon_threads = True
+        request_queue_size = 1024  # the stdlib's 5 drops SYNs under a connect storm
+        block_on_close = False     # exit on SIGTERM without joining every client thread
+
+    return Handler, Server
+
+
 def _make_echo(kind: str, host: str, port: int, loop: Loop) -> Any:
     if kind == "dispatcher":
         return EchoServer(host, port, loop.map)
     if kind == "chat":
-        from .asynchat import async_chat
-
-        class LineEcho(async_chat):
-            def __init__(self, sock: socket.socket, map: Any) -> None:
-                async_chat.__init__(self, sock, map=map)
-                self.set_terminator(b"\n")
-                self.lines: List[bytes] = []
-
-            def collect_incoming_data(self, data: bytes) -> None:
-                self.lines.append(data)
-
-            def found_terminator(self) -> None:
-                line = b"".join(self.lines)
-                self.lines = []
-                self.push(line + b"\n")
-
         server = EchoServer(host, port, loop.map)
-        server.handler_class = LineEcho
+        server.handler_class = _line_echo_class()
         return server
     if kind == "socketserver":
-        from . import socketserver as ss
-
-        class Handler(ss.StreamRequestHandler):
-            def handle(self) -> None:
-                try:
-                    while True:
-                        data = self.request.recv(65536)
-                        if not data:
-                            return
-                        self.request.sendall(data)
-                except ConnectionError:
-                    return  # a client that resets is an ordinary end for an echo server
-
-        class Server(ss.ThreadingTCPServer):
-            allow_reuse_address = True
-            daemon_threads = True
-            request_queue_size = 1024  # the stdlib's 5 drops SYNs under a connect storm
-            block_on_close = False     # exit on SIGTERM without joining every client thread
-
+        Handler, Server = _socketserver_classes()
         return Server((host, port), Handler, map=loop.map)
     raise ValueError("unknown kind %r" % kind)
 
 
 def echo(host: str = "127.0.0.1", port: int = 0, backend: str = "auto",
-         kind: str = "dispatcher") -> int:
+         kind: str = "dispatcher", *, workers: Optional[int] = None,
+         proxy_protocol: bool = False, log_peers: bool = False, grace: float = 10.0) -> int:
     """Serve echo on ``host``:``port`` until SIGTERM or SIGINT; print the address when ready.
+
+    ``workers``: that many worker processes under a supervisor (``netloop.workers``), which
+    stop gracefully within ``grace`` seconds. ``proxy_protocol``: every connection starts with
+    a PROXY header (v1 or v2, ``netloop.proxy``). ``log_peers``: print each client's address
+    (after the PROXY header). When ``LISTEN_FDS`` passes sockets to this process (systemd
+    socket activation), those are served instead of ``host``:``port``.
 
     ``UsageError`` when the server cannot listen there (port in use or out of range, a host
     that does not resolve, an address of the wrong kind).
     """
+    import os
     import signal
+
+    if workers or proxy_protocol or log_peers or os.environ.get("LISTEN_FDS"):
+        return _echo_scaled(host, port, backend, kind, workers, proxy_protocol, log_peers,
+                            grace)
 
     loop = Loop(poller=None if backend == "auto" else backend)
     try:
@@ -258,6 +281,153 @@ def echo(host: str = "127.0.0.1", port: int = 0, backend: str = "auto",
     return 0
 
 
+# ---------------------------------------------------------------- workers, activation, PROXY
+# The plain echo above stays as light as it was (the benchmarks measure it); these modules are
+# imported only when one of their options is used.
+
+def _address_text(addr: Any) -> str:
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        return ("[%s]:%d" if ":" in str(addr[0]) else "%s:%d") % (addr[0], addr[1])
+    return str(addr) or "(unnamed)"
+
+
+def _make_echo_on(kind: str, sock: socket.socket, loop: Loop, proxy_protocol: bool,
+                  log_peers: bool, who: str = "") -> Any:
+    """An echo server of ``kind`` serving the listening socket ``sock`` on ``loop``."""
+    from . import activation, proxy
+
+    def peer(addr: Any) -> None:
+        if log_peers:
+            print("netloop echo%s: peer %s" % (who, _address_text(addr)), flush=True)
+
+    if kind in ("dispatcher", "chat"):
+        handler = EchoHandler if kind == "dispatcher" else _line_echo_class()
+
+        class Adopted(EchoServer):
+            def __init__(self) -> None:  # no bind: the socket is given
+                Dispatcher.__init__(self, map=loop.map)
+                self.handler_class = handler
+                activation.adopt_listener(self, sock)
+                self.address = sock.getsockname()
+
+            def handle_accepted(self, conn: socket.socket, addr: Any) -> None:
+                peer(addr)
+                self.handler_class(conn, map=self._map)
+
+        if proxy_protocol:
+            class ProxyAdopted(proxy.ProxyProtocolListener, Adopted):
+                pass
+            return ProxyAdopted()
+        return Adopted()
+    if kind == "socketserver":
+        Handler, Server = _socketserver_classes()
+        bases = (proxy.ProxyProtocolServerMixIn, Server) if proxy_protocol else (Server,)
+
+        def verify_request(self: Any, request: Any, client_address: Any) -> bool:
+            peer(client_address)
+            return True
+
+        cls = type("Server", bases, {"verify_request": verify_request})
+        server = cls(sock.getsockname(), Handler, bind_and_activate=False, map=loop.map)
+        activation.adopt_server_socket(server, sock)
+        return server
+    raise ValueError("unknown kind %r" % kind)
+
+
+def _listen_on(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+    except (OSError, OverflowError) as err:
+        sock.close()
+        raise UsageError("cannot listen on %s port %s: %s"
+                         % (host, port, getattr(err, "strerror", None) or err)) from None
+    return sock
+
+
+def _passed_listeners() -> List[socket.socket]:
+    """Listening stream sockets passed by socket activation (LISTEN_FDS), if any."""
+    import logging
+
+    from . import activation
+    try:
+        passed = activation.activated_sockets()
+    except ValueError as err:
+        raise UsageError("socket activation: %s" % err) from None
+    listeners = []
+    for sock in passed:
+        if sock.type == socket.SOCK_STREAM and activation.is_listening(sock):
+            listeners.append(sock)
+        else:
+            logging.getLogger("netloop").warning(
+                "netloop echo: passed descriptor %d is not a listening stream socket; "
+                "ignored", sock.fileno())
+            sock.close()
+    if passed and not listeners:
+        raise UsageError("socket activation passed no listening stream socket")
+    return listeners
+
+
+def _echo_scaled(host: str, port: int, backend: str, kind: str, workers: Optional[int],
+                 proxy_protocol: bool, log_peers: bool, grace: float) -> int:
+    import logging
+    import signal
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                            format="%(asctime)s netloop[%(process)d] %(message)s")
+    poller = None if backend == "auto" else backend
+    listeners = _passed_listeners()
+    source = "passed socket" if listeners else "listening"
+    if workers:
+        from .workers import Supervisor
+
+        def setup(worker: Any) -> None:
+            for sock in worker.sockets:
+                _make_echo_on(kind, sock, worker.loop, proxy_protocol, log_peers,
+                              " worker %d" % worker.index)
+
+        supervisor = Supervisor(workers, setup, address=None if listeners else (host, port),
+                                sockets=listeners, grace=grace, poller=poller)
+        try:
+            addresses = supervisor.listen()
+        except (OSError, OverflowError) as err:
+            raise UsageError("cannot listen on %s port %s: %s"
+                             % (host, port, getattr(err, "strerror", None) or err)) from None
+        for addr in addresses:
+            print("netloop echo (%s, %d workers, %s) %s on %s"
+                  % (kind, workers, "PROXY protocol" if proxy_protocol else "plain", source,
+                     _address_text(addr)), flush=True)
+        status = supervisor.run()
+        print("netloop echo: stopped", flush=True)
+        return status
+    loop = Loop(poller=poller)
+    servers: List[Any] = []
+    try:
+        socks = listeners or [_listen_on(host, port)]
+        for sock in socks:
+            servers.append(_make_echo_on(kind, sock, loop, proxy_protocol, log_peers))
+        loop.add_signal_handler(signal.SIGTERM, loop.stop)
+        loop.add_signal_handler(signal.SIGINT, loop.stop)
+        for sock in socks:
+            print("netloop echo (%s, backend %s, %s) %s on %s"
+                  % (kind, loop.poller.name, "PROXY protocol" if proxy_protocol else "plain",
+                     source, _address_text(sock.getsockname())), flush=True)
+        loop.run_forever()
+    finally:
+        for server in servers:
+            if hasattr(server, "server_close"):
+                server.server_close()
+        for obj in list(loop.map.values()):
+            obj.close()
+        loop.close()
+    print("netloop echo: stopped", flush=True)
+    return 0
+
+
 # ---------------------------------------------------------------- the parser
 # Values are checked where argparse converts them (type=), so a bad one is reported like any
 # other usage error: one line, status 2.
@@ -273,6 +443,13 @@ def _check_count(text: str) -> int:
     value = _int(text)
     if value < 1:
         raise _type_error("must be at least 1, not %s" % text)
+    return value
+
+
+def _check_workers(text: str) -> int:
+    value = _int(text)
+    if value < 0:
+        raise _type_error("must be 0 (no worker processes) or more, not %s" % text)
     return value
 
 
@@ -330,7 +507,9 @@ def _echo_parser(sub: Any, backends: List[str]) -> None:
     p = sub.add_parser("echo", help="run an echo server until Ctrl-C or SIGTERM",
                        formatter_class=_formatter,
                        description="Run an echo server until Ctrl-C or SIGTERM. It prints "
-                                   "'listening on HOST:PORT' once it accepts connections.")
+                                   "'listening on HOST:PORT' once it accepts connections. "
+                                   "Started by systemd socket activation (LISTEN_FDS), it "
+                                   "serves the sockets passed instead of --host/--port.")
     p.add_argument("--host", default="127.0.0.1",
                    help="address or host name to listen on (an IPv6 address listens on IPv6)")
     p.add_argument("--port", type=_check_port, default=0,
@@ -340,11 +519,27 @@ def _echo_parser(sub: Any, backends: List[str]) -> None:
     p.add_argument("--kind", default="dispatcher", choices=KINDS,
                    help="server to run: a Dispatcher, a line-echoing asynchat channel, or a "
                         "socketserver ThreadingTCPServer on the loop")
+    p.add_argument("--workers", type=_check_workers, default=0, metavar="N",
+                   help="run N worker processes, each with its own loop, on one port "
+                        "(SO_REUSEPORT where the kernel balances it), restarted if they die; "
+                        "SIGTERM stops them gracefully, SIGHUP restarts them; 0: one "
+                        "process, no supervisor")
+    p.add_argument("--grace", type=_check_seconds, default=10.0, metavar="S",
+                   help="with --workers: seconds open connections get to finish on SIGTERM "
+                        "or SIGHUP")
+    p.add_argument("--proxy-protocol", action="store_true",
+                   help="expect a PROXY protocol header (v1 or v2, as HAProxy's send-proxy "
+                        "writes) on every connection; refuse connections without one")
+    p.add_argument("--log-peers", action="store_true",
+                   help="print each client's address (with --proxy-protocol: the one the "
+                        "header gives)")
     p.set_defaults(run=_run_echo)
 
 
 def _run_echo(args: argparse.Namespace) -> int:
-    return echo(args.host, args.port, args.backend, args.kind)
+    return echo(args.host, args.port, args.backend, args.kind, workers=args.workers,
+                proxy_protocol=args.proxy_protocol, log_peers=args.log_peers,
+                grace=args.grace)
 
 
 def _parser() -> argparse.ArgumentParser:

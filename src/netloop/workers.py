@@ -277,9 +277,9 @@ class Supervisor:
             self.addresses: List[Address] = []
         elif isinstance(address, str) or (isinstance(address, tuple) and address
                                           and not isinstance(address[0], tuple)):
-            self.addresses = [address]  # type: ignore[list-item]
+            self.addresses = [address]
         else:
-            self.addresses = list(address)  # type: ignore[arg-type]
+            self.addresses = list(address)
         self.shared: List[socket.socket] = list(sockets or [])
         if reuse_port is None:
             reuse_port = REUSE_PORT_OPTION is not None
@@ -388,8 +388,8 @@ class Supervisor:
                 self._step()
         finally:
             signal.set_wakeup_fd(old_wakeup)
-            for signum, handler in old_handlers.items():
-                signal.signal(signum, handler)
+            for number, handler in old_handlers.items():
+                signal.signal(number, handler)
             self._kill_all(signal.SIGKILL)
             self._reap(block=True)
             for child in list(self.children.values()):
@@ -451,6 +451,8 @@ class Supervisor:
         self._reload = None
         for child in self.children.values():
             self._retire(child)
+        # New connections are refused from now on, not queued for workers that are leaving.
+        self.close_sockets()
 
     def reload(self) -> None:
         """Start a new generation of workers, then retire the current one (what SIGHUP does)."""

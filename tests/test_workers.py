@@ -1,0 +1,177 @@
+"""Worker processes: ``python -m netloop echo --workers N`` and ``netloop.run_workers`` as real
+process trees (supervisor plus forked workers), driven by real signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import textwrap
+import time
+
+import pytest
+
+from scale_support import ENV, Proc, alive, echo_once, netloop_argv, wait
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="workers need os.fork()")
+
+
+def _workers(proc: Proc, n: int, exclude: frozenset = frozenset()) -> set:
+    """Wait until the supervisor has ``n`` live workers not in ``exclude``; their pids."""
+    def ready() -> set:
+        kids = {pid for pid in proc.children() if alive(pid)}
+        return kids if len(kids) == n and not kids & exclude else set()
+    return wait(ready, 10, "%d workers" % n)
+
+
+def test_workers_serve_and_balance_then_survive_kill9():
+    with Proc(netloop_argv("echo", "--workers", "2", "--log-peers", "--grace", "2")) as proc:
+        address = proc.address()
+        assert "2 workers" in proc.find(r"listening on")[0].string
+        first = _workers(proc, 2)
+        # Both workers serve (the kernel spreads connections over their sockets): bounded.
+        for i in range(60):
+            got, _ = echo_once(address, b"hello %d" % i)
+            assert got == b"hello %d" % i
+            if {m.group(1) for m in proc.find(r"worker (\d): peer")} == {"0", "1"}:
+                break
+        assert {m.group(1) for m in proc.find(r"worker (\d): peer")} == {"0", "1"}
+        victim = min(first)
+        os.kill(victim, signal.SIGKILL)
+        line = proc.wait_line(r"worker \d \(pid %d\) killed by signal 9 \(SIGKILL\); "
+                              r"restarting it in [\d.]+s" % victim)
+        assert line
+        second = _workers(proc, 2, exclude=frozenset({victim}))
+        assert max(first) in second
+        for i in range(20):  # every connection is served, whichever socket it lands on
+            assert echo_once(address, b"again %d" % i)[0] == b"again %d" % i
+        assert proc.stop() == 0
+
+
+def test_sigterm_stops_gracefully_within_grace_and_leaves_no_orphan():
+    with Proc(netloop_argv("echo", "--workers", "2", "--grace", "1")) as proc:
+        address = proc.address()
+        workers = _workers(proc, 2)
+        with socket.create_connection(address, timeout=10) as busy:
+            busy.sendall(b"before")
+            assert busy.recv(100) == b"before"
+            start = time.monotonic()
+            proc.signal(signal.SIGTERM)
+            proc.wait_line(r"SIGTERM: stopping the workers gracefully \(grace 1s\)")
+            # The open connection is still served during the grace period...
+            busy.sendall(b"during")
+            assert busy.recv(100) == b"during"
+            # ...new ones are refused, not queued...
+            wait(lambda: _refused(address), 5, "new connections refused")
+            # ...and when the grace period is over the worker closes it and exits.
+            assert busy.recv(100) == b""
+        assert proc.popen.wait(10) == 0
+        elapsed = time.monotonic() - start
+        assert elapsed < 1 + 3, elapsed  # grace, plus the supervisor's one-second margin
+        assert "1 connection(s) still open after the 1s grace period; closing them" \
+            in proc.output()
+        assert proc.output().count("exited with status 0") == 2
+        assert not [pid for pid in workers if alive(pid)]
+
+
+def _refused(address: tuple) -> bool:
+    try:
+        socket.create_connection(address, timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_sighup_restarts_without_refusing_a_connection():
+    with Proc(netloop_argv("echo", "--workers", "2", "--grace", "2")) as proc:
+        address = proc.address()
+        old = _workers(proc, 2)
+        served = failures = 0
+        hup_at = None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                got, _ = echo_once(address, b"x%d" % served, timeout=5)
+                assert got == b"x%d" % served
+                served += 1
+            except OSError as err:
+                failures += 1
+                print("connection failed:", err)
+            if served == 20 and hup_at is None:
+                proc.signal(signal.SIGHUP)
+                hup_at = served
+            if hup_at is not None and "stopping 2 old workers" in proc.output():
+                kids = {pid for pid in proc.children() if alive(pid)}
+                if len(kids) == 2 and not kids & old and served > hup_at + 50:
+                    break
+        assert failures == 0
+        assert "generation 1 ready; stopping 2 old workers gracefully" in proc.output()
+        new = _workers(proc, 2, exclude=frozenset(old))
+        assert not new & old
+        assert not [pid for pid in old if alive(pid)]
+        assert proc.stop() == 0
+
+
+def test_supervisor_killed_workers_exit():
+    with Proc(netloop_argv("echo", "--workers", "2")) as proc:
+        proc.address()
+        workers = _workers(proc, 2)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.popen.wait(5)
+        wait(lambda: not [pid for pid in workers if alive(pid)], 10, "workers to exit")
+
+
+SCRIPT = textwrap.dedent("""
+    import logging, os, sys
+    import netloop
+    from netloop import activation, workers
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+
+    class Echo(netloop.BufferedDispatcher):
+        def handle_read(self):
+            data = self.recv(1024)
+            if data:
+                self.send(b"%d:" % workers.current_worker().index + data)
+
+    class Server(netloop.Dispatcher):
+        def handle_accepted(self, sock, addr):
+            Echo(sock)                      # no map=: the worker's loop serves socket_map
+
+    def setup():                            # no argument: current_worker() says who we are
+        me = workers.current_worker()
+        if os.environ.get("FAIL_SETUP"):
+            raise RuntimeError("cannot start")
+        for sock in me.sockets:
+            activation.adopt_listener(Server(), sock)
+
+    supervisor = workers.Supervisor(2, setup, address=("127.0.0.1", 0), reuse_port=REUSE)
+    print("listening on %s:%d" % supervisor.listen()[0][:2], flush=True)
+    sys.exit(supervisor.run())
+""")
+
+
+@pytest.mark.parametrize("reuse_port", [False, True])
+def test_run_workers_api_with_a_zero_argument_setup(tmp_path, reuse_port):
+    from netloop.workers import REUSE_PORT_OPTION
+    if reuse_port and REUSE_PORT_OPTION is None:
+        pytest.skip("no load-balancing SO_REUSEPORT here")
+    script = tmp_path / "serve.py"
+    script.write_text(SCRIPT.replace("REUSE", str(reuse_port)))
+    with Proc([sys.executable, str(script)]) as proc:
+        address = proc.address()
+        _workers(proc, 2)
+        got, _ = echo_once(address, b"hi")
+        assert got in (b"0:hi", b"1:hi")
+        assert proc.stop() == 0
+
+
+def test_worker_that_cannot_start_stops_everything(tmp_path):
+    script = tmp_path / "serve.py"
+    script.write_text(SCRIPT.replace("REUSE", "None"))
+    with Proc([sys.executable, str(script)], env=dict(ENV, FAIL_SETUP="1")) as proc:
+        assert proc.popen.wait(15) == 1
+        proc.wait_line(r"setup failed")
+        proc.wait_line(r"worker \d \(pid \d+\) exited with status 3 before it was ready; "
+                       r"stopping all workers")
