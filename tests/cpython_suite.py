@@ -5,7 +5,8 @@ Usage: python cpython_suite.py TEST_NAME [--stdlib] [--smtpd | --smtpd311] [--js
 The test file is read from the machine's Python 3.11 install (found through ``pyenv root``, or
 ``$NETLOOP_CPYTHON311_LIB``); nothing of it is copied into this repository. It runs under the
 interpreter running this script, with that interpreter's own ``test.support``. Unless
-``--stdlib`` is given, ``sys.modules['asyncore']`` and ``['asynchat']`` are netloop's modules;
+``--stdlib`` is given, ``sys.modules['asyncore']`` and ``['asynchat']`` are netloop's modules
+(and ``['socketserver']`` for the suites in ``SOCKETSERVER_USERS``);
 ``--smtpd`` makes ``sys.modules['smtpd']`` netloop's too, ``--smtpd311`` makes it 3.11's own
 ``smtpd.py`` read from that install (the reference on Pythons that no longer have it: 3.12+,
 where it runs on netloop's asyncore/asynchat).
@@ -41,6 +42,10 @@ def cpython311_lib() -> str | None:
             if os.path.isfile(os.path.join(lib, "test", "test_asyncore.py")):
                 return lib
     return None
+
+
+#: Suites whose servers are socketserver's, not asyncore's: they run on netloop.socketserver.
+SOCKETSERVER_USERS = {"test_imaplib"}
 
 
 class _Recorder(unittest.TextTestResult):
@@ -86,6 +91,9 @@ def main() -> int:
             sys.modules["asynchat"] = netloop.asynchat
         except ImportError:
             pass
+        if name in SOCKETSERVER_USERS:
+            import netloop.socketserver
+            sys.modules["socketserver"] = netloop.socketserver
         if "--smtpd" in args:
             import netloop.smtpd
             sys.modules["smtpd"] = netloop.smtpd

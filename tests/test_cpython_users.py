@@ -1,7 +1,8 @@
 """CPython 3.11's own test suites for the stdlib modules built on asyncore/asynchat, on netloop.
 
 ``smtpd`` (removed in 3.12) is built on asyncore and asynchat; ``test_ftplib``, ``test_poplib``,
-``test_smtplib`` and ``test_ssl`` run their dummy servers on them; ``test_logging`` tests
+``test_smtplib`` and ``test_ssl`` run their dummy servers on them (their TLS mixins included);
+``test_imaplib``'s servers are socketserver's, run on ``netloop.socketserver``; ``test_logging`` tests
 ``SMTPHandler`` against ``smtpd``. Each suite is run twice in a subprocess, once with netloop's
 modules in ``sys.modules`` and once with the stdlib's, and every test must end the same way.
 Only on Python 3.11: the files and ``smtpd`` come from the 3.11 install.
@@ -36,7 +37,7 @@ def run_suite(name: str, *extra: str) -> dict:
 
 @pytest.mark.timeout(1200)
 @pytest.mark.parametrize("name", ["test_smtpd", "test_ftplib", "test_poplib", "test_smtplib",
-                                  "test_ssl", "test_logging"])
+                                  "test_ssl", "test_logging", "test_imaplib"])
 def test_suite_ends_as_with_the_stdlib(name: str) -> None:
     ours = run_suite(name)
     theirs = run_suite(name, "--stdlib")
