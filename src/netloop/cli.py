@@ -2,6 +2,8 @@
 
 ``demo`` runs an echo server and a short built-in load on one loop, then prints what it did.
 ``echo`` runs a reference echo server until Ctrl-C or SIGTERM, printing its address when ready.
+Both speak TLS on request (``echo --tls-cert FILE --tls-key FILE``, ``demo --tls``): the
+handshakes run on the loop (``Dispatcher.start_tls``, ``netloop.servers.tls.TLSMixIn``).
 
 Errors a user can make (a bad option value, a port in use, a host that does not resolve) end the
 command with one line on stderr and exit status 2, never a traceback. To add an option: one
@@ -27,7 +29,7 @@ from .reactor import Loop
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
-    from typing import Any, Callable, Dict, List, NoReturn, Optional
+    from typing import Any, Callable, Dict, List, NoReturn, Optional, Tuple
 
 # argparse and signal are imported where they are used: ``import netloop.cli`` stays light for
 # programs that import EchoServer or demo() (tests/test_imports.py).
@@ -59,6 +61,8 @@ class EchoServer(Dispatcher):
     """Listens and makes an ``EchoHandler`` of each connection."""
 
     handler_class: Any = EchoHandler
+    #: An ``ssl.SSLContext``: each connection speaks TLS (its handshake runs on the loop).
+    tls_context: Any = None
 
     def __init__(self, host: str, port: int, map: Any, backlog: int = 1024) -> None:
         Dispatcher.__init__(self, map=map)
@@ -70,19 +74,24 @@ class EchoServer(Dispatcher):
         self.address = self.socket.getsockname()[:2]
 
     def handle_accepted(self, sock: socket.socket, addr: Any) -> None:
-        self.handler_class(sock, map=self._map)
+        handler = self.handler_class(sock, map=self._map)
+        if self.tls_context is not None:
+            handler.start_tls(self.tls_context, server_side=True)
 
 
 class _LoadClient(BufferedDispatcher):
     """One demo connection: sends a message, waits for its echo, repeats until told to stop."""
 
-    def __init__(self, address: Any, map: Any, payload: bytes, stats: "_Stats") -> None:
+    def __init__(self, address: Any, map: Any, payload: bytes, stats: "_Stats",
+                 tls_context: Any = None) -> None:
         BufferedDispatcher.__init__(self, map=map)
         self.payload = payload
         self.stats = stats
         self.pending = len(payload)
         self.create_socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET)
         self.connect(address)
+        if tls_context is not None:
+            self.start_tls(tls_context)  # handle_connect()'s send waits for the handshake
 
     def handle_connect(self) -> None:
         self.send(self.payload)
@@ -110,12 +119,17 @@ class _Stats:
 
 
 def demo(backend: str = "auto", connections: int = 50, seconds: float = 2.0,
-         size: int = 64, out: Any = None) -> Dict[str, Any]:
+         size: int = 64, out: Any = None, *, tls: bool = False, tls_cert: Optional[str] = None,
+         tls_key: Optional[str] = None) -> Dict[str, Any]:
     """Run an echo server and ``connections`` clients on one loop for ``seconds``.
 
     Each client sends a ``size``-byte message, waits for its echo and sends again until the time
     is up; the result (also printed to ``out``) counts the round trips and the CPU they took.
     ``ValueError`` for a count or size below 1, or a negative or non-finite duration.
+
+    ``tls``: every connection speaks TLS, with ``tls_cert``/``tls_key`` or, without them, a
+    throw-away self-signed certificate (made with the ``openssl`` command, or ``cryptography``
+    if it is installed); ``UsageError`` when neither is available.
     """
     if connections < 1:
         raise ValueError("connections must be at least 1, not %r" % (connections,))
@@ -124,14 +138,18 @@ def demo(backend: str = "auto", connections: int = 50, seconds: float = 2.0,
     if not (seconds >= 0 and math.isfinite(seconds)):
         raise ValueError("seconds must be a finite number >= 0, not %r" % (seconds,))
     out = out or sys.stdout
+    server_ctx = client_ctx = None
+    if tls:
+        server_ctx, client_ctx = _demo_tls_contexts(tls_cert, tls_key)
     loop = Loop(poller=None if backend == "auto" else backend)
     try:
         server = EchoServer("127.0.0.1", 0, loop.map)
+        server.tls_context = server_ctx
         stats = _Stats()
         payload = bytes(range(256))[:size] * (size // 256 + 1)
         payload = payload[:size]
         for _ in range(connections):
-            _LoadClient(server.address, loop.map, payload, stats)
+            _LoadClient(server.address, loop.map, payload, stats, client_ctx)
         start = time.perf_counter()
         cpu0 = time.process_time()
 
@@ -155,13 +173,14 @@ def demo(backend: str = "auto", connections: int = 50, seconds: float = 2.0,
             "seconds": round(elapsed, 3),
             "round_trips_per_s": round(stats.messages / elapsed) if elapsed else 0,
             "cpu_us_per_round_trip": round(cpu / stats.messages * 1e6, 2) if stats.messages else None,
+            "tls": bool(tls),
         }
     finally:
         for obj in list(loop.map.values()):
             obj.close()
         loop.close()
-    print("netloop demo: echo server and %d clients on one loop (backend: %s)"
-          % (connections, result["backend"]), file=out)
+    print("netloop demo: echo server and %d clients on one loop (backend: %s%s)"
+          % (connections, result["backend"], ", TLS" if tls else ""), file=out)
     print("  %d round trips of %d bytes in %.2fs: %d round trips/s, %.1f MB/s each way"
           % (result["messages"], size, result["seconds"], result["round_trips_per_s"],
              result["messages"] * size / result["seconds"] / 1e6 if result["seconds"] else 0.0),
@@ -217,29 +236,120 @@ def _socketserver_classes() -> Any:
     return Handler, Server
 
 
-def _make_echo(kind: str, host: str, port: int, loop: Loop) -> Any:
+def _tls_server_context(cert: Optional[str], key: Optional[str]) -> Any:
+    """The ``ssl.SSLContext`` of ``--tls-cert``/``--tls-key`` (``UsageError`` if unusable)."""
+    if cert is None:
+        if key is not None:
+            raise UsageError("--tls-key needs --tls-cert")
+        return None
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as err:
+        raise UsageError("cannot load the TLS certificate %s%s: %s"
+                         % (cert, " and key %s" % key if key else "",
+                            getattr(err, "strerror", None) or err)) from None
+    return ctx
+
+
+def _demo_tls_contexts(cert: Optional[str], key: Optional[str]) -> Any:
+    """``(server, client)`` contexts for ``demo --tls``; the client checks nothing (a demo
+    measures the cost of TLS, and the certificate may be a throw-away one)."""
+    import os
+    import shutil
+    import ssl
+    import subprocess
+    import tempfile
+
+    tmp = None
+    try:
+        if cert is None:
+            tmp = tempfile.mkdtemp(prefix="netloop-demo-")
+            cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+            if not _self_signed_with_cryptography(cert, key):
+                openssl = shutil.which("openssl")
+                if openssl is None:
+                    raise UsageError("demo --tls needs --tls-cert/--tls-key, or the openssl "
+                                     "command (or the cryptography package) to make a "
+                                     "throw-away certificate")
+                subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                                "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
+                                "-subj", "/CN=localhost", "-keyout", key, "-out", cert],
+                               check=True, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+        server = _tls_server_context(cert, key)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False
+    client.verify_mode = ssl.CERT_NONE
+    return server, client
+
+
+def _self_signed_with_cryptography(cert: str, key: str) -> bool:
+    try:
+        import datetime
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+    except ImportError:
+        return False
+    pkey = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    crt = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+           .public_key(pkey.public_key()).serial_number(x509.random_serial_number())
+           .not_valid_before(now - datetime.timedelta(hours=1))
+           .not_valid_after(now + datetime.timedelta(days=1))
+           .sign(pkey, hashes.SHA256()))
+    with open(key, "wb") as f:
+        f.write(pkey.private_bytes(serialization.Encoding.PEM,
+                                   serialization.PrivateFormat.PKCS8,
+                                   serialization.NoEncryption()))
+    with open(cert, "wb") as f:
+        f.write(crt.public_bytes(serialization.Encoding.PEM))
+    return True
+
+
+def _make_echo(kind: str, host: str, port: int, loop: Loop, tls_context: Any = None) -> Any:
     if kind == "dispatcher":
-        return EchoServer(host, port, loop.map)
+        server = EchoServer(host, port, loop.map)
+        server.tls_context = tls_context
+        return server
     if kind == "chat":
         server = EchoServer(host, port, loop.map)
         server.handler_class = _line_echo_class()
+        server.tls_context = tls_context
         return server
     if kind == "socketserver":
         Handler, Server = _socketserver_classes()
+        if tls_context is not None:
+            from .servers.tls import TLSMixIn
+
+            class TLSServer(TLSMixIn, Server):  # type: ignore[misc,valid-type]
+                pass
+            return TLSServer((host, port), Handler, map=loop.map, context=tls_context)
         return Server((host, port), Handler, map=loop.map)
     raise ValueError("unknown kind %r" % kind)
 
 
 def echo(host: str = "127.0.0.1", port: int = 0, backend: str = "auto",
          kind: str = "dispatcher", *, workers: Optional[int] = None,
-         proxy_protocol: bool = False, log_peers: bool = False, grace: float = 10.0) -> int:
+         proxy_protocol: bool = False, log_peers: bool = False, grace: float = 10.0,
+         tls_cert: Optional[str] = None, tls_key: Optional[str] = None) -> int:
     """Serve echo on ``host``:``port`` until SIGTERM or SIGINT; print the address when ready.
 
     ``workers``: that many worker processes under a supervisor (``netloop.workers``), which
     stop gracefully within ``grace`` seconds. ``proxy_protocol``: every connection starts with
     a PROXY header (v1 or v2, ``netloop.proxy``). ``log_peers``: print each client's address
     (after the PROXY header). When ``LISTEN_FDS`` passes sockets to this process (systemd
-    socket activation), those are served instead of ``host``:``port``.
+    socket activation), those are served instead of ``host``:``port``. ``tls_cert`` (PEM,
+    with the key unless ``tls_key`` names it): every connection speaks TLS (after the PROXY
+    header, if any).
 
     ``UsageError`` when the server cannot listen there (port in use or out of range, a host
     that does not resolve, an address of the wrong kind).
@@ -247,14 +357,15 @@ def echo(host: str = "127.0.0.1", port: int = 0, backend: str = "auto",
     import os
     import signal
 
+    tls_context = _tls_server_context(tls_cert, tls_key)
     if workers or proxy_protocol or log_peers or os.environ.get("LISTEN_FDS"):
         return _echo_scaled(host, port, backend, kind, workers, proxy_protocol, log_peers,
-                            grace)
+                            grace, tls_context)
 
     loop = Loop(poller=None if backend == "auto" else backend)
     try:
         try:
-            server = _make_echo(kind, host, port, loop)
+            server = _make_echo(kind, host, port, loop, tls_context)
         except (OSError, OverflowError) as err:
             # gaierror is an OSError; bind() raises OverflowError for a port over 65535.
             raise UsageError("cannot listen on %s port %s: %s"
@@ -267,8 +378,9 @@ def echo(host: str = "127.0.0.1", port: int = 0, backend: str = "auto",
     address = getattr(server, "address", None) or server.server_address[:2]
     loop.add_signal_handler(signal.SIGTERM, loop.stop)
     loop.add_signal_handler(signal.SIGINT, loop.stop)
-    print("netloop echo (%s, backend %s) listening on %s:%d"
-          % (kind, loop.poller.name, address[0], address[1]), flush=True)
+    print("netloop echo (%s, backend %s%s) listening on %s:%d"
+          % (kind, loop.poller.name, ", TLS" if tls_context is not None else "", address[0],
+             address[1]), flush=True)
     try:
         loop.run_forever()
     finally:
@@ -292,7 +404,7 @@ def _address_text(addr: Any) -> str:
 
 
 def _make_echo_on(kind: str, sock: socket.socket, loop: Loop, proxy_protocol: bool,
-                  log_peers: bool, who: str = "") -> Any:
+                  log_peers: bool, who: str = "", tls_context: Any = None) -> Any:
     """An echo server of ``kind`` serving the listening socket ``sock`` on ``loop``."""
     from . import activation, proxy
 
@@ -312,7 +424,9 @@ def _make_echo_on(kind: str, sock: socket.socket, loop: Loop, proxy_protocol: bo
 
             def handle_accepted(self, conn: socket.socket, addr: Any) -> None:
                 peer(addr)
-                self.handler_class(conn, map=self._map)
+                channel = self.handler_class(conn, map=self._map)
+                if tls_context is not None:
+                    channel.start_tls(tls_context, server_side=True)
 
         if proxy_protocol:
             class ProxyAdopted(proxy.ProxyProtocolListener, Adopted):
@@ -321,13 +435,18 @@ def _make_echo_on(kind: str, sock: socket.socket, loop: Loop, proxy_protocol: bo
         return Adopted()
     if kind == "socketserver":
         Handler, Server = _socketserver_classes()
-        bases = (proxy.ProxyProtocolServerMixIn, Server) if proxy_protocol else (Server,)
+        bases: Tuple[Any, ...] = ((proxy.ProxyProtocolServerMixIn, Server) if proxy_protocol
+                                  else (Server,))
+        if tls_context is not None:
+            from .servers.tls import TLSMixIn
+            bases = bases[:-1] + (TLSMixIn, Server)  # TLS after the PROXY header
 
         def verify_request(self: Any, request: Any, client_address: Any) -> bool:
             peer(client_address)
             return True
 
-        cls = type("Server", bases, {"verify_request": verify_request})
+        cls = type("Server", bases, {"verify_request": verify_request,
+                                     "ssl_context": tls_context})
         server = cls(sock.getsockname(), Handler, bind_and_activate=False, map=loop.map)
         activation.adopt_server_socket(server, sock)
         return server
@@ -372,7 +491,8 @@ def _passed_listeners() -> List[socket.socket]:
 
 
 def _echo_scaled(host: str, port: int, backend: str, kind: str, workers: Optional[int],
-                 proxy_protocol: bool, log_peers: bool, grace: float) -> int:
+                 proxy_protocol: bool, log_peers: bool, grace: float,
+                 tls_context: Any = None) -> int:
     import logging
     import signal
 
@@ -388,7 +508,7 @@ def _echo_scaled(host: str, port: int, backend: str, kind: str, workers: Optiona
         def setup(worker: Any) -> None:
             for sock in worker.sockets:
                 _make_echo_on(kind, sock, worker.loop, proxy_protocol, log_peers,
-                              " worker %d" % worker.index)
+                              " worker %d" % worker.index, tls_context)
 
         supervisor = Supervisor(workers, setup, address=None if listeners else (host, port),
                                 sockets=listeners, grace=grace, poller=poller)
@@ -399,7 +519,8 @@ def _echo_scaled(host: str, port: int, backend: str, kind: str, workers: Optiona
                              % (host, port, getattr(err, "strerror", None) or err)) from None
         for addr in addresses:
             print("netloop echo (%s, %d workers, %s) %s on %s"
-                  % (kind, workers, "PROXY protocol" if proxy_protocol else "plain", source,
+                  % (kind, workers, ("PROXY protocol" if proxy_protocol else "plain")
+                     + (", TLS" if tls_context is not None else ""), source,
                      _address_text(addr)), flush=True)
         status = supervisor.run()
         print("netloop echo: stopped", flush=True)
@@ -409,13 +530,15 @@ def _echo_scaled(host: str, port: int, backend: str, kind: str, workers: Optiona
     try:
         socks = listeners or [_listen_on(host, port)]
         for sock in socks:
-            servers.append(_make_echo_on(kind, sock, loop, proxy_protocol, log_peers))
+            servers.append(_make_echo_on(kind, sock, loop, proxy_protocol, log_peers,
+                                         tls_context=tls_context))
         loop.add_signal_handler(signal.SIGTERM, loop.stop)
         loop.add_signal_handler(signal.SIGINT, loop.stop)
         for sock in socks:
             print("netloop echo (%s, backend %s, %s) %s on %s"
-                  % (kind, loop.poller.name, "PROXY protocol" if proxy_protocol else "plain",
-                     source, _address_text(sock.getsockname())), flush=True)
+                  % (kind, loop.poller.name, ("PROXY protocol" if proxy_protocol else "plain")
+                     + (", TLS" if tls_context is not None else ""), source,
+                     _address_text(sock.getsockname())), flush=True)
         loop.run_forever()
     finally:
         for server in servers:
@@ -495,11 +618,21 @@ def _demo_parser(sub: Any, backends: List[str]) -> None:
                    help="how long the clients keep sending")
     p.add_argument("--size", type=_check_count, default=64, metavar="BYTES",
                    help="size of each message")
+    p.add_argument("--tls", action="store_true",
+                   help="every connection speaks TLS (a throw-away certificate unless "
+                        "--tls-cert is given)")
+    p.add_argument("--tls-cert", metavar="FILE", default=None,
+                   help="with --tls: the server's certificate chain (PEM)")
+    p.add_argument("--tls-key", metavar="FILE", default=None,
+                   help="with --tls: the private key (PEM), if not in --tls-cert")
     p.set_defaults(run=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    demo(args.backend, args.connections, args.seconds, args.size)
+    if (args.tls_cert or args.tls_key) and not args.tls:
+        raise UsageError("--tls-cert/--tls-key need --tls")
+    demo(args.backend, args.connections, args.seconds, args.size, tls=args.tls,
+         tls_cert=args.tls_cert, tls_key=args.tls_key)
     return 0
 
 
@@ -533,13 +666,17 @@ def _echo_parser(sub: Any, backends: List[str]) -> None:
     p.add_argument("--log-peers", action="store_true",
                    help="print each client's address (with --proxy-protocol: the one the "
                         "header gives)")
+    p.add_argument("--tls-cert", metavar="FILE", default=None,
+                   help="serve TLS with this certificate chain (PEM; handshakes run on the loop)")
+    p.add_argument("--tls-key", metavar="FILE", default=None,
+                   help="the private key (PEM) of --tls-cert, if not in that file")
     p.set_defaults(run=_run_echo)
 
 
 def _run_echo(args: argparse.Namespace) -> int:
     return echo(args.host, args.port, args.backend, args.kind, workers=args.workers,
                 proxy_protocol=args.proxy_protocol, log_peers=args.log_peers,
-                grace=args.grace)
+                grace=args.grace, tls_cert=args.tls_cert, tls_key=args.tls_key)
 
 
 def _parser() -> argparse.ArgumentParser:
