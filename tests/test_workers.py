@@ -146,6 +146,8 @@ SCRIPT = textwrap.dedent("""
         for sock in me.sockets:
             activation.adopt_listener(Server(), sock)
 
+    if os.environ.get("FAIL_SETUP"):
+        sys.exit(netloop.run_workers(2, setup, address=("127.0.0.1", 0)))
     supervisor = workers.Supervisor(2, setup, address=("127.0.0.1", 0), reuse_port=REUSE)
     print("listening on %s:%d" % supervisor.listen()[0][:2], flush=True)
     sys.exit(supervisor.run())

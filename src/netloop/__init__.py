@@ -16,12 +16,18 @@ from .timers import TimerHandle
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .files import FileDispatcher, FileWrapper
+    from .workers import run_workers
 else:
     def __getattr__(name: str) -> object:
-        """``FileDispatcher``/``FileWrapper``: their module is imported on first use."""
+        """``FileDispatcher``/``FileWrapper``/``run_workers``: their module is imported on
+        first use."""
         if name in ("FileDispatcher", "FileWrapper"):
             from . import files
             value = globals()[name] = getattr(files, name)
+            return value
+        if name == "run_workers":
+            from . import workers
+            value = globals()[name] = workers.run_workers
             return value
         raise AttributeError("module %r has no attribute %r" % (__name__, name))
 
@@ -30,5 +36,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Loop", "get_loop", "loop", "socket_map", "Dispatcher", "BufferedDispatcher",
     "FileDispatcher", "FileWrapper", "TimerHandle", "ExitNow", "known_interest",
-    "available_pollers", "__version__",
+    "available_pollers", "run_workers", "__version__",
 ]
