@@ -1,11 +1,13 @@
-"""``import netloop`` stays light: what the core imports only on first use stays unimported.
+"""``import netloop`` stays light, but never defers what a fault path needs.
 
-A server's memory starts with its imports: typing, logging (with traceback, threading, string),
-argparse (with re and gettext) would add about 2-4 MiB to a program that imports netloop. These
-tests run a fresh interpreter and check that importing netloop adds none of them and that the
-names made lazy still resolve to what they were. (``python -m netloop`` itself parses its
-arguments with argparse: a hand-written parser for the echo command saved 0.7-0.8 MiB of RSS
-and was dropped as not worth a second parser to keep in step.)
+A server's memory starts with its imports: typing and argparse (with re and gettext) would add
+about 2 MiB to a program that imports netloop, so the core does not import them. ``logging``,
+``threading`` and ``signal`` are imported up front: logging was once imported on the first line
+logged, which was often "out of descriptors", when the import failed too and the server died
+(issue 12). These tests run a fresh interpreter and check both, and that the type aliases built
+on first access resolve to what they were. (``python -m netloop`` itself parses its arguments
+with argparse: a hand-written parser for the echo command saved 0.7-0.8 MiB of RSS and was
+dropped as not worth a second parser to keep in step.)
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src"))
 ENV.pop("NETLOOP_POLLER", None)
 
-#: Modules the core no longer imports (each was imported by ``import netloop.cli`` before).
-LAZY = ["typing", "logging", "traceback", "argparse", "re", "threading", "signal", "gettext"]
+#: Modules the core does not import (each was imported by ``import netloop.cli`` once).
+LAZY = ["typing", "argparse", "gettext"]
+#: Modules the core imports up front because fault paths use them (see the module doc).
+EAGER = ["logging", "threading", "signal"]
 
 
 def fresh(code: str) -> str:
@@ -59,15 +63,18 @@ def test_import_adds_no_heavy_module(statements: str) -> None:
 
 @pytest.mark.parametrize("module", ["netloop.asyncore", "netloop.asynchat"])
 def test_drop_in_facades_do_not_import_typing(module: str) -> None:
-    # Legacy servers import the facades, not the core: they pay for what these import. (The
-    # facades log through print(), so logging is not needed either.)
-    added = added_modules("import " + module)
-    assert "typing" not in added and "re" not in added and "logging" not in added
+    # Legacy servers import the facades, not the core: they pay for what these import.
+    assert "typing" not in added_modules("import " + module)
 
 
-def test_loop_with_a_channel_adds_no_heavy_module_but_threading() -> None:
-    # A whole exchange over a loop: only run() reaches for threading (its thread id), if the
-    # interpreter had not imported it at startup already.
+def test_fault_path_modules_are_imported_up_front() -> None:
+    # Nothing the loop may need while out of descriptors is left to import then.
+    out = fresh("import sys, netloop\n"
+                "print(sorted(m for m in %r if m in sys.modules))\n" % (EAGER,))
+    assert ast.literal_eval(out.strip().splitlines()[-1]) == sorted(EAGER)
+
+
+def test_loop_with_a_channel_adds_no_heavy_module() -> None:
     added = added_modules(
         "import socket, netloop\n"
         "lp = netloop.Loop()\n"
@@ -81,18 +88,18 @@ def test_loop_with_a_channel_adds_no_heavy_module_but_threading() -> None:
         "lp.run(timeout=5, count=10)\n"
         "assert b.recv(100) == b'ping'\n"
         "ch.close(); b.close(); lp.close()\n")
-    assert [name for name in added if name != "threading"] == []
+    assert added == []
 
 
-def test_logging_is_imported_when_something_is_logged() -> None:
+def test_logging_without_any_set_up_needs_no_import() -> None:
     out = fresh("import sys, netloop\n"
                 "from netloop import dispatcher\n"
-                "assert 'logging' not in sys.modules\n"
-                "netloop.Dispatcher(map={}).log_info('hello there', 'error')\n"
                 "import logging\n"
                 "assert dispatcher.logger is logging.getLogger('netloop')\n"
-                "print('ok')\n")
-    assert out.strip() == "ok"
+                "before = set(sys.modules)\n"
+                "netloop.Dispatcher(map={}).log_info('hello there', 'error')\n"
+                "print(sorted(set(sys.modules) - before))\n")
+    assert out.strip().splitlines()[-1] == "[]"
 
 
 def test_lazy_names_resolve_as_before() -> None:

@@ -36,6 +36,7 @@ class async_chat(_ChatChannel, asyncore.dispatcher):
     ``found_terminator()``."""
 
     max_buffer = None
+    write_high_water = None  # no output limit, as asynchat (set_write_buffer_limits() sets one)
 
     def collect_incoming_data(self, data: bytes) -> None:
         raise NotImplementedError("must be implemented in subclass")

@@ -154,7 +154,14 @@ class dispatcher(_Dispatcher):
 
 
 class dispatcher_with_send(_BufferedDispatcher, dispatcher):
-    """asyncore.dispatcher_with_send, with a send queue that never copies its backlog."""
+    """asyncore.dispatcher_with_send, with a send queue that never copies its backlog.
+
+    As in asyncore the queue has no limit (``write_high_water = None``); set watermarks with
+    ``set_write_buffer_limits()`` to stop reading from a peer that does not read. Unlike
+    asyncore, output queued when the peer closes its side is sent before ``handle_close()``.
+    """
+
+    write_high_water = None
 
 
 if os.name == "posix":

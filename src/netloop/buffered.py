@@ -5,6 +5,14 @@ nothing is copied), flushed with one ``sendmsg()`` of several chunks where the s
 Sending is O(bytes) however slowly the peer reads: asyncore's ``out_buffer = out_buffer + data``
 copied the whole backlog on every ``send()``. Write interest is registered only while the queue
 holds something.
+
+Flow control: the queue has high/low watermarks (``write_high_water``, 256 KiB, and
+``write_low_water``, 64 KiB, by default; see ``outqueue``): over the high mark the channel stops
+reading from its peer (``pause_writing()``), at the low mark it reads again
+(``resume_writing()``). ``netloop.asyncore.dispatcher_with_send`` has no limit, as asyncore.
+
+End of input (``handle_read_eof()``): what is queued is sent first, then ``handle_close()`` is
+called; asyncore's ``dispatcher_with_send`` closed at once and dropped it.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ from itertools import islice
 
 from .dispatcher import Dispatcher, known_interest
 from .errors import DISCONNECTED, WOULD_BLOCK
-from .outqueue import consume, tail
+from .outqueue import FlowControl, consume, tail
 from .pollers import READ_MASK, WRITE
 
 TYPE_CHECKING = False
@@ -29,13 +37,14 @@ __all__ = ["BufferedDispatcher", "SEND_CHUNKS"]
 SEND_CHUNKS = 64
 
 
-class BufferedDispatcher(Dispatcher):
+class BufferedDispatcher(Dispatcher, FlowControl):
     """``asyncore.dispatcher_with_send``: ``send()`` never blocks and never loses bytes."""
 
     # Until __init__ runs (a subclass may touch the queue first): empty, and replaced by a
     # deque on first use through _queue().
     _outq: Any = ()
     _nl_sendmsg = True   # cleared for a socket whose sendmsg() refuses (TLS) or is missing
+    _nl_close_when_sent = False  # end of input seen with output queued: close once it is sent
 
     def __init__(self, sock: Optional[Any] = None, map: Optional[ChannelMap] = None) -> None:
         # No deque until a send leaves bytes behind: an empty one is ~600 bytes, and most
@@ -65,18 +74,25 @@ class BufferedDispatcher(Dispatcher):
             q.append(bytes(value))
             self._out_pending = len(value)
         self._update_interest()
+        if self.writing_paused:
+            self._nl_queued_less(self._out_pending)
+        else:
+            self._nl_queued_more(self._out_pending)
 
     @property
     def send_backlog(self) -> int:
         """How many bytes are queued, waiting for the socket to take them."""
         return self._out_pending if self._outq else 0
 
+    def get_write_buffer_size(self) -> int:
+        """Bytes queued for the peer (``send_backlog``)."""
+        return self._out_pending if self._outq else 0
+
     def _nl_mask(self) -> int:
-        if self._nl_paused:
-            return 0
+        read = 0 if self._nl_paused else READ_MASK
         if (not self.connected or self._outq) and not self.accepting:
-            return READ_MASK | WRITE
-        return READ_MASK
+            return read | WRITE
+        return read
 
     @known_interest
     def writable(self) -> bool:
@@ -90,6 +106,7 @@ class BufferedDispatcher(Dispatcher):
             if data:
                 q.append(bytes(data) if type(data) is not bytes else data)
                 self._out_pending += len(data)
+                self._nl_queued_more(self._out_pending)
             return
         if not data:
             return
@@ -111,6 +128,7 @@ class BufferedDispatcher(Dispatcher):
             q.append(tail(data, sent))
             self._out_pending = size - sent
             self._update_interest()
+            self._nl_queued_more(size - sent)
 
     def initiate_send(self) -> None:
         """Send as much of the queue as the socket takes now."""
@@ -142,6 +160,20 @@ class BufferedDispatcher(Dispatcher):
         if not q:
             self._out_pending = 0
             self._update_interest()
+            if self.writing_paused:
+                self._nl_queued_less(0)
+            if self._nl_close_when_sent:
+                self._nl_close_when_sent = False
+                self.handle_close()
+        elif self.writing_paused:
+            self._nl_queued_less(self._out_pending)
+
+    def handle_read_eof(self) -> None:
+        """The peer closed its side: send what is queued, then call ``handle_close()``."""
+        if self._outq and self.connected:
+            self._nl_close_when_sent = True
+        else:
+            self.handle_close()
 
     def handle_write(self) -> None:
         self.initiate_send()

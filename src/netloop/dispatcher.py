@@ -21,37 +21,35 @@ and event routing) with these differences, each deliberate:
 
 from __future__ import annotations
 
+import logging
 import os
 import socket as _socket
 from errno import (EALREADY, EBADF, EINPROGRESS, EINVAL, EISCONN, ENOTCONN, EWOULDBLOCK,
                    errorcode)
 
-from ._lazy import lazy_logger, lazy_module
 from .errors import (ACCEPT_RESOURCE, ACCEPT_RETRY, DISCONNECTED, WOULD_BLOCK, compact_traceback,
                      strerror)
 from .pollers import READ_MASK, WRITE
-from .reactor import _lookup, socket_map
+from .reactor import PAUSED_AT_EOF, PAUSED_RESTING, _lookup, _set_paused, socket_map
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import logging
     import ssl
     from typing import Any, Callable, Optional, Tuple, TypeVar
 
     from .reactor import ChannelMap
 
-    logger: logging.Logger
     _F = TypeVar("_F", bound=Callable[..., Any])
-else:
-    # Imported when something is logged: see _lazy.
-    logging = lazy_module(globals(), "logging")
-    logger = lazy_logger(globals(), "netloop")
+
+# Imported up front, not on first use: the first line logged is often about running out of
+# descriptors, when an import (which opens files) would fail too.
+logger = logging.getLogger("netloop")
 
 __all__ = ["Dispatcher", "known_interest", "ACCEPT_BURST", "ACCEPT_BACKOFF",
            "TLS_HANDSHAKE_TIMEOUT"]
 
-# logging.INFO, WARNING, ERROR and DEBUG (literal: no logging import until something is logged).
-_LEVELS = {"info": 20, "warning": 30, "error": 40, "debug": 10}
+_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR,
+           "debug": logging.DEBUG}
 
 #: Connections the default ``handle_accept()`` takes per readiness event. Enough to drain a
 #: burst of connects in one pass, small enough that a connect flood cannot starve the
@@ -97,7 +95,7 @@ class Dispatcher:
     _nl_loop: Any = None
     _nl_known = True
     _nl_plain_read = True     # handle_read_event is this class's own: the loop may skip it
-    _nl_paused = False
+    _nl_paused = 0                  # why reading is paused: reactor.PAUSED_* bits (0: reads)
     _nl_starved = False             # accept() is failing for lack of descriptors (logged once)
     _nl_timers: Any = None          # this channel's own timers, cancelled on close
     _nl_idle: Any = None            # the idle-timeout timer, when one is set
@@ -186,9 +184,13 @@ class Dispatcher:
 
     def _nl_mask(self) -> int:
         """The poller mask matching this class's ``readable()``/``writable()``."""
-        if self._nl_paused:
-            return 0
+        if self._nl_paused:  # reading paused (for any reason): writing goes on
+            return 0 if self.accepting else WRITE
         return READ_MASK if self.accepting else READ_MASK | WRITE
+
+    def _nl_set_paused(self, reason: int, on: bool) -> None:
+        """Set or clear one reason (``reactor.PAUSED_*``) for not reading."""
+        _set_paused(self, reason, on)
 
     def _update_interest(self) -> None:
         """Tell the loop that ``readable()``/``writable()`` may answer differently now."""
@@ -326,11 +328,28 @@ class Dispatcher:
             raise
         if not data:
             # A readable socket that gives 0 bytes: the peer closed its side.
-            self.handle_close()
+            self._nl_read_eof()
             return b""
         if self._nl_idle is not None:
             self._nl_last = self._nl_idle._queue.clock()
         return data  # type: ignore[no-any-return]
+
+    def _nl_read_eof(self) -> None:
+        # End of input: tell the channel, and stop reading if it stays open (a socket at EOF
+        # is readable for ever: reading on would spin).
+        self.handle_read_eof()
+        if self._fileno is not None and not (self._nl_paused or 0) & PAUSED_AT_EOF:
+            _set_paused(self, PAUSED_AT_EOF, True)
+
+    def handle_read_eof(self) -> None:
+        """The peer closed its side of the connection (``recv()`` read end of input).
+
+        The default calls ``handle_close()``; a channel with queued output (``BufferedDispatcher``,
+        ``ChatChannel``) first sends what is queued, then calls ``handle_close()``. An override
+        may keep the channel open to go on writing (the peer may still read: a half-close); the
+        channel reads no more, and should ``close()`` when it is done.
+        """
+        self.handle_close()
 
     def close(self) -> None:
         if self._nl_timers:
@@ -338,6 +357,8 @@ class Dispatcher:
         self.connected = False
         self.accepting = False
         self.connecting = False
+        if self._nl_paused:
+            self._nl_paused = 0
         self.del_channel()
         if self.socket is not None:
             try:

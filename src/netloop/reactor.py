@@ -23,13 +23,16 @@ until ``close()``.
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
+import threading
 import time
 import weakref
 from _weakref import _remove_dead_weakref  # type: ignore[attr-defined]
 from collections import deque
 
-from ._lazy import lazy_aliases, lazy_logger, lazy_module
+from ._lazy import lazy_aliases
 from .errors import DISCONNECTED, RERAISED
 from .pollers import (CLOSED_MASK, ERROR, HANGUP, INVALID, PRIORITY, READ, READ_MASK, WRITE,
                       SelectPoller, create)
@@ -38,23 +41,28 @@ from .waker import Waker
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import logging
-    import signal
-    import threading
     from typing import Any, Callable, Deque, Dict, List, MutableMapping, Optional, Set, Tuple, Union
 
     from .pollers import Poller
 
-    logger: logging.Logger
     ChannelMap = MutableMapping[int, Any]
 else:
-    # Imported on first use (signal handlers, the first run(), a warning): see _lazy.
-    signal = lazy_module(globals(), "signal")
-    threading = lazy_module(globals(), "threading")
-    logger = lazy_logger(globals(), "netloop")
+    # Type aliases only (typing is not needed at run time; see _lazy).
     __getattr__ = lazy_aliases(globals(), ChannelMap=lambda t: t.MutableMapping[int, t.Any])
 
+# logging, signal and threading are imported up front: a fault path (running out of
+# descriptors) must never need an import, which opens files.
+logger = logging.getLogger("netloop")
+
 __all__ = ["Loop", "get_loop", "loop", "socket_map", "ChannelMap"]
+
+#: Reasons a channel does not read (bits of ``channel._nl_paused``; it reads when none holds):
+#: ``Loop.pause_reading()``; its output queue over the high watermark; end of input seen;
+#: a listener resting after accept() failed or a connection limit was reached.
+PAUSED_BY_USER = 1
+PAUSED_BY_QUEUE = 2
+PAUSED_AT_EOF = 4
+PAUSED_RESTING = 8
 
 #: The process-wide default channel map (asyncore's ``socket_map``).
 socket_map: Dict[int, Any] = {}
@@ -372,10 +380,8 @@ class Loop:
             self._set_mask(fd, obj._nl_mask())  # type: ignore[union-attr]  # mypy narrows Any
 
     def _ask(self, obj: Any, current: int) -> int:
-        if getattr(obj, "_nl_paused", False):
-            return 0
         try:
-            mask = READ_MASK if obj.readable() else 0
+            mask = READ_MASK if obj.readable() and not getattr(obj, "_nl_paused", 0) else 0
             if obj.writable() and not getattr(obj, "accepting", False):
                 mask |= WRITE
         except RERAISED:
@@ -432,17 +438,21 @@ class Loop:
                     self._set_mask(fd, mask)
 
     def pause_reading(self, channel: Any, delay: Optional[float] = None) -> None:
-        """Stop watching ``channel`` (for ``delay`` seconds, or until ``resume_reading``)."""
-        channel._nl_paused = True
-        if self._acquired:
-            self._set_mask(channel._fileno, 0)
+        """Stop reading from ``channel`` (for ``delay`` seconds, or until ``resume_reading``).
+
+        Only read interest is taken away: a channel with queued output goes on writing it, so
+        pausing a channel never stops its queue from draining. This pause is the user's own
+        reason; reading paused by a full output queue (see ``BufferedDispatcher``'s
+        watermarks) or at end of input is counted apart, and the channel reads again only when
+        no reason holds.
+        """
+        _set_paused(channel, PAUSED_BY_USER, True, self)
         if delay is not None:
             self.call_later(delay, self.resume_reading, channel)
 
     def resume_reading(self, channel: Any) -> None:
-        channel._nl_paused = False
-        if self._acquired and channel._fileno is not None:
-            self._update(channel)
+        """End a ``pause_reading()``: the channel reads again unless another reason holds."""
+        _set_paused(channel, PAUSED_BY_USER, False, self)
 
     # ------------------------------------------------------------------ running
     def run_once(self, timeout: Optional[float] = None) -> Optional[float]:
@@ -760,6 +770,21 @@ class Loop:
             signal.set_wakeup_fd(self._old_wakeup_fd if self._old_wakeup_fd is not None else -1)
             self._old_wakeup_fd = None
         return True
+
+
+def _set_paused(channel: Any, reason: int, on: bool, lp: Optional[Loop] = None) -> None:
+    """Set or clear one reason of ``channel``'s read pause; tell its loop if that changes
+    whether it reads at all."""
+    old = getattr(channel, "_nl_paused", 0) or 0
+    new = (old | reason) if on else (old & ~reason)
+    if new == old:
+        return
+    channel._nl_paused = new
+    if bool(new) is not bool(old):
+        if lp is None:
+            lp = getattr(channel, "_nl_loop", None)
+        if lp is not None and lp._acquired and getattr(channel, "_fileno", None) is not None:
+            lp._update(channel)
 
 
 def _route_failure(obj: Any, err: BaseException) -> None:

@@ -26,6 +26,13 @@ these differences, each deliberate:
   awaited. Going over it calls ``handle_overflow()``, which by default logs and closes the
   channel through ``handle_close()``. The default here is 1 MiB; the ``netloop.asynchat`` facade
   sets None (no limit), as asynchat had none.
+- Flow control: the output queue has high/low watermarks (``write_high_water`` 256 KiB,
+  ``write_low_water`` 64 KiB by default, see ``netloop.outqueue``): over the high mark the
+  channel stops reading (``pause_writing()``), at the low mark it reads again
+  (``resume_writing()``). Bytes pushed count; a producer counts only for what it has produced
+  and not yet sent. The ``netloop.asynchat`` facade sets no limit, as asynchat had none.
+- End of input (``handle_read_eof()``): what is queued is sent, then ``handle_close()`` is
+  called (as after ``close_when_done()``); asynchat closed at once and dropped it.
 - ``terminator`` defaults to None (collect everything) instead of being unset, and
   ``collect_incoming_data()`` defaults to ``_collect_incoming_data()``, so a subclass needs only
   ``set_terminator()`` and ``found_terminator()`` (which calls ``_get_data()``).
@@ -38,6 +45,7 @@ from collections import deque
 
 from ..dispatcher import Dispatcher, known_interest
 from ..errors import DISCONNECTED, WOULD_BLOCK
+from ..outqueue import FlowControl
 from ..pollers import READ_MASK, WRITE
 from .framing import DATA, FOUND, Framer
 from .producers import BYTES_TYPES, SEND_CHUNKS, ProducerFifo, consume, gather, tail
@@ -65,7 +73,7 @@ def _nbytes(chunk: Any) -> int:
     return chunk.nbytes if type(chunk) is memoryview else len(chunk)
 
 
-class ChatChannel(Dispatcher):
+class ChatChannel(Dispatcher, FlowControl):
     """A dispatcher for command/response protocols: terminator-framed input, queued output.
 
     Subclasses define ``found_terminator()`` (and may override ``collect_incoming_data()``),
@@ -95,6 +103,7 @@ class ChatChannel(Dispatcher):
     # get_terminator() is this class's own: the terminator may be read directly.
     _nl_plain_term = True
     _nl_batched = 0         # bytes objects push() queued in the current batch (see _nl_flush)
+    _nl_queued = 0          # bytes queued by push() and not sent yet (flow control's measure)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -174,7 +183,7 @@ class ChatChannel(Dispatcher):
                     self.handle_error()
                 return
             if not data:
-                self.handle_close()  # the peer closed its side
+                self._nl_read_eof()  # the peer closed its side
                 return
         else:
             try:
@@ -313,6 +322,7 @@ class ChatChannel(Dispatcher):
             return
         if fifo or not self.connected or not self._nl_plain_initiate:
             _deque_append(fifo, data)
+            self._nl_queued += len(data) if cls is bytes else _nbytes(data)
             self.initiate_send()
             self._sync_write()
             return
@@ -384,6 +394,8 @@ class ChatChannel(Dispatcher):
             fifo.clear()
             ChatChannel.push(self, data)
         else:
+            # Count what the batch queued (push() did not, to keep the batch cheap).
+            self._nl_queued = sum(_nbytes(e) for e in fifo if isinstance(e, BYTES_TYPES))
             self.initiate_send()
 
     def close(self) -> None:
@@ -398,10 +410,14 @@ class ChatChannel(Dispatcher):
             return  # closed by the send: nothing will go out any more
         _deque_append(self.producer_fifo, tail(data, start) if start else data)
         self._sync_write()
+        self._nl_queued += _nbytes(data) - start
+        self._nl_queued_more(self._nl_queued)
 
     def push_with_producer(self, producer: Any) -> None:
         """Queue a producer (anything with ``more()``), or bytes; send what can go now."""
         _deque_append(self.producer_fifo, producer)
+        if isinstance(producer, BYTES_TYPES):
+            self._nl_queued += _nbytes(producer)
         self.initiate_send()
         self._sync_write()
 
@@ -441,9 +457,35 @@ class ChatChannel(Dispatcher):
                 del chunks
             if sent:
                 consume(fifo, sent)
+                self._nl_queued -= sent
             if not sent or sent < size:
                 break
         self._sync_write()
+        if fifo:
+            queued = self._nl_queued
+            if queued < 0:  # producers' output was sent too: it was never counted
+                queued = self._nl_queued = 0
+            if self.writing_paused:
+                self._nl_queued_less(queued)
+            else:
+                self._nl_queued_more(queued)
+        else:
+            self._nl_queued = 0
+            if self.writing_paused:
+                self._nl_queued_less(0)
+
+    def get_write_buffer_size(self) -> int:
+        """Bytes pushed and not sent yet (producers count only for what they produced)."""
+        return self._nl_queued if self.producer_fifo else 0
+
+    def handle_read_eof(self) -> None:
+        """The peer closed its side: send what is queued, then ``handle_close()``."""
+        fifo = self.producer_fifo
+        if fifo and self.connected:
+            if fifo[-1] is not None:
+                _deque_append(fifo, None)  # as close_when_done()
+        else:
+            self.handle_close()
 
     def _sendmsg(self, chunks: List[Any]) -> int:
         try:
@@ -487,7 +529,10 @@ class ChatChannel(Dispatcher):
         del self.incoming[:]
         self.producer_fifo.clear()
         self._nl_batched = 0
+        self._nl_queued = 0
         self._sync_write()
+        if self.writing_paused:
+            self._nl_queued_less(0)
 
     # ------------------------------------------------------------------ interest
     @known_interest
@@ -499,13 +544,12 @@ class ChatChannel(Dispatcher):
         return bool(self.producer_fifo) or not self.connected
 
     def _nl_mask(self) -> int:
-        if self._nl_paused:
-            return 0
+        read = 0 if self._nl_paused else READ_MASK
         if self.accepting:
-            return READ_MASK
+            return read
         if self.producer_fifo or not self.connected:
-            return READ_MASK | WRITE
-        return READ_MASK
+            return read | WRITE
+        return read
 
     def _fifo_filled(self) -> None:
         # producer_fifo was appended to directly while empty.
