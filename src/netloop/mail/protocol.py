@@ -96,14 +96,18 @@ def parse_params(params: List[str]) -> Optional[Dict[str, Union[str, bool]]]:
 
 
 def unstuff(data: Any, linesep: Any, newline: Any, dot: Any) -> Any:
-    """Undo SMTP's dot-stuffing (RFC 5321 4.5.2) and turn CRLF into ``newline``.
+    """Undo SMTP's dot-stuffing (RFC 5321 4.5.2) and turn each ``linesep`` into ``newline``.
 
-    Works on ``bytes`` or ``str`` (pass the separators of the same type).
+    Every line loses a leading ``dot``. Works on ``bytes`` or ``str`` (pass the separators of
+    the same type). Two C-level replaces, not a split into lines: 20 MiB of short lines take
+    a fraction of the time.
     """
-    if not data.startswith(dot) and (linesep + dot) not in data:
-        return data.replace(linesep, newline)
-    return newline.join(line[1:] if line.startswith(dot) else line
-                        for line in data.split(linesep))
+    if data.startswith(dot):
+        data = data[len(dot):]
+    stuffed = linesep + dot
+    if stuffed in data:
+        data = data.replace(stuffed, linesep)
+    return data.replace(linesep, newline)
 
 
 class _LazyRepr:
