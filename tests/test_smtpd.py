@@ -253,3 +253,20 @@ def test_size_parameter_over_the_limit_is_refused_before_data() -> None:
             assert info.value.smtp_code == 552
             assert client.noop()[0] == 250
         assert server.messages == []
+
+
+@pytest.mark.parametrize("decode_data", [False, True])
+def test_pure_proxy_relays_with_an_x_peer_header(decode_data: bool) -> None:
+    # smtpd's PureProxy failed on every message unless decode_data was set.
+    from netloop.mail import PureProxy
+
+    with serving() as (final, final_port):
+        class Proxy(PureProxy):
+            def __init__(self, local: Any, remote: Any, **kw: Any) -> None:
+                super().__init__(local, ("127.0.0.1", final_port), **kw)
+
+        with serving(server_class=Proxy, decode_data=decode_data) as (_, port):
+            with smtplib.SMTP("127.0.0.1", port, timeout=TIMEOUT) as client:
+                client.sendmail("a@x", ["b@x"], "Subject: relayed\r\n\r\nbody\r\n")
+        assert [m[:2] for m in final.messages] == [("a@x", ["b@x"])]
+        assert final.messages[0][2] == b"Subject: relayed\nX-Peer: 127.0.0.1\n\nbody"

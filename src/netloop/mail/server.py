@@ -143,9 +143,9 @@ class SMTPServer(Dispatcher):
 class DebuggingServer(SMTPServer):
     """Prints each message on stdout (and stores it, if ``store`` is set).
 
-    The default output is smtpd's, line for line. With ``human_readable`` true, each message is shown
-    as a person wants to read it: the envelope, then the headers decoded (RFC 2047), then the
-    text parts decoded and a line for each attachment (see ``netloop.mail.show``).
+    The default output is smtpd's, line for line. With ``human_readable`` true, each message is
+    shown as a person wants to read it: the envelope, then the headers decoded (RFC 2047), then
+    the text parts decoded and a line for each attachment (see ``netloop.mail.show``).
     """
 
     #: Print decoded headers and text instead of smtpd's raw lines.
@@ -173,6 +173,7 @@ class DebuggingServer(SMTPServer):
                 print("rcpt options: %s\n" % kwargs["rcpt_options"])
         self._print_message_content(peer, data)
         print("------------ END MESSAGE ------------")
+        sys.stdout.flush()  # a listing piped to another program arrives whole, at once
         return None
 
 
