@@ -23,6 +23,7 @@ VENV_DIR = os.path.join(BENCH_DIR, ".venvs")
 LOADGEN_SRC = os.path.join(BENCH_DIR, "loadgen.c")
 SERVERS_PY = os.path.join(BENCH_DIR, "servers.py")
 CFLAGS = ["-O2", "-Wall"]
+TLS_FLAGS = (["-DLOADGEN_TLS"], ["-lssl", "-lcrypto"])
 
 
 class BenchError(RuntimeError):
@@ -50,7 +51,7 @@ def build_loadgen(force=False, quiet=False):
             "compiled with the system compiler. Install one (e.g. `apt-get install gcc`) "
             "or point $CC at it."
         )
-    digest = hashlib.sha256(src + repr((cc, CFLAGS)).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(src + repr((cc, CFLAGS, TLS_FLAGS)).encode()).hexdigest()[:16]
     binary = os.path.join(BUILD_DIR, "loadgen")
     stamp = binary + ".stamp"
     if not force and os.path.exists(binary) and os.path.exists(stamp):
@@ -60,10 +61,17 @@ def build_loadgen(force=False, quiet=False):
     os.makedirs(BUILD_DIR, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="loadgen.", dir=BUILD_DIR)
     os.close(fd)
-    cmd = [cc] + CFLAGS + ["-o", tmp, LOADGEN_SRC, "-lm"]
+    # With OpenSSL's headers and libraries (libssl-dev) the load generator speaks TLS too
+    # (--tls, for the TLS rows); without them it is built plain and those rows are skipped.
+    cmd = [cc] + CFLAGS + TLS_FLAGS[0] + ["-o", tmp, LOADGEN_SRC, "-lm"] + TLS_FLAGS[1]
     if not quiet:
         print("building load generator: %s" % " ".join(cmd), flush=True)
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        cmd = [cc] + CFLAGS + ["-o", tmp, LOADGEN_SRC, "-lm"]
+        if not quiet:
+            print("(no OpenSSL to build with: no TLS) %s" % " ".join(cmd), flush=True)
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if proc.returncode != 0:
         os.unlink(tmp)
         raise BenchError("compiling loadgen.c failed:\n%s" % proc.stdout)
@@ -405,11 +413,13 @@ def stop_all_servers():
 
 def run_loadgen(binary, port, mode="pingpong", conns=10, size=64, duration=2.0, warmup=0.5,
                 idle=0, line=False, server_pid=None, cpu=None, host="127.0.0.1",
-                setup_timeout=30.0, extra_args=(), timeout=None):
+                setup_timeout=30.0, extra_args=(), timeout=None, tls=False):
     """Run the load generator once and return its parsed JSON result."""
     cmd = [binary, "--host", host, "--port", str(port), "--mode", mode, "--conns", str(conns),
            "--size", str(size), "--duration", str(duration), "--warmup", str(warmup),
            "--idle", str(idle), "--setup-timeout", str(setup_timeout)]
+    if tls:
+        cmd.append("--tls")
     if line:
         # line=True: one line per message; an int N > 1: N lines per message (pipelined)
         cmd += ["--line"] if line is True or line == 1 else ["--lines", str(int(line))]
@@ -484,3 +494,37 @@ def machine_info():
     except (OSError, ValueError, IndexError):
         pass
     return info
+
+
+# --------------------------------------------------------------------------
+# TLS rows
+# --------------------------------------------------------------------------
+def loadgen_has_tls(binary):
+    """True if this load generator was built with OpenSSL (it accepts --tls)."""
+    proc = subprocess.run([binary, "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+    if "--tls" not in proc.stdout:
+        return False
+    probe = subprocess.run([binary, "--port", "1", "--tls", "--duration", "0"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return "built without TLS" not in probe.stderr
+
+
+def tls_files():
+    """(cert, key): a throw-away self-signed EC P-256 certificate for the TLS rows, made with
+    the openssl command once per build directory (same key type for every server)."""
+    cert = os.path.join(BUILD_DIR, "tls-cert.pem")
+    key = os.path.join(BUILD_DIR, "tls-key.pem")
+    if os.path.exists(cert) and os.path.exists(key):
+        return cert, key
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise BenchError("the TLS rows need the openssl command to make a certificate")
+    os.makedirs(BUILD_DIR, exist_ok=True)
+    subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "30", "-subj",
+                    "/CN=localhost", "-keyout", key + ".tmp", "-out", cert + ".tmp"],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.replace(key + ".tmp", key)
+    os.replace(cert + ".tmp", cert)
+    return cert, key

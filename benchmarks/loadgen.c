@@ -24,8 +24,15 @@
  *
  * Connections are closed with an RST by default (--close rst): see conn_close().
  *
+ * --tls (a build with -DLOADGEN_TLS, linked with -lssl -lcrypto): every
+ * connection does a full TLS handshake (no session resumption, no
+ * certificate check) after connecting, then the same exchange through
+ * OpenSSL.  In connrate mode each connection is a new handshake, so its rate
+ * is handshakes per second.  The server's CPU is measured as without TLS.
+ *
  * Output: one JSON object on stdout.  Diagnostics go to stderr.
- * Build:  cc -O2 -o loadgen loadgen.c      (Linux only: epoll)
+ * Build:  cc -O2 -o loadgen loadgen.c -lm   (Linux only: epoll)
+ *         cc -O2 -DLOADGEN_TLS -o loadgen loadgen.c -lm -lssl -lcrypto
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -47,6 +54,10 @@
 #include <sys/types.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef LOADGEN_TLS
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#endif
 
 #define LOADGEN_VERSION "2"
 #define PERIOD 65521u          /* prime: pattern period                   */
@@ -56,7 +67,8 @@
 
 enum mode { M_PINGPONG, M_STREAM, M_CONNRATE };
 enum kind { K_ACTIVE, K_IDLE, K_WORKER };
-enum state { S_FREE, S_CONNECTING, S_HANDSHAKE, S_READY, S_RUN, S_DEAD };
+/* S_TLS: TCP connected, TLS handshake in progress (--tls) */
+enum state { S_FREE, S_CONNECTING, S_HANDSHAKE, S_READY, S_RUN, S_DEAD, S_TLS };
 enum phase { P_SETUP_ACTIVE, P_SETUP_IDLE, P_SETTLE, P_WARMUP, P_MEASURE, P_DRAIN, P_DONE };
 
 /* error classes */
@@ -80,6 +92,7 @@ struct conn {
     uint64_t s_sent, s_recvd;
     uint32_t s_off;
     uint64_t chunk_ts[8];
+    void *ssl;             /* SSL * with --tls, else NULL */
 };
 
 /* ---- options ---- */
@@ -95,6 +108,10 @@ static int o_close_rst = 1;       /* close with RST (no client TIME_WAIT) */
 static int o_busy_poll = 1;       /* spin on epoll_wait(0) while measuring */
 static uint64_t spin_idle_ns;     /* time spent in empty polls in the window */
 static long o_server_pid = 0;
+static int o_tls = 0;
+#ifdef LOADGEN_TLS
+static SSL_CTX *g_ssl_ctx;
+#endif
 
 /* ---- global state ---- */
 static int ep = -1;
@@ -272,8 +289,50 @@ static void conn_close(struct conn *c) {
         setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
     }
     if (c->fd >= 0) close(c->fd);
+#ifdef LOADGEN_TLS
+    if (c->ssl) SSL_free((SSL *)c->ssl);
+#endif
+    c->ssl = NULL;
     c->fd = -1;
     c->gen++;
+}
+
+/* send()/recv() on the plain socket, or through TLS: the same return values
+   and errno (EAGAIN when TLS must wait for the socket either way). */
+static ssize_t io_send(struct conn *c, const void *buf, size_t len) {
+#ifdef LOADGEN_TLS
+    if (c->ssl) {
+        int n = SSL_write((SSL *)c->ssl, buf, (int)len);
+        if (n > 0) return n;
+        int err = SSL_get_error((SSL *)c->ssl, n);
+        ERR_clear_error();
+        if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) errno = EAGAIN;
+        else if (err == SSL_ERROR_SYSCALL && errno) {}
+        else errno = EPIPE;
+        return -1;
+    }
+#endif
+    return send(c->fd, buf, len, MSG_NOSIGNAL);
+}
+
+static ssize_t io_recv(struct conn *c, void *buf, size_t len) {
+#ifdef LOADGEN_TLS
+    if (c->ssl) {
+        int n = SSL_read((SSL *)c->ssl, buf, (int)len);
+        if (n > 0) return n;
+        int err = SSL_get_error((SSL *)c->ssl, n);
+        ERR_clear_error();
+        if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
+            errno = EAGAIN;
+            return -1;
+        }
+        if (err == SSL_ERROR_ZERO_RETURN) return 0;
+        if (err == SSL_ERROR_SYSCALL && errno == 0) return 0;
+        if (err != SSL_ERROR_SYSCALL) errno = ECONNRESET;
+        return -1;
+    }
+#endif
+    return recv(c->fd, buf, len, 0);
 }
 
 static void start_connect(struct conn *c);
@@ -283,12 +342,14 @@ static long *restart_ids, *restart_tmp; /* connrate workers waiting for a new so
 static long n_restart;
 
 static void conn_fail(struct conn *c, int err_class, uint64_t now) {
-    int was_setup = (c->state == S_CONNECTING || c->state == S_HANDSHAKE) && c->kind != K_WORKER;
+    int was_setup = (c->state == S_CONNECTING || c->state == S_HANDSHAKE || c->state == S_TLS) &&
+                    c->kind != K_WORKER;
     (void)now;
     errors[err_class]++;
     if (phase == P_MEASURE) errors_total_measure++;
     if (c->kind == K_ACTIVE && c->state == S_RUN) outstanding--;
-    if (c->kind == K_WORKER && (c->state == S_CONNECTING || c->state == S_RUN)) outstanding--;
+    if (c->kind == K_WORKER && (c->state == S_CONNECTING || c->state == S_TLS || c->state == S_RUN))
+        outstanding--;
     if (c->kind == K_ACTIVE && (c->state == S_READY || c->state == S_RUN)) active_alive--;
     if (c->kind == K_IDLE && c->state == S_READY) idle_ready--;
     conn_close(c);
@@ -325,7 +386,7 @@ static void msg_send(struct conn *c, uint64_t now) {
     while (c->sent < c->msg_len) {
         size_t want = c->msg_len - c->sent;
         if (want > CHUNK_MAX) want = CHUNK_MAX;
-        ssize_t n = send(c->fd, c->msg + c->sent, want, MSG_NOSIGNAL);
+        ssize_t n = io_send(c, c->msg + c->sent, want);
         if (n > 0) {
             c->sent += (size_t)n;
             continue;
@@ -359,7 +420,7 @@ static void stream_fill(struct conn *c, uint64_t now) {
         uint64_t to_boundary = o_size - c->s_sent % o_size;
         if (want > to_boundary) want = (size_t)to_boundary;
         const unsigned char *src = pat + (uint32_t)((c->s_off + c->s_sent) % PERIOD);
-        ssize_t n = send(c->fd, src, want, MSG_NOSIGNAL);
+        ssize_t n = io_send(c, src, want);
         if (n > 0) {
             c->s_sent += (uint64_t)n;
             continue;
@@ -376,7 +437,7 @@ static void stream_fill(struct conn *c, uint64_t now) {
 }
 
 static void stream_read(struct conn *c, uint64_t now) {
-    ssize_t n = recv(c->fd, rbuf, CHUNK_MAX, 0);
+    ssize_t n = io_recv(c, rbuf, CHUNK_MAX);
     if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return;
         conn_fail(c, errno == ECONNRESET ? E_RESET : E_OTHER, now);
@@ -453,7 +514,7 @@ static void msg_complete(struct conn *c, uint64_t now) {
 
 static void msg_read(struct conn *c, uint64_t now) {
     size_t room = CHUNK_MAX;
-    ssize_t n = recv(c->fd, rbuf, room, 0);
+    ssize_t n = io_recv(c, rbuf, room);
     if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return;
         conn_fail(c, errno == ECONNRESET ? E_RESET : E_OTHER, now);
@@ -518,7 +579,38 @@ static void start_connect(struct conn *c) {
     if (status == 0) on_ready(c, now);
 }
 
-static void on_ready(struct conn *c, uint64_t now) {       /* TCP connected */
+#ifdef LOADGEN_TLS
+/* one step of the client handshake; on_ready() goes on once it is done */
+static void tls_step(struct conn *c, uint64_t now) {
+    int r = SSL_do_handshake((SSL *)c->ssl);
+    if (r == 1) {
+        on_ready(c, now);
+        return;
+    }
+    int err = SSL_get_error((SSL *)c->ssl, r);
+    ERR_clear_error();
+    if (err == SSL_ERROR_WANT_READ) set_events(c, EPOLLIN);
+    else if (err == SSL_ERROR_WANT_WRITE) set_events(c, EPOLLOUT);
+    else conn_fail(c, E_CONNECT, now);
+}
+#endif
+
+static void on_ready(struct conn *c, uint64_t now) {       /* TCP (and TLS) connected */
+#ifdef LOADGEN_TLS
+    if (o_tls && c->ssl == NULL) {
+        SSL *ssl = SSL_new(g_ssl_ctx);
+        if (ssl == NULL || SSL_set_fd(ssl, c->fd) != 1) {
+            if (ssl) SSL_free(ssl);
+            conn_fail(c, E_OTHER, now);
+            return;
+        }
+        SSL_set_connect_state(ssl);
+        c->ssl = ssl;
+        c->state = S_TLS;
+        tls_step(c, now);
+        return;
+    }
+#endif
     set_events(c, EPOLLIN);
     if (c->kind == K_WORKER) {
         c->state = S_RUN;
@@ -549,6 +641,12 @@ static void handle_event(struct epoll_event *e, uint64_t now) {
         on_ready(c, now);
         return;
     }
+#ifdef LOADGEN_TLS
+    if (c->state == S_TLS) {
+        tls_step(c, now);
+        return;
+    }
+#endif
     if (c->kind == K_IDLE && c->state == S_READY) {
         /* an idle connection must stay silent: any event is an error */
         char b;
@@ -675,7 +773,7 @@ static void advance(uint64_t now) {
                     for (long i = setup_first; i < setup_last; i++) {
                         struct conn *c = &conns[i];
                         if (c->state == S_CONNECTING || c->state == S_HANDSHAKE ||
-                            c->state == S_FREE) {
+                            c->state == S_TLS || c->state == S_FREE) {
                             conn_close(c);
                             c->state = S_DEAD;
                             missing++;
@@ -838,7 +936,9 @@ static void usage(FILE *f) {
             "  --close rst|fin     how the client closes connections (default rst: no\n"
             "                      TIME_WAIT left behind; fin: orderly close)\n"
             "  --busy-poll 0|1     spin on epoll_wait(0) during warm-up and measurement\n"
-            "                      instead of sleeping (default 1; needs its own CPU)\n");
+            "                      instead of sleeping (default 1; needs its own CPU)\n"
+            "  --tls               speak TLS (full handshake per connection; a build with\n"
+            "                      -DLOADGEN_TLS only)\n");
 }
 
 static double parse_double(const char *s, const char *name) {
@@ -866,6 +966,7 @@ int main(int argc, char **argv) {
         {"setup-timeout", required_argument, 0, 'T'}, {"settle", required_argument, 0, 'S'},
         {"drain-timeout", required_argument, 0, 'D'}, {"help", no_argument, 0, 'H'},
         {"close", required_argument, 0, 'K'},      {"busy-poll", required_argument, 0, 'B'},
+        {"tls", no_argument, 0, 'E'},
         {0, 0, 0, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -897,6 +998,7 @@ int main(int argc, char **argv) {
             else die("--close must be rst or fin, not %s", optarg);
             break;
         case 'B': o_busy_poll = parse_long(optarg, "--busy-poll") ? 1 : 0; break;
+        case 'E': o_tls = 1; break;
         case 'H': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -912,6 +1014,19 @@ int main(int argc, char **argv) {
     if (o_mode != M_PINGPONG && o_conns < 1) die("--conns must be >= 1 for this mode%s", "");
     if (o_batch < 1) o_batch = 1;
     signal(SIGPIPE, SIG_IGN);
+    if (o_tls) {
+#ifdef LOADGEN_TLS
+        g_ssl_ctx = SSL_CTX_new(TLS_client_method());
+        if (g_ssl_ctx == NULL) die("cannot make a TLS context%s", "");
+        SSL_CTX_set_verify(g_ssl_ctx, SSL_VERIFY_NONE, NULL);
+        /* every connection a full handshake: no session is kept for resumption */
+        SSL_CTX_set_session_cache_mode(g_ssl_ctx, SSL_SESS_CACHE_OFF);
+        SSL_CTX_set_mode(g_ssl_ctx,
+                         SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+#else
+        die("--tls: this loadgen was built without TLS (-DLOADGEN_TLS -lssl -lcrypto)%s", "");
+#endif
+    }
 
     if (o_cpu >= 0) {
         cpu_set_t set;

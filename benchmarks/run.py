@@ -61,12 +61,21 @@ SCENARIOS = {
     "line100-idle1k": dict(mode="pingpong", conns=100, size=64, idle=1000, line=True,
                            category="line",
                            title="line echo 64 B lines, 100 conns + 1,000 idle"),
+    # TLS (issue #14): the load generator speaks TLS through OpenSSL; the servers' records go
+    # through the same OpenSSL whatever the loop, so the difference is the loop's own work.
+    "tls-pp100": dict(mode="pingpong", conns=100, size=64, tls=True, category="tls",
+                      title="TLS pingpong 64 B, 100 conns"),
+    "tls-stream64k": dict(mode="stream", conns=10, size=65536, tls=True, category="tls",
+                          title="TLS stream, 64 KiB in flight, 10 conns"),
+    "tls-connrate": dict(mode="connrate", conns=32, size=64, tls=True, category="tls",
+                         title="TLS handshakes: connect+handshake+64 B echo+close, 32 workers"),
 }
 for _name, _sc in SCENARIOS.items():
     _sc.setdefault("idle", 0)
     _sc.setdefault("line", False)
     _sc.setdefault("category", "bytes")
     _sc.setdefault("metric", "rate")
+    _sc.setdefault("tls", False)
 
 QUICK_SCENARIOS = ["pp10", "connrate"]
 UNITS = {"pingpong": "req/s", "stream": "MB/s", "connrate": "conn/s"}
@@ -80,7 +89,7 @@ NETLOOP_POLLERS = ("auto", "select", "poll", "epoll")
 class ServerDef:
     def __init__(self, base, tag, python, kind, category, poller=None, source="servers.py",
                  note=""):
-        self.base = base  # e.g. "netloop[epoll]"
+        self.base = base  # e.g. "netloop[epoll]"; TLS rows: "netloop-tls[auto]", ...
         self.tag = tag
         self.python = python
         self.kind = kind
@@ -106,12 +115,18 @@ class ServerDef:
                    "--kind", cli_kind]
             if self.poller:
                 cmd += ["--backend", self.poller]
-            return cmd, port, env
+            return cmd + self._tls_args(), port, env
         cmd = [self.python, benchlib.SERVERS_PY, "--kind", self.kind, "--host", host,
                "--port", "0"]
         if self.poller:
             cmd += ["--poller", self.poller]
-        return cmd, None, env
+        return cmd + self._tls_args(), None, env
+
+    def _tls_args(self):
+        if self.category != "tls":
+            return []
+        cert, key = benchlib.tls_files()
+        return ["--tls-cert", cert, "--tls-key", key]
 
     def to_json(self):
         return dict(name=self.name, base=self.base, tag=self.tag, python=self.python,
@@ -189,6 +204,13 @@ def discover_servers(py_infos, log):
         else:
             log("skip: uvloop@%s (%s)" % (tag, why("uvloop")))
         servers.append(ServerDef("socketserver", tag, python, "socketserver", "bytes"))
+        # TLS rows (the tls-* scenarios): netloop's CLI echo with --tls-cert, asyncio, uvloop
+        if cli:
+            servers.append(ServerDef("netloop-tls[auto]", tag, python, "netloop-dispatcher",
+                                     "tls", poller="auto", source=src))
+        servers.append(ServerDef("asyncio-tls", tag, python, "asyncio", "tls"))
+        if ok("uvloop"):
+            servers.append(ServerDef("uvloop-tls", tag, python, "uvloop", "tls"))
         if "epoll" in pollers:
             servers.append(ServerDef("minimal-epoll", tag, python, "minimal-epoll", "bytes"))
     return servers
@@ -291,7 +313,7 @@ def run_one(loadgen, server, sc_name, sc, opts, cpus):
             loadgen, srv.port, mode=sc["mode"], conns=sc["conns"], size=sc["size"],
             duration=duration, warmup=warmup, idle=sc["idle"], line=sc["line"],
             server_pid=srv.proc.pid, cpu=cpus[1], host=host,
-            setup_timeout=opts.setup_timeout)
+            setup_timeout=opts.setup_timeout, tls=sc["tls"])
         record["result"] = result
         record["server_alive_after"] = srv.alive()
         if result.get("fatal"):
@@ -446,6 +468,7 @@ def pick_reference(servers, category, primary_tag, forced=None):
                   "pyasyncore[select]@*", "asyncio@" + primary_tag],
         "line": ["netloop-chat@" + primary_tag, "netloop-chat@*", "asynchat@*",
                  "pyasynchat@*", "asyncio-streams@" + primary_tag],
+        "tls": ["asyncio-tls@" + primary_tag, "asyncio-tls@*", "netloop-tls[auto]@*"],
     }[category]
     names = [s.name for s in servers if s.category == category]
     for pat in prefs:
@@ -567,6 +590,11 @@ def render_markdown(meta, servers, scenarios, cells, primary_tag, ref=None):
     table("line", "Line echo: latency p50 / p99 (µs)", latency, False)
     table("line", "Line echo: server CPU per line (µs) [server CPU use]", cpu, False)
     table("line", "Line echo: server CPU per line, best run (µs)", cpu_best, False)
+    table("tls", "TLS echo (issue #14): throughput, median", headline, True)
+    table("tls", "TLS echo: latency p50 / p99 (µs)", latency, False)
+    table("tls", "TLS echo: server CPU per request / per MB / per handshake (µs) "
+          "[server CPU use]", cpu, False)
+    table("tls", "TLS echo: server CPU per request, best run (µs)", cpu_best, False)
     notes = []
     for key, cell in cells.items():
         srv_name, sc_name = key.split("|")
@@ -813,6 +841,19 @@ def main(argv=None):
     else:
         names = QUICK_SCENARIOS if opts.quick else list(SCENARIOS)
     scenarios = {n: SCENARIOS[n] for n in names}
+    tls_names = [n for n, sc in scenarios.items() if sc["tls"]]
+    if tls_names and not opts.list:
+        why = None
+        if not benchlib.loadgen_has_tls(loadgen):
+            why = "the load generator was built without OpenSSL (install libssl-dev)"
+        else:
+            try:
+                benchlib.tls_files()
+            except (BenchError, OSError, subprocess.SubprocessError) as exc:
+                why = str(exc)
+        if why:
+            log("skip: %s (%s)" % (", ".join(tls_names), why))
+            scenarios = {n: sc for n, sc in scenarios.items() if not sc["tls"]}
 
     if opts.list:
         log("servers:")

@@ -278,13 +278,14 @@ def run_asyncio(args, loop, line=False):
             writer.close()
 
     asyncio.set_event_loop(loop)
+    tls = tls_context(args)  # TLS rows: asyncio's sslproto (MemoryBIO) does the records
     if line:
         server = loop.run_until_complete(
-            asyncio.start_server(line_echo, args.host, args.port, backlog=BACKLOG)
+            asyncio.start_server(line_echo, args.host, args.port, backlog=BACKLOG, ssl=tls)
         )
     else:
         server = loop.run_until_complete(
-            loop.create_server(EchoProtocol, args.host, args.port, backlog=BACKLOG)
+            loop.create_server(EchoProtocol, args.host, args.port, backlog=BACKLOG, ssl=tls)
         )
     announce(server.sockets[0].getsockname()[1])
     stop = loop.stop
@@ -295,6 +296,17 @@ def run_asyncio(args, loop, line=False):
     finally:
         server.close()
         loop.close()
+
+
+def tls_context(args):
+    """The server's ssl.SSLContext for --tls-cert/--tls-key, or None."""
+    if not args.tls_cert:
+        return None
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(args.tls_cert, args.tls_key)
+    return ctx
 
 
 def serve_asyncio(args):
@@ -493,6 +505,9 @@ def main(argv=None):
     ap.add_argument("--cpu", type=int, default=None, help="pin to this CPU")
     ap.add_argument("--nofile", type=int, default=0, help="raise RLIMIT_NOFILE to this")
     ap.add_argument("--probe", action="store_true", help="print capabilities as JSON")
+    ap.add_argument("--tls-cert", default=None, help="serve TLS with this certificate (PEM; "
+                    "asyncio, asyncio-streams and uvloop kinds; netloop's TLS rows use the CLI)")
+    ap.add_argument("--tls-key", default=None, help="the key of --tls-cert, if not in it")
     args = ap.parse_args(argv)
     if args.probe:
         import json
@@ -503,6 +518,8 @@ def main(argv=None):
         ap.error("--kind is required")
     if args.recv_size > MAX_RECV:
         ap.error("--recv-size must be <= %d" % MAX_RECV)
+    if args.tls_cert and args.kind not in ("asyncio", "asyncio-streams", "uvloop"):
+        ap.error("--tls-cert: only the asyncio, asyncio-streams and uvloop kinds here")
     apply_limits(args.cpu, args.nofile)
     if args.kind != "asyncio" and args.kind not in ("asyncio-streams", "uvloop"):
         install_stop_handlers()

@@ -158,3 +158,35 @@ def test_in_process_benches(script):
                               env=env, timeout=60)
         assert proc.returncode == 0, proc.stderr
         assert "us CPU per" in proc.stdout
+
+
+def test_tls_rows_netloop_and_asyncio(loadgen):
+    # The TLS rows (tls-pp100, tls-stream64k, tls-connrate) in miniature: the load generator
+    # speaks TLS to netloop's CLI echo and to asyncio, with a generated certificate.
+    if not benchlib.loadgen_has_tls(loadgen):
+        if os.environ.get("CI"):
+            pytest.fail("loadgen was built without OpenSSL (libssl-dev is needed in CI)")
+        pytest.skip("loadgen was built without OpenSSL (libssl-dev)")
+    cert, key = benchlib.tls_files()
+    root = os.path.dirname(BENCH_DIR)
+    env = dict(os.environ, PYTHONPATH=os.path.join(root, "src"))
+    port = benchlib.free_port("127.0.0.1")
+    commands = {
+        "netloop": ([sys.executable, "-m", "netloop", "echo", "--port", str(port),
+                     "--tls-cert", cert, "--tls-key", key], port),
+        "asyncio": (server_cmd("asyncio") + ["--tls-cert", cert, "--tls-key", key], None),
+    }
+    for name, (cmd, fixed) in commands.items():
+        srv = benchlib.ServerProcess(cmd, env=env, ready_timeout=30, name=name, port=fixed)
+        try:
+            srv.start()
+            for mode, conns, size in (("pingpong", 4, 64), ("stream", 2, 65536),
+                                      ("connrate", 4, 64)):
+                r = benchlib.run_loadgen(loadgen, srv.port, mode=mode, conns=conns, size=size,
+                                         duration=0.3, warmup=0.05, server_pid=srv.proc.pid,
+                                         timeout=60, tls=True)
+                assert r["errors"] == 0, (name, mode, r["error_detail"])
+                assert r["rate"] > 0, (name, mode)
+        finally:
+            srv.stop()
+            srv.cleanup_files()
