@@ -428,3 +428,45 @@ def test_openssl_s_client(loop: netloop.Loop) -> None:
     server.channels[0].close()
     _serve_while(loop, th, timeout=20)
     assert out == [b"hello from s_client\n"]
+
+
+class PausingEcho(Echo):
+    """Reads 5 bytes, then pauses reading until the test resumes it."""
+
+    read_size = 5
+
+    def handle_read(self) -> None:
+        super().handle_read()
+        if self.received == 5:
+            self._nl_loop.pause_reading(self)
+
+
+def test_pending_input_delivered_after_resume(loop: netloop.Loop) -> None:
+    # The rest of the record waits decrypted inside the SSL object while reading is paused;
+    # resume_reading() must deliver it though the socket will not be readable again.
+    a, b = socket.socketpair()
+    ch = PausingEcho(a, loop.map)
+    ch.start_tls(tlssupport.server_context(), server_side=True)
+    got = bytearray()
+    sent = threading.Event()
+
+    def client() -> None:
+        s = tlssupport.client_context().wrap_socket(b, server_hostname="localhost")
+        s.sendall(b"0123456789abcdefghij")
+        sent.set()
+        s.settimeout(10)
+        while len(got) < 20:
+            data = s.recv(100)
+            if not data:
+                break
+            got.extend(data)
+        s.close()
+
+    th = _thread(client)
+    run_until(loop, lambda: ch.received == 5 and sent.is_set())
+    for _ in range(5):
+        loop.run_once(0.01)
+    assert ch.received == 5  # paused: nothing more read
+    loop.resume_reading(ch)
+    _serve_while(loop, th)
+    assert bytes(got) == b"0123456789abcdefghij"

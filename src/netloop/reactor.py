@@ -785,6 +785,11 @@ def _set_paused(channel: Any, reason: int, on: bool, lp: Optional[Loop] = None) 
             lp = getattr(channel, "_nl_loop", None)
         if lp is not None and lp._acquired and getattr(channel, "_fileno", None) is not None:
             lp._update(channel)
+        if not new:
+            # A TLS socket may hold decrypted input that no readiness event will announce.
+            resumed = getattr(getattr(channel, "socket", None), "_nl_resumed", None)
+            if resumed is not None:
+                resumed()
 
 
 def _route_failure(obj: Any, err: BaseException) -> None:

@@ -238,6 +238,12 @@ class TLSSocket:
         return self.ssl_socket.detach()
 
     # -------------------------------------------------------------- decrypted, not handed out
+    def _nl_resumed(self) -> None:
+        # Reading resumes after a pause (reactor._set_paused): what waits inside the SSL object
+        # makes no readiness event, so it is dispatched from here.
+        if self._established and not self._pumping and self._obj.pending():
+            self._pump_later()
+
     def _pump_later(self) -> None:
         ch = self._channel
         lp = ch._nl_loop if ch is not None else None
