@@ -102,9 +102,70 @@ def poller_name(request: pytest.FixtureRequest) -> str:
     return request.param  # type: ignore[no-any-return]
 
 
+# The `loop` fixture of these modules also runs hosted by asyncio (netloop.aio), on asyncio's
+# default loop and on uvloop where it is installed: the same tests, a second driver.
+HOSTED_MODULES = {"test_dispatcher", "test_buffered", "test_chat_channel", "test_services",
+                  "test_files", "test_smoke_core"}
+try:
+    import uvloop
+    HOSTS = ["asyncio", "uvloop"]
+    # libuv opens a process-wide pipe pair with the first loop: take it now, not in a test.
+    uvloop.new_event_loop().close()
+except ImportError:
+    HOSTS = ["asyncio"]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    import inspect
+    if (metafunc.module.__name__.rpartition(".")[2] in HOSTED_MODULES
+            and "loop" in metafunc.fixturenames
+            and "poller_name" not in inspect.signature(metafunc.function).parameters):
+        metafunc.parametrize("poller_name", ALL_POLLERS + HOSTS)
+
+
+def _hosted_loop(host: str) -> Iterator[netloop.Loop]:
+    import asyncio
+
+    import netloop.aio
+    if host == "uvloop":
+        import uvloop
+        ev = uvloop.new_event_loop()
+    else:
+        ev = asyncio.new_event_loop()
+    lp = netloop.Loop()
+    handle = netloop.aio.attach(lp, event_loop=ev)
+    try:
+        yield lp
+        for obj in list(lp.map.values()):
+            try:
+                obj.close()
+            except Exception:
+                pass
+        lp.map.clear()
+        ev.stop()
+        ev.run_forever()  # one iteration: let callbacks scheduled by the closes run
+        poller = handle.poller
+        handle.detach()
+        assert not poller._masks, "registrations left in asyncio: %r" % poller._masks
+        assert poller._timer is None and poller._kick_handle is None
+        selector = getattr(ev, "_selector", None)
+        if selector is not None:  # asyncio's own loop: only its self-pipe may be left
+            assert len(selector.get_map()) == 1, selector.get_map()
+        assert not asyncio.all_tasks(ev)
+    finally:
+        handle.detach()
+        lp.close()
+        ev.close()
+
+
 @pytest.fixture
 def loop(poller_name: str) -> Iterator[netloop.Loop]:
-    """A private loop on each poller, closed after the test (its channels too)."""
+    """A private loop on each poller, closed after the test (its channels too). In the
+    modules of HOSTED_MODULES also attached to an asyncio loop ("asyncio", "uvloop")."""
+    if poller_name in ("asyncio", "uvloop"):
+        yield from _hosted_loop(poller_name)
+        return
     lp = netloop.Loop(poller=poller_name)
     yield lp
     for obj in list(lp.map.values()):

@@ -163,6 +163,9 @@ class Loop:
         # bad fds to report.
         self._slow = True
         self._find_closed: Optional[Callable[[], List[Tuple[int, int]]]] = None
+        # Called when work is scheduled from outside a pass (see _scheduled); set while the
+        # loop holds its kernel objects: the poller's notify() if it has one, else _wake.
+        self._notify: Optional[Callable[[], None]] = None
         # asyncore's select() loop never called handle_close() for a hang-up: the channel found
         # out by reading. poll()-style dispatch (the default) does. The drop-in loop() picks
         # the one its use_poll asks for.
@@ -192,10 +195,17 @@ class Loop:
                 raise RuntimeError("this map is now served by another loop")
             _register(self)
         self._poller = create(self._poller_spec)
+        bind = getattr(self._poller, "bind", None)
+        if bind is not None:
+            # A driver that dispatches events itself (netloop.aio's AsyncioPoller) through
+            # this loop's _dispatch, and runs its timers and queued calls.
+            bind(self)
         self._waker = Waker()
         self._wake_fd = self._waker.rfd
         self._poller.register(self._wake_fd, READ)
         self._find_closed = getattr(self._poller, "find_closed", None)
+        self._notify = getattr(self._poller, "notify", None) or self._wake
+        self._timers.on_schedule = self._scheduled
         self._acquired = True
         _active.add(self)
         self._reconcile()
@@ -207,6 +217,8 @@ class Loop:
             return
         self._acquired = False
         self._slow = True
+        self._notify = None
+        self._timers.on_schedule = None
         _active.discard(self)
         for obj in self._objs.values():
             if getattr(obj, "_nl_loop", None) is self:
@@ -265,6 +277,8 @@ class Loop:
         self._waker = None
         self._wake_fd = -1
         self._find_closed = None
+        self._notify = None
+        self._timers.on_schedule = None
         self._acquired = False
         self._slow = True
         _active.discard(self)
@@ -303,9 +317,12 @@ class Loop:
     def fileno(self) -> int:
         """The poller's own descriptor (epoll, kqueue), readable when a pass has work to do.
 
-        A host loop can watch it to drive ``run_once(0)``; timers are not in it, so the host
-        should also honour the delay ``run_once`` returns. select and poll have no such
-        descriptor: ValueError.
+        A host loop watches it and runs ``run_once(0)`` when it is readable, and again after
+        the delay that ``run_once`` returned (the next timer). Work scheduled from outside a
+        pass (``call_soon``, ``call_later``, ``stop``, a timer's ``reset``) makes it readable
+        at once through the wake-up pipe, so the host learns the new delay. select and poll
+        have no such descriptor (ValueError): host those with ``netloop.aio.attach`` (asyncio
+        watches each channel's descriptor), or call ``run_once`` from the host's own loop.
         """
         return self.poller.fileno()
 
@@ -521,45 +538,7 @@ class Loop:
             events.extend((fd, INVALID) for fd in self._bad)
             self._bad.clear()
         if events:
-            get = self.map.get
-            closed = self._closed_fds
-            direct = self._direct
-            self._dispatching = True
-            try:
-                for fd, flags in events:
-                    obj = get(fd)
-                    if obj is None:
-                        if fd == self._wake_fd:
-                            self._on_wake()
-                        elif fd in self._masks:
-                            # Removed from the map behind our back: stop watching it.
-                            self._discard(fd)
-                        continue
-                    if closed and fd in closed:
-                        continue
-                    if flags == READ:
-                        try:
-                            if fd in direct and obj.connected and not obj.accepting:
-                                obj.handle_read()
-                            else:
-                                obj.handle_read_event()
-                        except RERAISED:
-                            raise
-                        except BaseException as err:
-                            _route_failure(obj, err)
-                    else:
-                        self._dispatch_flags(fd, obj, flags)
-            finally:
-                self._dispatching = False
-                self._accepted = None
-                if closed:
-                    closed.clear()
-            if self._asked and not self._scan_asked:
-                asked = self._asked
-                for fd, _ in events:
-                    obj = asked.get(fd)
-                    if obj is not None:
-                        self._update(obj)
+            self._dispatch(events)
         elif self._find_closed is not None:
             # An idle pass: let the poller look for fds closed behind the channels' backs
             # (epoll forgets them silently); they are reported as POLLNVAL next pass.
@@ -575,6 +554,52 @@ class Loop:
             self._run_timers()
         if self._ready:
             self._run_ready()
+
+    def _dispatch(self, events: Any) -> None:
+        """Route readiness events ``[(fd, flags), ...]`` to the channels of the map.
+
+        The one dispatch path of every driver: ``_pass`` calls it with what the poller
+        returned, and a loop hosted by asyncio (``netloop.aio``) with each readiness callback.
+        """
+        get = self.map.get
+        closed = self._closed_fds
+        direct = self._direct
+        self._dispatching = True
+        try:
+            for fd, flags in events:
+                obj = get(fd)
+                if obj is None:
+                    if fd == self._wake_fd:
+                        self._on_wake()
+                    elif fd in self._masks:
+                        # Removed from the map behind our back: stop watching it.
+                        self._discard(fd)
+                    continue
+                if closed and fd in closed:
+                    continue
+                if flags == READ:
+                    try:
+                        if fd in direct and obj.connected and not obj.accepting:
+                            obj.handle_read()
+                        else:
+                            obj.handle_read_event()
+                    except RERAISED:
+                        raise
+                    except BaseException as err:
+                        _route_failure(obj, err)
+                else:
+                    self._dispatch_flags(fd, obj, flags)
+        finally:
+            self._dispatching = False
+            self._accepted = None
+            if closed:
+                closed.clear()
+        if self._asked and not self._scan_asked:
+            asked = self._asked
+            for fd, _ in events:
+                obj = asked.get(fd)
+                if obj is not None:
+                    self._update(obj)
 
     def _poll_failed(self, err: OSError) -> List[Tuple[int, int]]:
         # select() fails as a whole (EBADF) when one registered fd was closed behind its
@@ -700,11 +725,22 @@ class Loop:
             # Also on the loop's own thread: a signal handler that calls stop() runs while poll
             # is interrupted, and Python would resume the poll (PEP 475) without this byte.
             self._wake()
+        else:
+            self._scheduled()
 
     def _wake(self) -> None:
         waker = self._waker
         if waker is not None:
             waker.wake()
+
+    def _scheduled(self) -> None:
+        """A call or timer was scheduled. Outside a pass, nobody would see it before the next
+        event: tell whoever waits for the loop (a host watching ``fileno()``: the wake-up
+        pipe; a hosting driver: its ``notify()``)."""
+        if not self._running:
+            notify = self._notify
+            if notify is not None:
+                notify()
 
     @property
     def running(self) -> bool:
@@ -718,6 +754,8 @@ class Loop:
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` on the loop at the end of the current (or next) pass."""
         self._ready.append((fn, args))
+        if not self._running:
+            self._scheduled()
 
     def call_soon_threadsafe(self, fn: Callable[..., Any], *args: Any) -> None:
         """``call_soon`` from any thread: wakes the loop if it is blocked in poll."""
@@ -752,6 +790,12 @@ class Loop:
             raise RuntimeError("signal handlers can only be installed from the main thread")
         if not self._acquired:
             self._acquire()
+        hosted = getattr(self._poller, "add_signal", None)
+        if hosted is not None:
+            # A driver with signal handling of its own (asyncio's add_signal_handler).
+            hosted(signum)
+            self._signal_handlers[signum] = (fn, args)
+            return
         assert self._waker is not None
         if not self._signal_handlers:
             old = signal.set_wakeup_fd(self._waker.wfd, warn_on_full_buffer=False)
@@ -764,6 +808,10 @@ class Loop:
         if signum not in self._signal_handlers:
             return False
         del self._signal_handlers[signum]
+        hosted = getattr(self._poller, "remove_signal", None)
+        if hosted is not None:
+            hosted(signum)
+            return True
         signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT
                       else signal.SIG_DFL)
         if not self._signal_handlers:

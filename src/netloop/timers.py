@@ -74,6 +74,9 @@ class TimerQueue:
         self._heap: List[Tuple[float, int, TimerHandle]] = []
         self._counter = itertools.count(1)
         self._live = 0  # scheduled and not cancelled
+        # Called after each timer is scheduled or re-armed (the loop sets it while it holds
+        # its kernel objects, to wake whoever waits on its behalf).
+        self.on_schedule: Optional[Callable[[], None]] = None
 
     def __len__(self) -> int:
         """How many timers are pending (cancelled ones do not count)."""
@@ -92,6 +95,8 @@ class TimerQueue:
         handle.cancelled = False
         heapq.heappush(self._heap, (when, seq, handle))
         self._live += 1
+        if self.on_schedule is not None:
+            self.on_schedule()
 
     def _cancelled_one(self, handle: TimerHandle) -> None:
         if handle._seq > 0:  # still in the heap

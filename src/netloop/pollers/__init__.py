@@ -58,10 +58,19 @@ def available() -> List[str]:
     return list(_FACTORIES)
 
 
+#: Drivers named like pollers that live above this layer: a loop "polled" by asyncio (or
+#: uvloop) through ``netloop.aio``, which dispatches events through the loop itself. Not in
+#: ``available()``; ``NETLOOP_POLLER=asyncio`` runs a whole program's loops hosted.
+HOSTED = ("asyncio", "uvloop")
+
+
 def by_name(name: str) -> Callable[[], Poller]:
     """The poller class called ``name``; ``"auto"`` means ``best()``."""
     if name == "auto":
         return best()
+    if name in HOSTED:
+        import importlib
+        return importlib.import_module("netloop.aio").poller_factory(name)  # type: ignore
     try:
         return _FACTORIES[name]
     except KeyError:

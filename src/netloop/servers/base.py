@@ -115,6 +115,9 @@ class _Listener(Dispatcher):
 
     def __init__(self, server: "BaseServer", map: ChannelMap) -> None:
         Dispatcher.__init__(self, None, map)
+        # Dispatcher.__init__ sets the instance attribute to False: without this the listener
+        # would also ask for write readiness, which a UDP socket always has (a busy loop).
+        self.accepting = True
         self.server = server
 
     def handle_read_event(self) -> None:
