@@ -106,6 +106,22 @@ def test_pipelined_commands_get_their_replies_in_order() -> None:
         ("a@x", ["b@x", "c@x"], b"one"), ("d@x", ["e@x"], b"two\n.")]
 
 
+def test_message_with_no_lines() -> None:
+    with serving() as (server, port):
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+            reader = sock.makefile("rb")
+            _reply(reader)
+            sock.sendall(b"HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n")
+            assert [_reply(reader)[:3] for _ in range(4)] == [b"250", b"250", b"250", b"354"]
+            sock.sendall(b".\r\n")  # in a read of its own: the end of an empty message
+            assert _reply(reader) == b"250 OK"
+            reader.close()
+        with smtplib.SMTP("127.0.0.1", port, timeout=TIMEOUT) as client:
+            client.sendmail("c@x", ["d@x"], b"")  # smtplib sends CRLF . CRLF
+        assert [m[:3] for m in server.messages] == [("a@x", ["b@x"], b""),
+                                                    ("c@x", ["d@x"], b"")]
+
+
 def test_smtputf8_addresses_and_message() -> None:
     with serving(enable_SMTPUTF8=True) as (server, port):
         with smtplib.SMTP("127.0.0.1", port, timeout=TIMEOUT) as client:

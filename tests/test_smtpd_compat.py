@@ -205,6 +205,12 @@ class Session(SMTPProtocol, _ChatDouble):
         self.fqdn = "host.example"
         self.peer = ("peer", 1)
 
+    def _nl_unread(self, data: bytes) -> bool:
+        pending = self.framer.pending
+        self.framer.clear()
+        self.framer.feed(data + pending)
+        return True
+
     def replies(self) -> List[str]:
         return b"".join(self.sent).decode("utf-8").split("\r\n")[:-1]
 
@@ -226,6 +232,19 @@ def test_protocol_same_replies_however_the_input_is_split(size: int) -> None:
         ("a@example.org", ["b@example.org"], b"line 1\n.dotted\n\xc3\xa9",
          {"mail_options": ["BODY=8BITMIME"], "rcpt_options": []})]
     assert session.closing
+
+
+@pytest.mark.parametrize("size", [1, 2, 100])
+def test_protocol_message_with_no_lines(size: int) -> None:
+    # RFC 5321 4.1.1.4: "." right after DATA ends an empty message (smtpd waited for ever).
+    session = Session()
+    dialog = (b"HELO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n.\r\n"
+              b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n\r\n.\r\n"
+              b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n\r\nx\r\n.\r\nNOOP\r\n")
+    for start in range(0, len(dialog), size):
+        session.feed(dialog[start:start + size])
+    assert [m[2] for m in session.server.messages] == [b"", b"", b"\nx"]
+    assert session.replies()[-2:] == ["250 OK", "250 OK"]
 
 
 def test_protocol_decode_data_survives_a_character_split_between_reads() -> None:

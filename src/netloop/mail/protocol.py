@@ -18,9 +18,10 @@ Limits are kept while the input arrives, so memory stays bounded whatever a clie
   answered ``552 Error: Too much mail data`` and the session goes back to commands (smtpd stayed
   in the data state, so the client's next commands were taken for message text).
 
-Other deliberate differences from 3.11's smtpd: ``command_size_limits`` is per channel (smtpd
-shared one dict between all channels, so one client's EHLO raised every client's MAIL limit
-and each new connection reset it); a command line that is not UTF-8 gets ``500 Error: bad
+Other deliberate differences from 3.11's smtpd: a message with no lines (a lone ``.`` right
+after DATA, RFC 5321 4.1.1.4) ends at once, where smtpd waited for a CRLF it had already
+consumed; ``command_size_limits`` is per channel (smtpd shared one dict between all channels,
+so one client's EHLO raised every client's MAIL limit and each new connection reset it); a command line that is not UTF-8 gets ``500 Error: bad
 syntax`` instead of an exception that closed the connection; with ``decode_data`` the input is
 decoded incrementally (a character split between two reads no longer fails) and bytes that are
 not UTF-8 become U+FFFD; a reply that does not fit its encoding is sent with ``?`` in place of
@@ -160,6 +161,7 @@ class SMTPProtocol:
     received_lines: List[Any]
 
     _nl_refused = False  # this command line was already answered "line too long"
+    _nl_lead = False     # the message text starts with a CRLF given back by smtp_DATA
     _nl_decoder: Any = None
 
     # Supplied by the channel class below in the MRO.
@@ -217,6 +219,7 @@ class SMTPProtocol:
         self.rcpttos = []
         self.require_SMTPUTF8 = False
         self.num_bytes = 0
+        self._nl_lead = False
         self.set_terminator(b"\r\n")
 
     def _set_rset_state(self) -> None:
@@ -230,6 +233,14 @@ class SMTPProtocol:
         stream = self.debugstream
         if stream is not None:
             print(*parts, file=stream)
+
+    def _nl_unread(self, data: bytes) -> bool:
+        """Put ``data`` back in front of the input not read yet; False if the channel can't.
+
+        The chat channel can (``netloop.mail.server``); without it a message with no lines
+        at all (a lone "." after DATA) is not seen, as in smtpd.
+        """
+        return False
 
     def _nl_greet(self) -> None:
         self.push("220 %s %s" % (self.fqdn, self.greeting_version))
@@ -273,6 +284,10 @@ class SMTPProtocol:
         line = self._emptystring.join(self.received_lines)
         self._nl_debug("Data:", _LazyRepr(line))
         self.received_lines = []
+        if self._nl_lead and self.smtp_state == self.DATA:
+            self._nl_lead = False
+            if line[:2] == self._linesep:
+                line = line[2:]
         if self.smtp_state == self.COMMAND:
             self._nl_command(line)
         elif self.smtp_state != self.DATA:
@@ -515,6 +530,13 @@ class SMTPProtocol:
             return
         self.smtp_state = self.DATA
         self.set_terminator(b"\r\n.\r\n")
+        # The CRLF that ended this line is also the first half of the end-of-data marker
+        # (RFC 5321 4.1.1.4): a message with no lines is a lone ".\r\n". Give it back to the
+        # input so the terminator can match there (smtpd did not, and waited for ever);
+        # found_terminator() takes it off the message again.
+        if self._nl_unread(b"\r\n"):
+            self._nl_lead = True
+            self.num_bytes = -2
         self.push("354 End data with <CR><LF>.<CR><LF>")
 
     def smtp_EXPN(self, arg: Optional[str]) -> None:

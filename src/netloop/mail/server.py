@@ -64,6 +64,13 @@ class SMTPChannel(SMTPProtocol, ChatChannel):
     def _nl_getfqdn(self) -> str:
         return socket.getfqdn()
 
+    def _nl_unread(self, data: bytes) -> bool:
+        framer = self._framer
+        pending = framer.pending
+        framer.clear()
+        framer.feed(data + pending)
+        return True
+
     def _nl_server_fqdn(self, server: Any) -> str:
         # Once per server: getfqdn() may wait on DNS, and the loop waits with it.
         fqdn = getattr(server, "_nl_fqdn", None)
