@@ -470,3 +470,98 @@ def test_pending_input_delivered_after_resume(loop: netloop.Loop) -> None:
     loop.resume_reading(ch)
     _serve_while(loop, th)
     assert bytes(got) == b"0123456789abcdefghij"
+
+
+class _Lines:
+    """Collect a subprocess's stdout lines in a thread (the loop runs in the test's)."""
+
+    def __init__(self, proc: "subprocess.Popen[bytes]") -> None:
+        self.proc = proc
+        self.text = b""
+        self.lock = threading.Lock()
+        self.thread = _thread(self._read)
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        while True:
+            data = os.read(fd, 65536)  # not by line: s_server prints data without a newline
+            if not data:
+                return
+            with self.lock:
+                self.text += data
+
+    def has(self, data: bytes) -> bool:
+        with self.lock:
+            return data in self.text
+
+    def send(self, data: bytes) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.thread.join(10)
+        for f in (self.proc.stdin, self.proc.stdout):
+            if f is not None:
+                f.close()
+
+
+def test_key_updates_from_openssl_s_client(loop: netloop.Loop) -> None:
+    # TLS 1.3 key updates, one asking the server to update its own keys too ("K"), handled
+    # inside reads and writes; the echo goes on.
+    openssl = _openssl()
+    server = Listener(loop, tlssupport.server_context())
+    proc = subprocess.Popen(
+        [openssl, "s_client", "-connect", "127.0.0.1:%d" % server.port, "-tls1_3",
+         "-CAfile", tlssupport.paths()["ca"], "-servername", "localhost"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines = _Lines(proc)
+    try:
+        lines.send(b"first line\n")
+        run_until(loop, lambda: lines.has(b"first line\n"), timeout=20)
+        lines.send(b"K\n")
+        run_until(loop, lambda: lines.has(b"KEYUPDATE"), timeout=20)
+        lines.send(b"after update\n")
+        run_until(loop, lambda: lines.has(b"after update\n"), timeout=20)
+        lines.send(b"k\n")  # s_client takes a command only alone in its read: wait for it
+        run_until(loop, lambda: lines.text.count(b"KEYUPDATE") == 2, timeout=20)
+        lines.send(b"after second\n")
+        run_until(loop, lambda: lines.has(b"after second\n"), timeout=20)
+    finally:
+        lines.close()
+    run_until(loop, lambda: server.channels[0].closed)
+
+
+def test_renegotiation_asked_by_openssl_s_server(loop: netloop.Loop) -> None:
+    # TLS 1.2: the server asks for a renegotiation mid-stream; netloop's client goes through
+    # it inside its reads and writes and data flows both ways after it.
+    openssl = _openssl()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    p = tlssupport.paths()
+    proc = subprocess.Popen(
+        [openssl, "s_server", "-accept", "127.0.0.1:%d" % port, "-tls1_2", "-cert", p["cert"],
+         "-key", p["key"], "-naccept", "1"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines = _Lines(proc)
+    client = None
+    try:
+        run_until(loop, lambda: lines.has(b"ACCEPT"), timeout=20)
+        client = Client(loop, port, tlssupport.client_context())
+        run_until(loop, lambda: lines.has(b"ping"), timeout=20)
+        assert client.socket.version() == "TLSv1.2"
+        lines.send(b"R\n")  # s_server: renegotiate
+        run_until(loop, lambda: lines.has(b"SSL_do_handshake -> 1"), timeout=20)
+        client.send(b"after renegotiation\n")
+        lines.send(b"from server\n")
+        run_until(loop, lambda: lines.has(b"after renegotiation") and
+                  b"from server" in client.data, timeout=20)
+    finally:
+        if client is not None:
+            client.close()
+        lines.close()
