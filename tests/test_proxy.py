@@ -144,7 +144,7 @@ _addresses = st.one_of(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(data=st.binary(max_size=300))
 def test_fuzz_arbitrary_bytes_only_raise_protocol_errors(data):
     for cut in sorted({0, len(data) // 2, len(data)}):
@@ -156,7 +156,7 @@ def test_fuzz_arbitrary_bytes_only_raise_protocol_errors(data):
             assert 0 < h.length <= cut
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(pair=st.tuples(_addresses, _addresses).filter(
     lambda p: (":" in p[0][0]) == (":" in p[1][0])),
     version=st.sampled_from([1, 2]), tail=st.binary(max_size=40), data=st.data())
@@ -171,7 +171,7 @@ def test_fuzz_round_trip_and_prefixes(pair, version, tail, data):
                             src[1])
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(raw=st.binary(min_size=1, max_size=120), pos=st.integers(0, 119), byte=st.integers(0, 255))
 def test_fuzz_mutated_headers(raw, pos, byte):
     base = bytearray(format_v2(("192.0.2.1", 5), ("192.0.2.2", 6)) if raw[0] & 1
@@ -182,6 +182,32 @@ def test_fuzz_mutated_headers(raw, pos, byte):
     except ProxyProtocolError:
         return
     assert h is None or h.length <= len(base)
+
+
+@settings(max_examples=100, deadline=None)
+@given(pair=st.tuples(_addresses, _addresses).filter(
+    lambda p: (":" in p[0][0]) == (":" in p[1][0])),
+    version=st.sampled_from([1, 2]), tail=st.binary(max_size=20),
+    tlvs=st.lists(st.tuples(st.integers(0, 255), st.binary(max_size=8)), max_size=2),
+    mutate=st.one_of(st.none(), st.tuples(st.integers(0, 200), st.integers(0, 255))))
+def test_fuzz_fast_path_agrees_with_the_careful_one(pair, version, tail, tlvs, mutate):
+    src, dst = pair
+    raw = bytearray(format_v1(src, dst) if version == 1 else format_v2(src, dst,
+                                                                        tlvs=tuple(tlvs)))
+    if mutate is not None:
+        raw[mutate[0] % len(raw)] = mutate[1]
+    data = bytes(raw) + tail
+    careful = proxy._parse_v1 if data[:1] == b"P" else (
+        lambda d: proxy._parse_v2(d, proxy.DEFAULT_MAX_HEADER))
+
+    def outcome(fn: Any) -> Any:
+        try:
+            return fn(data)
+        except ProxyProtocolError:
+            return "error"
+    if data[:1] not in (b"P", b"\r"):
+        return
+    assert outcome(parse_header) == outcome(careful)
 
 
 def _fam(host: str) -> int:
@@ -350,3 +376,26 @@ def test_socketserver_client_address(loop):
         server.server_close()
     assert seen == [("192.0.2.44", 5555)]
     assert threading.active_count() >= 1
+
+
+def test_header_present_at_accept_is_read_at_once(loop):
+    """The usual case behind a balancer: the header is already there when the connection is
+    accepted, so it is read without a channel or a loop pass."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    delivered: List[Any] = []
+    try:
+        with _client(listener.getsockname()) as c:
+            c.sendall(format_v2(("192.0.2.9", 7), ("192.0.2.1", 80)) + b"rest")
+            sock, peer = listener.accept()
+            sock.settimeout(5)
+            assert sock.recv(1, socket.MSG_PEEK)  # loopback: the whole write is there now
+            proxy.read_proxy_header(sock, peer, loop.map,
+                                    lambda s, addr: delivered.append((s, addr)))
+            assert [addr for _, addr in delivered] == [("192.0.2.9", 7)]
+            assert not loop.map  # no reader channel was needed
+            assert delivered[0][0].recv(64) == b"rest"
+            delivered[0][0].close()
+    finally:
+        listener.close()

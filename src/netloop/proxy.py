@@ -67,6 +67,14 @@ _V2_FAMILIES = {0: None, 1: socket.AF_INET, 2: socket.AF_INET6,
 _V2_TRANSPORTS = {0: None, 1: socket.SOCK_STREAM, 2: socket.SOCK_DGRAM}
 
 
+_V2_FIXED_PART = struct.Struct("!BBH")
+_V2_TCP = {0x11: (socket.AF_INET, struct.Struct("!4s4sHH")),
+           0x21: (socket.AF_INET6, struct.Struct("!16s16sHH"))}
+_V1_TCP = {b"PROXY TCP4 ": socket.AF_INET, b"PROXY TCP6 ": socket.AF_INET6}
+_ntop = socket.inet_ntop
+_pton = socket.inet_pton
+
+
 class ProxyProtocolError(ValueError):
     """The bytes received are not a valid PROXY protocol header."""
 
@@ -107,7 +115,51 @@ def parse_header(data: bytes, max_size: int = DEFAULT_MAX_HEADER) -> Optional[Pr
     as ``data`` cannot begin a valid header, or when the header would be longer than
     ``max_size`` bytes (version 1 headers are bounded by the spec at 107 bytes).
     """
-    data = bytes(data)
+    if type(data) is not bytes:
+        data = bytes(data)
+    if data[:12] == V2_SIGNATURE and len(data) >= _V2_FIXED:
+        # The common case first, in a few C calls: a complete PROXY over TCP/IPv4 or IPv6.
+        ver_cmd, fam, body_len = _V2_FIXED_PART.unpack_from(data, 12)
+        if ver_cmd == 0x21 and fam in _V2_TCP and body_len <= max_size - _V2_FIXED:
+            af, addr = _V2_TCP[fam]
+            length = _V2_FIXED + body_len
+            if body_len >= addr.size and len(data) >= length:
+                src, dst, sport, dport = addr.unpack_from(data, _V2_FIXED)
+                source: Any = (_ntop(af, src), sport)
+                destination: Any = (_ntop(af, dst), dport)
+                if af != socket.AF_INET:
+                    source += (0, 0)
+                    destination += (0, 0)
+                tlvs = (_v2_tlvs(data[_V2_FIXED + addr.size:length])
+                        if body_len > addr.size else ())
+                return ProxyHeader(2, "PROXY", af, socket.SOCK_STREAM, source, destination,
+                                   tlvs, length)
+        return _parse_v2(data, max_size)
+    if data[:11] in _V1_TCP:
+        end = data.find(b"\r\n", 0, V1_MAX_LENGTH)
+        if end > 0:
+            fields = data[11:end].split(b" ")
+            if len(fields) == 4:
+                af = _V1_TCP[data[:11]]
+                try:
+                    src, dst = fields[0].decode("ascii"), fields[1].decode("ascii")
+                    _pton(af, src)  # validates
+                    _pton(af, dst)
+                except (UnicodeDecodeError, OSError, ValueError):
+                    return _parse_v1(data)  # the careful path says what is wrong
+                sport, dport = fields[2], fields[3]
+                if (sport.isdigit() and dport.isdigit() and len(sport) <= 5
+                        and len(dport) <= 5 and sport[:1] != b"0" and dport[:1] != b"0"
+                        and int(sport) <= 65535 and int(dport) <= 65535):
+                    if af == socket.AF_INET:
+                        return ProxyHeader(1, "PROXY", af, socket.SOCK_STREAM,
+                                           (_ntop(af, _pton(af, src)), int(sport)),
+                                           (_ntop(af, _pton(af, dst)), int(dport)), (), end + 2)
+                    return ProxyHeader(1, "PROXY", af, socket.SOCK_STREAM,
+                                       (_ntop(af, _pton(af, src)), int(sport), 0, 0),
+                                       (_ntop(af, _pton(af, dst)), int(dport), 0, 0), (),
+                                       end + 2)
+        return _parse_v1(data)
     if not data:
         return None
     if data[:1] == b"P":
@@ -380,16 +432,8 @@ class _HeaderReader(Dispatcher):
         self.del_channel()
         self.socket = None
         self.connected = False
-        address = header.source if header.relayed else self.peer
-        lp = self._nl_loop or _lookup(self._map)
-        if lp is not None:
-            # A dispatcher made for sock now takes this as its addr (see Dispatcher.__init__).
-            lp._accepted = (sock, address)
-        try:
-            self._deliver(sock, address)
-        finally:
-            if lp is not None and lp._accepted is not None and lp._accepted[0] is sock:
-                lp._accepted = None
+        _hand_over(sock, header.source if header.relayed else self.peer, self._map,
+                   self._deliver)
 
     def _too_slow(self, timeout: float) -> None:
         if not self._done:
@@ -398,8 +442,7 @@ class _HeaderReader(Dispatcher):
 
     def _refuse(self, reason: str) -> None:
         self._done = True
-        logger.warning("netloop: PROXY protocol: refused the connection from %s: %s",
-                       _describe(self.peer), reason)
+        _log_refusal(self.peer, reason)
         self.close()
 
     def handle_close(self) -> None:
@@ -418,6 +461,24 @@ class _HeaderReader(Dispatcher):
         return "<netloop PROXY header reader for %s at %#x>" % (_describe(self.peer), id(self))
 
 
+def _log_refusal(peer: Any, reason: str) -> None:
+    logger.warning("netloop: PROXY protocol: refused the connection from %s: %s",
+                   _describe(peer), reason)
+
+
+def _hand_over(sock: socket.socket, address: Any, map: Any,
+               deliver: Callable[[socket.socket, Any], Any]) -> None:
+    lp = _lookup(map)
+    if lp is not None:
+        # A dispatcher made for sock now takes this as its addr (see Dispatcher.__init__).
+        lp._accepted = (sock, address)
+    try:
+        deliver(sock, address)
+    finally:
+        if lp is not None and lp._accepted is not None and lp._accepted[0] is sock:
+            lp._accepted = None
+
+
 def read_proxy_header(sock: socket.socket, peer: Any, map: Any,
                       deliver: Callable[[socket.socket, Any], Any], *,
                       timeout: float = DEFAULT_TIMEOUT,
@@ -429,7 +490,36 @@ def read_proxy_header(sock: socket.socket, peer: Any, map: Any,
     dispatcher that ``deliver`` makes for ``sock`` at once gets ``client_address`` as its
     ``addr``. The socket is left non-blocking. A bad, oversized (``max_size``) or slow
     (``timeout`` seconds) header closes the connection with one warning logged.
+
+    A balancer writes the header as soon as it is connected, so it is usually there when the
+    connection is accepted: it is then read at once (``deliver`` runs before this returns).
+    Otherwise a channel on the loop waits for the rest.
     """
+    sock.setblocking(False)
+    try:
+        seen = sock.recv(min(max_size, 1024), socket.MSG_PEEK)
+    except (BlockingIOError, InterruptedError):
+        seen = None
+    except OSError as err:
+        _log_refusal(peer, "reading the header failed: %s" % err)
+        sock.close()
+        return
+    if seen is not None:
+        try:
+            header = parse_header(seen, max_size) if seen else None
+        except ProxyProtocolError as err:
+            _log_refusal(peer, str(err))
+            sock.close()
+            return
+        if header is not None:
+            got = sock.recv(header.length)  # peeked: all there
+            if len(got) == header.length:
+                _hand_over(sock, header.source if header.relayed else peer, map, deliver)
+                return
+            # A short read (not seen on stream sockets): the reader continues from here.
+            reader = _HeaderReader(sock, peer, map, deliver, timeout, max_size)
+            reader._seen = got
+            return
     _HeaderReader(sock, peer, map, deliver, timeout, max_size)
 
 
