@@ -104,11 +104,12 @@ def poll(timeout: Optional[float] = 0.0, map: Optional[Any] = None) -> None:
     map = _map(map)
     if map:
         lp = _reactor.get_loop(map)
-        saved, lp._hup_closes = lp._hup_closes, False
+        saved = lp._hup_closes, lp._contain
+        lp._hup_closes, lp._contain = False, False  # handle_error() may raise out, as in asyncore
         try:
             lp._run(timeout, 1, forever=False, channels_only=True)
         finally:
-            lp._hup_closes = saved
+            lp._hup_closes, lp._contain = saved
 
 
 def poll2(timeout: Optional[float] = 0.0, map: Optional[Any] = None) -> None:
@@ -116,11 +117,12 @@ def poll2(timeout: Optional[float] = 0.0, map: Optional[Any] = None) -> None:
     map = _map(map)
     if map:
         lp = _reactor.get_loop(map)
-        saved, lp._hup_closes = lp._hup_closes, True
+        saved = lp._hup_closes, lp._contain
+        lp._hup_closes, lp._contain = True, False  # handle_error() may raise out, as in asyncore
         try:
             lp._run(timeout, 1, forever=False, channels_only=True)
         finally:
-            lp._hup_closes = saved
+            lp._hup_closes, lp._contain = saved
 
 
 poll3 = poll2

@@ -24,18 +24,20 @@ from __future__ import annotations
 import logging
 import os
 import socket as _socket
+import weakref
 from errno import (EALREADY, EBADF, EINPROGRESS, EINVAL, EISCONN, ENOTCONN, EWOULDBLOCK,
                    errorcode)
 
-from .errors import (ACCEPT_RESOURCE, ACCEPT_RETRY, DISCONNECTED, WOULD_BLOCK, compact_traceback,
-                     strerror)
+from .errors import (ACCEPT_RESOURCE, ACCEPT_RETRY, DISCONNECTED, RERAISED, WOULD_BLOCK,
+                     compact_traceback, strerror)
 from .pollers import READ_MASK, WRITE
-from .reactor import PAUSED_AT_EOF, PAUSED_RESTING, _lookup, _set_paused, socket_map
+from .reactor import (PAUSED_AT_EOF, PAUSED_RESTING, _abandon, _describe, _lookup, _set_paused,
+                      socket_map)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import ssl
-    from typing import Any, Callable, Optional, Tuple, TypeVar
+    from typing import Any, Callable, Dict, Optional, Tuple, TypeVar
 
     from .reactor import ChannelMap
 
@@ -65,6 +67,17 @@ TLS_HANDSHAKE_TIMEOUT = 30.0
 # The C socket type's own family/type (socket.socket wraps them in enum conversions).
 _FAMILY = _socket.SocketType.family.__get__
 _TYPE = _socket.SocketType.type.__get__
+
+
+class _NoSpare:
+    def __enter__(self) -> bool:
+        return False
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+
+_NO_SPARE = _NoSpare()
 
 
 def known_interest(fn: _F) -> _F:
@@ -97,6 +110,17 @@ class Dispatcher:
     _nl_plain_read = True     # handle_read_event is this class's own: the loop may skip it
     _nl_paused = 0                  # why reading is paused: reactor.PAUSED_* bits (0: reads)
     _nl_starved = False             # accept() is failing for lack of descriptors (logged once)
+    #: On a listener: take pending connections only to close them while the process is out of
+    #: descriptors (through the loop's reserved one), instead of leaving them in the backlog.
+    shed_when_exhausted = False
+    #: On a listener: the most connections it holds open at once, and from one client address
+    #: (None: no limit). Set with ``set_connection_limits()``.
+    max_connections: Optional[int] = None
+    max_per_address: Optional[int] = None
+    _nl_limited = False             # a listener with a connection limit
+    _nl_refusing = False            # refusing over a limit (logged once per episode)
+    _nl_owner: Any = None           # on an accepted channel: the listener counting it
+    _nl_owner_key = 0
     _nl_timers: Any = None          # this channel's own timers, cancelled on close
     _nl_idle: Any = None            # the idle-timeout timer, when one is set
     _nl_idle_after = 0.0
@@ -125,6 +149,9 @@ class Dispatcher:
             accepted = lp._accepted if lp is not None else None
             if accepted is not None and accepted[0] is sock:
                 self.addr = accepted[1]  # what getpeername() would answer
+                owner = lp._accepted_by
+                if owner is not None:
+                    owner._nl_adopt(self, sock)
                 return
             try:
                 self.addr = sock.getpeername()
@@ -294,13 +321,144 @@ class Dispatcher:
         # The pending connection stays in the backlog: retry when descriptors may be free,
         # without polling a level-triggered listener in a tight loop meanwhile. One line per
         # episode: a retry every ACCEPT_BACKOFF must not flood the log.
+        lp = self._nl_loop
         if not self._nl_starved:
             self._nl_starved = True
-            self.log_info("accept() failed: %s; retrying every %.1fs until it works"
-                          % (why, ACCEPT_BACKOFF), "error")
+            # Logged with the loop's reserved descriptor free, for handlers that need one.
+            with lp.spare_descriptor() if lp is not None else _NO_SPARE:
+                self.log_info("accept() failed: %s; %s every %.1fs until it works"
+                              % (why, "shedding pending connections and retrying"
+                                 if self.shed_when_exhausted else "retrying", ACCEPT_BACKOFF),
+                              "error")
+        if lp is not None:
+            if self.shed_when_exhausted:
+                self._nl_shed(lp)
+            self._nl_rest()
+
+    def _nl_rest(self) -> None:
+        # Stop reading from the listener for ACCEPT_BACKOFF (a reason of its own, apart from
+        # pause_reading()); the channel's timer goes with it if it closes.
+        self._nl_set_paused(PAUSED_RESTING, True)
+        self.call_later(ACCEPT_BACKOFF, self._nl_set_paused, PAUSED_RESTING, False)
+
+    def _nl_shed(self, lp: Any) -> None:
+        # Out of descriptors: accept what is pending through the loop's reserved descriptor and
+        # close it at once, so those clients learn now instead of waiting in the backlog.
+        with lp.spare_descriptor() as freed:
+            if not freed:
+                return
+            for _ in range(ACCEPT_BURST):
+                try:
+                    conn, _ = self.socket.accept()
+                except OSError:
+                    break
+                conn.close()
+
+    # ------------------------------------------------------------------ connection limits
+    def set_connection_limits(self, max_connections: Optional[int] = None,
+                              max_per_address: Optional[int] = None) -> None:
+        """Limit the connections this listener holds open at once: in all
+        (``max_connections``) and from one client address (``max_per_address``; IP addresses
+        only). None means no limit.
+
+        A connection over a limit is accepted and closed at once (the client sees the
+        connection closed, not a hang), with one log line per episode of refusals. A
+        connection counts from ``accept()`` until the dispatcher made for it in
+        ``handle_accepted()`` closes; a socket handed elsewhere counts until it is closed.
+        """
+        for value in (max_connections, max_per_address):
+            if value is not None and value < 1:
+                raise ValueError("a connection limit must be at least 1 (or None)")
+        self.max_connections = max_connections
+        self.max_per_address = max_per_address
+        self._nl_limited = max_connections is not None or max_per_address is not None
+        if self.__dict__.get("_nl_held") is None:
+            self._nl_held: Dict[int, Any] = {}       # id(socket) -> client host
+            self._nl_by_host: Dict[Any, int] = {}    # client host -> connections held
+            self._nl_loose: Dict[int, Any] = {}      # id -> weakref: sockets not made channels
+            self._nl_pending: Any = None
+
+    @property
+    def connection_count(self) -> int:
+        """Connections this listener holds open (counted only while limits are set)."""
+        held = self.__dict__.get("_nl_held")
+        if not held:
+            return 0
+        self._nl_prune()
+        return len(held)
+
+    def _nl_admit(self, conn: Any, addr: Any) -> bool:
+        host = addr[0] if type(addr) is tuple and addr else None
+        if not self._nl_room(host):
+            self._nl_prune()
+            if not self._nl_room(host):
+                if not self._nl_refusing:
+                    self._nl_refusing = True
+                    logger.warning(
+                        "netloop: %s: connection limit reached (%d held, %s from %s; limits "
+                        "%s in all, %s per address): refusing new connections until some close",
+                        _describe(self), len(self._nl_held), self._nl_by_host.get(host, 0),
+                        host, self.max_connections, self.max_per_address)
+                try:
+                    conn.close()
+                except OSError:
+                    pass
+                return False
+        self._nl_refusing = False
+        key = id(conn)
+        self._nl_held[key] = host
+        self._nl_by_host[host] = self._nl_by_host.get(host, 0) + 1
+        self._nl_pending = (key, weakref.ref(conn))
         lp = self._nl_loop
         if lp is not None:
-            lp.pause_reading(self, ACCEPT_BACKOFF)
+            lp._accepted_by = self
+        return True
+
+    def _nl_room(self, host: Any) -> bool:
+        limit = self.max_connections
+        if limit is not None and len(self._nl_held) >= limit:
+            return False
+        limit = self.max_per_address
+        return limit is None or host is None or self._nl_by_host.get(host, 0) < limit
+
+    def _nl_adopt(self, channel: Dispatcher, sock: Any) -> None:
+        # The dispatcher made for a counted connection: it reports its close (exactly).
+        pending = self._nl_pending
+        if pending is not None and pending[0] == id(sock):
+            self._nl_pending = None
+            channel._nl_owner = self
+            channel._nl_owner_key = pending[0]
+
+    def _nl_settle(self) -> None:
+        # After handle_accepted(): a counted socket no dispatcher adopted is checked for being
+        # closed when a limit is reached.
+        pending = self._nl_pending
+        if pending is not None:
+            self._nl_pending = None
+            self._nl_loose[pending[0]] = pending[1]
+        lp = self._nl_loop
+        if lp is not None:
+            lp._accepted_by = None
+
+    def _nl_release(self, key: int) -> None:
+        held = self.__dict__.get("_nl_held")
+        if held is None or key not in held:
+            return
+        host = held.pop(key)
+        left = self._nl_by_host.get(host, 1) - 1
+        if left > 0:
+            self._nl_by_host[host] = left
+        else:
+            self._nl_by_host.pop(host, None)
+        self._nl_loose.pop(key, None)
+
+    def _nl_prune(self) -> None:
+        loose = self.__dict__.get("_nl_loose")
+        if loose:
+            for key, ref in list(loose.items()):
+                sock = ref()
+                if sock is None or sock.fileno() < 0:
+                    self._nl_release(key)
 
     def send(self, data: Any) -> int:
         try:
@@ -354,6 +512,9 @@ class Dispatcher:
     def close(self) -> None:
         if self._nl_timers:
             self._cancel_timers()
+        if self._nl_owner is not None:
+            owner, self._nl_owner = self._nl_owner, None
+            owner._nl_release(self._nl_owner_key)
         self.connected = False
         self.accepting = False
         self.connecting = False
@@ -481,13 +642,57 @@ class Dispatcher:
     def handle_accept(self) -> None:
         # A bounded burst: each accept() is one syscall; draining a few per event saves a pass
         # per connection under a connect storm, and the bound keeps other channels served.
+        # A failure in handle_accepted() belongs to that connection (see _nl_setup_failed),
+        # except for the asyncore drop-in loop, which let it reach the listener as asyncore.
+        lp = self._nl_loop
+        contain = lp is None or lp._contain
         for _ in range(ACCEPT_BURST):
             pair = self.accept()
             if pair is None:
                 break
-            self.handle_accepted(*pair)
+            if self._nl_limited and not self._nl_admit(*pair):
+                continue
+            if contain:
+                fd = pair[0].fileno()
+                try:
+                    self.handle_accepted(*pair)
+                except RERAISED:
+                    raise
+                except BaseException as err:
+                    self._nl_setup_failed(pair[0], pair[1], fd, err)
+            else:
+                self.handle_accepted(*pair)
+            if self._nl_limited:
+                self._nl_settle()
             if not self.accepting:
                 break
+
+    def _nl_setup_failed(self, sock: Any, addr: Any, fd: int, err: BaseException) -> None:
+        """``handle_accepted()`` raised: close that connection (and any channel half made for
+        it) with one log line; the listener goes on. Called inside the ``except`` block."""
+        if isinstance(err, OSError) and err.errno in DISCONNECTED:
+            logger.info("netloop: %s: client %s went away while being set up (%s)",
+                        _describe(self), addr, err)
+        else:
+            logger.error("netloop: %s: exception while setting up the connection from %s; "
+                         "closing that connection", _describe(self), addr, exc_info=True)
+        lp = self._nl_loop
+        maps = [self._map] if lp is None or lp.map is self._map else [self._map, lp.map]
+        for map in maps:
+            channel = map.get(fd) if fd >= 0 else None
+            if channel is not None and channel is not self:
+                try:
+                    channel.close()
+                except RERAISED:
+                    raise
+                except BaseException:
+                    _abandon(channel, lp)
+                if map.get(fd) is channel:
+                    _abandon(channel, lp)
+        try:
+            sock.close()
+        except OSError:
+            pass
 
     def handle_accepted(self, sock: Any, addr: Any) -> None:
         sock.close()

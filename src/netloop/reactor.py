@@ -149,6 +149,12 @@ class Loop:
         # (socket, address) just accepted by a listener of this loop, for the handler made in
         # the same pass (see Dispatcher.accept); dropped at the end of each dispatch pass.
         self._accepted: Optional[Tuple[Any, Any]] = None
+        # The listener (with connection limits) that accepted _accepted's socket, if it counts
+        # the connection: a dispatcher made for that socket reports its close to it.
+        self._accepted_by: Any = None
+        # A descriptor held in reserve while the loop holds its kernel objects (see
+        # spare_descriptor()): given up when the process runs out, to log or shed load.
+        self._reserve = -1
         self._timers = TimerQueue(self._clock)
         self._ready: Deque[Tuple[Callable[..., Any], Tuple[Any, ...]]] = deque()
         self._signal_handlers: Dict[int, Tuple[Callable[..., Any], Tuple[Any, ...]]] = {}
@@ -170,6 +176,9 @@ class Loop:
         # out by reading. poll()-style dispatch (the default) does. The drop-in loop() picks
         # the one its use_poll asks for.
         self._hup_closes = True
+        # An exception out of handle_close()/handle_error() is logged and the channel removed
+        # (True), or let out of the loop as asyncore did (False: the drop-in loop()/poll()).
+        self._contain = True
         _register(self)
 
     @property
@@ -206,6 +215,7 @@ class Loop:
         self._find_closed = getattr(self._poller, "find_closed", None)
         self._notify = getattr(self._poller, "notify", None) or self._wake
         self._timers.on_schedule = self._scheduled
+        self._take_reserve()
         self._acquired = True
         _active.add(self)
         self._reconcile()
@@ -238,6 +248,32 @@ class Loop:
             self._waker.close()
             self._waker = None
         self._wake_fd = -1
+        self._give_up_reserve()
+
+    def _take_reserve(self) -> None:
+        if self._reserve < 0:
+            try:
+                self._reserve = os.open(os.devnull, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            except OSError:
+                self._reserve = -1  # out of descriptors already: try again when one is freed
+
+    def _give_up_reserve(self) -> None:
+        fd, self._reserve = self._reserve, -1
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def spare_descriptor(self) -> "_Spare":
+        """A context manager that frees the loop's reserved descriptor for its block.
+
+        The loop holds one descriptor (``/dev/null``) in reserve while it holds its kernel
+        objects, as Twisted does. When the process is out of descriptors, code that must have
+        one (to accept a connection only to close it, or a log handler that opens a file)
+        runs inside ``with loop.spare_descriptor():``; the reserve is taken again after.
+        """
+        return _Spare(self)
 
     def release(self) -> None:
         """Give back the poller and the wake-up pipe now; the next pass takes new ones.
@@ -276,6 +312,7 @@ class Loop:
         self._poller = None
         self._waker = None
         self._wake_fd = -1
+        self._give_up_reserve()  # the child's own copy; the parent keeps its own
         self._find_closed = None
         self._notify = None
         self._timers.on_schedule = None
@@ -403,8 +440,8 @@ class Loop:
                 mask |= WRITE
         except RERAISED:
             raise
-        except BaseException:
-            obj.handle_error()
+        except BaseException as err:
+            _route_failure(obj, err, self)
             return current
         return mask
 
@@ -586,12 +623,13 @@ class Loop:
                     except RERAISED:
                         raise
                     except BaseException as err:
-                        _route_failure(obj, err)
+                        _route_failure(obj, err, self)
                 else:
                     self._dispatch_flags(fd, obj, flags)
         finally:
             self._dispatching = False
             self._accepted = None
+            self._accepted_by = None
             if closed:
                 closed.clear()
         if self._asked and not self._scan_asked:
@@ -640,7 +678,7 @@ class Loop:
         except RERAISED:
             raise
         except BaseException as err:
-            _route_failure(obj, err)
+            _route_failure(obj, err, self)
 
     def _on_wake(self) -> None:
         assert self._waker is not None
@@ -840,14 +878,98 @@ def _set_paused(channel: Any, reason: int, on: bool, lp: Optional[Loop] = None) 
                 resumed()
 
 
-def _route_failure(obj: Any, err: BaseException) -> None:
+def _route_failure(obj: Any, err: BaseException, lp: Optional[Loop] = None) -> None:
     """asyncore's rule for an exception out of a handler (called inside the ``except`` block,
     so ``handle_error()`` still sees it): a disconnect closes the channel quietly, anything
-    else goes to ``handle_error()``."""
-    if isinstance(err, OSError) and err.errno in DISCONNECTED:
-        obj.handle_close()
-    else:
-        obj.handle_error()
+    else goes to ``handle_error()``.
+
+    A listener never "disconnects": on the core loop, an ENOTCONN or ECONNRESET out of its
+    handler concerns a client being set up (say ``getpeername()`` of one that reset before it
+    was served), so it is logged and the listener goes on (asyncore closed the listener, with
+    no log line). The default ``handle_accept()`` keeps such failures from the listener anyway.
+
+    If ``handle_close()`` or ``handle_error()`` raises in turn, the loop (unless it runs for
+    the asyncore drop-ins, which let it out) logs it with its traceback and closes and removes
+    the channel itself (``_abandon``): one channel's bug never ends the loop.
+    """
+    if lp is None:
+        lp = getattr(obj, "_nl_loop", None)
+    try:
+        if isinstance(err, OSError) and err.errno in DISCONNECTED:
+            if getattr(obj, "accepting", False) and (lp is None or lp._contain):
+                logger.warning("netloop: %s: a client went away while being set up (%s); "
+                               "still listening", _describe(obj), err)
+            else:
+                obj.handle_close()
+        else:
+            obj.handle_error()
+    except RERAISED:
+        raise
+    except BaseException:
+        if lp is not None and not lp._contain:
+            raise
+        _abandon(obj, lp)
+
+
+def _describe(obj: Any) -> str:
+    try:
+        return repr(obj)
+    except Exception:
+        return "<%s at %#x (repr failed)>" % (type(obj).__name__, id(obj))
+
+
+def _abandon(obj: Any, lp: Optional[Loop]) -> None:
+    """A channel whose fault handlers failed: log, close it, and make sure it is gone.
+
+    Called inside the ``except`` block of the failure, whose traceback is logged. The channel's
+    own ``close()`` is tried first; whatever it leaves (it may raise, or be overridden to do
+    nothing), the channel is taken out of its map and the loop, and its socket closed.
+    """
+    logger.error("netloop: %s: exception in handle_close()/handle_error(); closing the channel",
+                 _describe(obj), exc_info=True)
+    fd = getattr(obj, "_fileno", None)
+    try:
+        obj.close()
+    except RERAISED:
+        raise
+    except BaseException:
+        logger.error("netloop: %s: close() failed too", _describe(obj), exc_info=True)
+    for owner in (getattr(obj, "_map", None), lp.map if lp is not None else None):
+        if owner is not None and fd is not None and owner.get(fd) is obj:
+            del owner[fd]
+    if lp is not None and fd is not None and lp._objs.get(fd) is obj:
+        lp._discard(fd)
+    sock = getattr(obj, "socket", None)
+    if sock is not None:
+        try:
+            sock.close()
+        except Exception:
+            pass
+    try:
+        obj.connected = obj.accepting = False
+    except Exception:
+        pass
+
+
+class _Spare:
+    """``Loop.spare_descriptor()``: the loop's reserved descriptor is free inside the block."""
+
+    __slots__ = ("_loop",)
+
+    def __init__(self, lp: Loop) -> None:
+        self._loop = lp
+
+    def __enter__(self) -> bool:
+        """True if a descriptor was freed (False: the loop had none in reserve)."""
+        lp = self._loop
+        had = lp._reserve >= 0
+        lp._give_up_reserve()
+        return had
+
+    def __exit__(self, *exc: Any) -> None:
+        lp = self._loop
+        if lp._acquired:
+            lp._take_reserve()
 
 
 def _ignore_in_frame(signum: int, frame: Any) -> None:
@@ -895,9 +1017,10 @@ def loop(timeout: Optional[float] = 30.0, use_poll: bool = False,
             lp.set_poller(poller)
         else:
             lp._poller_spec = poller
-    saved = lp._hup_closes
+    saved = lp._hup_closes, lp._contain
     lp._hup_closes = bool(use_poll)
+    lp._contain = False  # asyncore let exceptions out of handle_error()/handle_close()
     try:
         lp._run(timeout, count, forever=False, channels_only=True)
     finally:
-        lp._hup_closes = saved
+        lp._hup_closes, lp._contain = saved
