@@ -209,3 +209,20 @@ def test_install_aliases_refuses_a_python_that_is_not_a_venv(tmp_path: Any) -> N
     assert sorted(os.listdir(tmp_path)) == ["asynchat.py", "asyncore.py", "smtpd.py"]
     removed = _run(PY313, ["-m", "netloop.compat", "remove-aliases", "--target", str(tmp_path)])
     assert removed.returncode == 0 and os.listdir(tmp_path) == []
+
+
+def test_run_prefers_netloop_over_a_third_party_module_of_the_same_name(tmp_path: Any) -> None:
+    python = _modern_python()
+    if python is None:
+        pytest.skip("no Python 3.12+ here")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "asyncore.py").write_text("THIRD_PARTY = True\n")  # as pyasyncore's would be
+    script = tmp_path / "which.py"
+    script.write_text("import asyncore\nprint(asyncore.__name__)\n")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = SRC + os.pathsep + str(other)
+    proc = subprocess.run([python, "-m", "netloop.compat", "run", str(script)], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "netloop.asyncore"

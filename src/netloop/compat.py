@@ -61,9 +61,10 @@ sys.modules[__name__] = _target
 def install(names: Optional[Iterable[str]] = None, force: bool = False) -> Dict[str, str]:
     """Alias the legacy module names to netloop's; returns {name: module installed}.
 
-    ``names`` defaults to every module in ``MODULES``. A name the running Python still provides
-    (3.11 and older) is skipped unless ``force`` is true; an existing ``sys.modules`` entry is
-    replaced only with ``force``.
+    ``names`` defaults to every module in ``MODULES``. A name the running Python's standard
+    library still provides (3.11 and older) is skipped unless ``force`` is true, and so is one
+    already imported; a third-party module of the same name (``pyasyncore``'s) is not, since
+    asking for netloop's modules is the point.
     """
     done: Dict[str, str] = {}
     for name in names if names is not None else MODULES:
@@ -71,7 +72,7 @@ def install(names: Optional[Iterable[str]] = None, force: bool = False) -> Dict[
         if not force:
             if name in sys.modules:
                 continue
-            if importlib.util.find_spec(name) is not None:
+            if _python_has(name):
                 continue
         try:
             module = importlib.import_module(target)
@@ -82,6 +83,27 @@ def install(names: Optional[Iterable[str]] = None, force: bool = False) -> Dict[
         sys.modules[name] = module
         done[name] = target
     return done
+
+
+def _python_has(name: str) -> bool:
+    """Whether ``import name`` finds a module of the standard library (not site-packages)."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return False
+    if spec is None:
+        return False
+    origin = spec.origin
+    if origin in (None, "built-in", "frozen"):
+        return True
+    import sysconfig
+    paths = sysconfig.get_paths()
+    where = os.path.normcase(os.path.realpath(origin))
+    for key in ("stdlib", "platstdlib"):
+        lib = os.path.normcase(os.path.realpath(paths[key]))
+        if where.startswith(lib + os.sep) and "site-packages" not in where[len(lib):]:
+            return True
+    return False
 
 
 def uninstall() -> None:
