@@ -13,7 +13,10 @@ deterministic figure count instructions with callgrind, as benchmarks/README.md'
 Variants: minimal (a hand-written epoll echo), netloop (legacy dispatcher_with_send code on
 netloop.asyncore, the pass as loop() runs it), run_once (the same through Loop.run_once(0)),
 asyncore and asyncore-poll (the same legacy code on the stdlib's asyncore, select or poll loop,
-one loop(count=1) per pass; Python 3.11 and older).
+one loop(count=1) per pass; Python 3.11 and older), aio and aio-uvloop (the same legacy code on
+netloop.asyncore, its map attached to an asyncio / uvloop loop with netloop.aio; a pass is one
+iteration of that loop), protocol and protocol-uvloop (an asyncio Protocol echo, as
+servers.py's asyncio/uvloop kinds, on the same kind of loop, one iteration per pass).
 Environment: N (connections, default 100), ROUNDS (default 2000).
 """
 
@@ -48,6 +51,14 @@ def drive(clients, one_pass) -> float:
     return (time.process_time() - start) / (ROUNDS * len(clients)) * 1e6
 
 
+def _event_loop(which: str):  # type: ignore[no-untyped-def]
+    if which.endswith("uvloop"):
+        import uvloop
+        return uvloop.new_event_loop()
+    import asyncio
+    return asyncio.new_event_loop()
+
+
 def main() -> int:
     which = sys.argv[1] if len(sys.argv) > 1 else "netloop"
     pairs = [socket.socketpair() for _ in range(N)]
@@ -69,6 +80,26 @@ def main() -> int:
                 if data:
                     s.send(data)
         cleanup.append(ep.close)
+    elif which in ("protocol", "protocol-uvloop"):
+        import asyncio
+        ev = _event_loop(which)
+
+        class EchoProtocol(asyncio.Protocol):
+            def connection_made(self, transport):  # type: ignore[no-untyped-def]
+                self.transport = transport
+
+            def data_received(self, data: bytes) -> None:
+                self.transport.write(data)
+
+        async def adopt() -> None:
+            for a, _ in pairs:
+                await ev.connect_accepted_socket(EchoProtocol, sock=a)
+        ev.run_until_complete(adopt())
+
+        def one_pass() -> None:
+            ev.stop()
+            ev.run_forever()
+        cleanup.append(ev.close)
     else:
         # The legacy echo handler the benchmark servers use, on the stdlib's asyncore
         # (Python 3.11 and older; servers.py silences its deprecation warning) or netloop's.
@@ -86,6 +117,16 @@ def main() -> int:
 
             def one_pass() -> None:
                 asyncore.loop(0, use_poll, count=1)
+        elif which in ("aio", "aio-uvloop"):
+            import netloop.aio
+            ev = _event_loop(which)
+            handle = netloop.aio.attach(asyncore.socket_map, event_loop=ev)
+
+            def one_pass() -> None:
+                ev.stop()
+                ev.run_forever()
+            cleanup.append(ev.close)
+            cleanup.append(handle.detach)
         else:
             lp = netloop.get_loop(asyncore.socket_map)
             lp.run_once(0)
@@ -99,7 +140,7 @@ def main() -> int:
     per_request = drive(clients, one_pass)
     print("%-9s N=%d: %.3f us CPU per request (server and clients in one process)"
           % (which, N, per_request))
-    for fn in cleanup:
+    for fn in reversed(cleanup):
         fn()
     for a, b in pairs:
         a.close()

@@ -201,8 +201,24 @@ def discover_servers(py_infos, log):
         servers.append(ServerDef("asyncio-streams", tag, python, "asyncio-streams", "line"))
         if ok("uvloop"):
             servers.append(ServerDef("uvloop", tag, python, "uvloop", "bytes"))
+            servers.append(ServerDef("uvloop-streams", tag, python, "uvloop-streams", "line"))
         else:
             log("skip: uvloop@%s (%s)" % (tag, why("uvloop")))
+        # netloop on asyncio (netloop.aio): the legacy echo and chat code, served by asyncio's
+        # loop and by uvloop, beside asyncio's own Protocol/streams rows above
+        if ok("netloop.aio"):
+            servers.append(ServerDef("netloop-aio", tag, python, "netloop-aio", "bytes",
+                                     source="servers.py"))
+            servers.append(ServerDef("netloop-chat-aio", tag, python, "netloop-chat-aio",
+                                     "line", source="servers.py"))
+            if ok("uvloop"):
+                servers.append(ServerDef("netloop-aio-uvloop", tag, python,
+                                         "netloop-aio-uvloop", "bytes", source="servers.py"))
+                servers.append(ServerDef("netloop-chat-aio-uvloop", tag, python,
+                                         "netloop-chat-aio-uvloop", "line",
+                                         source="servers.py"))
+        else:
+            log("skip: netloop-aio@%s (%s)" % (tag, why("netloop.aio")))
         servers.append(ServerDef("socketserver", tag, python, "socketserver", "bytes"))
         # TLS rows (the tls-* scenarios): netloop's CLI echo with --tls-cert, asyncio, uvloop
         if cli:

@@ -14,6 +14,9 @@ Byte-echo kinds (used by the pingpong/stream/connrate/idle scenarios):
   netloop-dispatcher  netloop.asyncore dispatcher_with_send, legacy style;
                       --poller auto|select|poll|epoll
   netloop-socketserver netloop.socketserver.ThreadingTCPServer
+  netloop-aio         the netloop-dispatcher code, its map served by asyncio's default loop
+                      (netloop.aio.run() in place of asyncore.loop())
+  netloop-aio-uvloop  the same on a uvloop loop
   asyncore            stdlib asyncore (<= 3.11) or the pyasyncore package;
                       --poller select|poll
   asyncio             asyncio Protocol echo (default selector event loop)
@@ -24,8 +27,11 @@ Byte-echo kinds (used by the pingpong/stream/connrate/idle scenarios):
 Line-echo kinds (terminator b"\\n", used by the line scenario):
 
   netloop-chat        netloop.asynchat.async_chat
+  netloop-chat-aio    the same async_chat code served by asyncio (netloop.aio.run())
+  netloop-chat-aio-uvloop  the same on a uvloop loop
   asynchat            stdlib asynchat (<= 3.11) or the pyasynchat package
   asyncio-streams     asyncio start_server + StreamReader.readline()
+  uvloop-streams      the same on a uvloop loop
 
 No server reads more than 64 KiB per recv() call.  The dispatcher-style
 servers read 8 KiB, exactly like typical asyncore code does.
@@ -50,13 +56,16 @@ BACKLOG = 1024
 BYTE_KINDS = (
     "netloop-dispatcher",
     "netloop-socketserver",
+    "netloop-aio",
+    "netloop-aio-uvloop",
     "asyncore",
     "asyncio",
     "uvloop",
     "socketserver",
     "minimal-epoll",
 )
-LINE_KINDS = ("netloop-chat", "asynchat", "asyncio-streams")
+LINE_KINDS = ("netloop-chat", "asynchat", "asyncio-streams", "netloop-chat-aio",
+              "netloop-chat-aio-uvloop", "uvloop-streams")
 ALL_KINDS = BYTE_KINDS + LINE_KINDS
 
 
@@ -185,6 +194,29 @@ def serve_netloop_chat(args):
     amod = importlib.import_module("netloop.asyncore")
     cmod = importlib.import_module("netloop.asynchat")
     run_asyncore_family(args, amod, handler=make_chat_handler(cmod), netloop=True)
+
+
+def run_netloop_aio(args, chat=False, uv=False):
+    """Legacy code unchanged; its last line asyncore.loop() becomes netloop.aio.run()."""
+    amod = importlib.import_module("netloop.asyncore")
+    aio = importlib.import_module("netloop.aio")
+    handler = make_chat_handler(importlib.import_module("netloop.asynchat")) if chat else None
+    _, EchoServer = make_dispatcher_classes(amod, args.recv_size or LEGACY_RECV)
+    server = EchoServer(args.host, args.port, handler) if handler else EchoServer(
+        args.host, args.port
+    )
+    announce(server.socket.getsockname()[1])
+    factory = None
+    if uv:
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    try:
+        aio.run(loop_factory=factory)  # SIGTERM: a clean return
+    except Stop:
+        pass
+    finally:
+        amod.close_all(ignore_all=True)
 
 
 def serve_asyncore(args):
@@ -327,6 +359,12 @@ def serve_uvloop(args):
     run_asyncio(args, uvloop.new_event_loop())
 
 
+def serve_uvloop_streams(args):
+    import uvloop
+
+    run_asyncio(args, uvloop.new_event_loop(), line=True)
+
+
 # --------------------------------------------------------------------------
 # minimal hand-written epoll loop (floor reference)
 # --------------------------------------------------------------------------
@@ -419,6 +457,11 @@ SERVE = {
     "netloop-dispatcher": serve_netloop_dispatcher,
     "netloop-socketserver": serve_netloop_socketserver,
     "netloop-chat": serve_netloop_chat,
+    "netloop-aio": lambda args: run_netloop_aio(args),
+    "netloop-aio-uvloop": lambda args: run_netloop_aio(args, uv=True),
+    "netloop-chat-aio": lambda args: run_netloop_aio(args, chat=True),
+    "netloop-chat-aio-uvloop": lambda args: run_netloop_aio(args, chat=True, uv=True),
+    "uvloop-streams": serve_uvloop_streams,
     "asyncore": serve_asyncore,
     "asynchat": serve_asynchat,
     "asyncio": serve_asyncio,
@@ -455,6 +498,7 @@ def probe():
         "netloop.asyncore",
         "netloop.asynchat",
         "netloop.socketserver",
+        "netloop.aio",
         "asyncore",
         "asynchat",
         "uvloop",
@@ -521,7 +565,7 @@ def main(argv=None):
     if args.tls_cert and args.kind not in ("asyncio", "asyncio-streams", "uvloop"):
         ap.error("--tls-cert: only the asyncio, asyncio-streams and uvloop kinds here")
     apply_limits(args.cpu, args.nofile)
-    if args.kind != "asyncio" and args.kind not in ("asyncio-streams", "uvloop"):
+    if args.kind not in ("asyncio", "asyncio-streams", "uvloop", "uvloop-streams"):
         install_stop_handlers()
     try:
         SERVE[args.kind](args)

@@ -190,3 +190,38 @@ def test_tls_rows_netloop_and_asyncio(loadgen):
         finally:
             srv.stop()
             srv.cleanup_files()
+
+
+def _has_uvloop():
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("kind,line", [
+    ("netloop-aio", False), ("netloop-chat-aio", True),
+    pytest.param("netloop-aio-uvloop", False, marks=pytest.mark.skipif(
+        not _has_uvloop(), reason="uvloop is not installed")),
+    pytest.param("netloop-chat-aio-uvloop", True, marks=pytest.mark.skipif(
+        not _has_uvloop(), reason="uvloop is not installed")),
+])
+def test_netloop_on_asyncio_rows(loadgen, kind, line):
+    # netloop.aio rows: the legacy echo/chat code with asyncore.loop() replaced by
+    # netloop.aio.run(); the server must echo correctly and stop cleanly on SIGTERM.
+    r = run_against(kind, loadgen, mode="pingpong", conns=3, size=64, duration=0.3,
+                    warmup=0.1, line=line)
+    assert r["errors"] == 0, r["error_detail"]
+    assert r["requests"] > 0
+
+
+def test_in_process_bench_on_asyncio():
+    env = dict(os.environ, ROUNDS="5", N="4")
+    variants = ["aio", "protocol"] + (["aio-uvloop", "protocol-uvloop"] if _has_uvloop() else [])
+    for variant in variants:
+        proc = subprocess.run([sys.executable, os.path.join(BENCH_DIR, "bench_pass.py"), variant],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert "us CPU per" in proc.stdout

@@ -560,8 +560,8 @@ class Loop:
         return timeout
 
     def _pass(self, timeout: Optional[float]) -> None:
-        # The hot path. One flag test covers the rare set-up work; events are dispatched inline
-        # (no per-pass call), with locals bound once per pass.
+        # The hot path. One flag test covers the rare set-up work; the events go to _dispatch
+        # (one call per pass, shared with netloop.aio's driver), which binds its locals once.
         if self._slow or len(self.map) != len(self._objs) or self._ready or self._timers._live:
             timeout = self._prepare(timeout)
         elif timeout is not None and timeout < 0:
