@@ -7,6 +7,7 @@ import mailbox
 import os
 import signal
 import smtplib
+import socket
 import subprocess
 import sys
 from email.message import EmailMessage
@@ -102,13 +103,20 @@ def test_raw_listing_and_ctrl_c(tmp_path: Any) -> None:
     mbox = str(tmp_path / "box" / "mbox")
     proc = _smtpd("-n", "-c", "DebuggingServer", "--raw", "--mbox", mbox, "-d",
                   "127.0.0.1:0")
+    idle: Any = None
     try:
         port = _port(proc)
         with smtplib.SMTP("127.0.0.1", port, timeout=20) as client:
             client.sendmail("a@example.org", ["b@example.org"], "Subject: raw\r\n\r\nbody\r\n")
         out = _until_end(proc)
+        # A client still connected when Ctrl-C comes: the server closes it and exits.
+        idle = socket.create_connection(("127.0.0.1", port), timeout=20)
+        assert idle.recv(100).startswith(b"220 ")
     finally:
         status, err = _stop(proc, signal.SIGINT)
+    assert idle is not None
+    with idle:
+        assert idle.recv(100) == b""
     assert status == 0, err
     # smtpd's own listing, line for line.
     assert out == ["---------- MESSAGE FOLLOWS ----------", "mail options: ['SIZE=22']",
@@ -149,8 +157,6 @@ def test_bad_command_lines_are_refused(args: List[str], text: str, capsys: Any) 
 
 
 def test_address_in_use_is_a_clear_error(capsys: Any) -> None:
-    import socket
-
     from netloop.mail.cli import main
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
