@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import importlib.util
 import json
 import os
 import selectors
@@ -21,7 +22,6 @@ import threading
 from typing import Any, List
 
 import pytest
-from conftest import HOSTS
 from support import run_until
 
 import netloop
@@ -29,6 +29,10 @@ import netloop.aio
 import netloop.asynchat as asynchat
 import netloop.asyncore as asyncore
 import netloop.socketserver as ss
+
+# The asyncio hosts of tests/conftest.py (not imported from there: benchmarks/tests has a
+# conftest module too, and whichever is imported first owns the name).
+HOSTS = ["asyncio", "uvloop"] if importlib.util.find_spec("uvloop") else ["asyncio"]
 from netloop import pollers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
