@@ -29,11 +29,11 @@ import netloop.aio
 import netloop.asynchat as asynchat
 import netloop.asyncore as asyncore
 import netloop.socketserver as ss
+from netloop import pollers
 
 # The asyncio hosts of tests/conftest.py (not imported from there: benchmarks/tests has a
 # conftest module too, and whichever is imported first owns the name).
 HOSTS = ["asyncio", "uvloop"] if importlib.util.find_spec("uvloop") else ["asyncio"]
-from netloop import pollers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
