@@ -1,6 +1,7 @@
 """Run one of CPython 3.11's own test modules with netloop's drop-ins put in its place.
 
 Usage: python cpython_suite.py TEST_NAME [--stdlib] [--smtpd | --smtpd311] [--json]
+                          [--only NAMES] [--shard K/N]
 
 The test file is read from the machine's Python 3.11 install (found through ``pyenv root``, or
 ``$NETLOOP_CPYTHON311_LIB``); nothing of it is copied into this repository. It runs under the
@@ -11,6 +12,10 @@ interpreter running this script, with that interpreter's own ``test.support``. U
 ``smtpd.py`` read from that install (the reference on Pythons that no longer have it: 3.12+,
 where it runs on netloop's asyncore/asynchat).
 Prints one JSON line: counts and the outcome of every test.
+``--only A,B`` runs only the named classes or tests of the module (``SMTPHandlerTest``,
+``ThreadedTests.test_asyncore_server``); ``--shard K/N`` runs every Nth test starting at the Kth
+(1-based), so a long suite can run as N shorter ones (the split depends only on the module, so
+the netloop and stdlib runs of a shard hold the same tests).
 """
 
 from __future__ import annotations
@@ -70,10 +75,38 @@ class _Recorder(unittest.TextTestResult):
         self.outcomes[test.id()] = "skip"
 
 
+def _option(args: list[str], name: str) -> str | None:
+    if name in args:
+        return args[args.index(name) + 1]
+    return None
+
+
+def _tests(suite: unittest.TestSuite) -> list[unittest.TestCase]:
+    """The tests of ``suite`` in order, nested suites flattened."""
+    found: list[unittest.TestCase] = []
+    for test in suite:
+        if isinstance(test, unittest.TestSuite):
+            found.extend(_tests(test))
+        else:
+            found.append(test)
+    return found
+
+
+def shard_tests(suite: unittest.TestSuite, shard: str) -> list[unittest.TestCase]:
+    """The tests of shard ``"K/N"``: every Nth test of ``suite`` from the Kth (1-based), so
+    neighbours (often one class, one slow server) are spread over the shards."""
+    k, n = (int(part) for part in shard.split("/"))
+    if not 1 <= k <= n:
+        raise ValueError("shard %r: K must be 1 to N" % shard)
+    return _tests(suite)[k - 1::n]
+
+
 def main() -> int:
     args = sys.argv[1:]
     name = args[0]
     use_stdlib = "--stdlib" in args
+    only = _option(args, "--only")
+    shard = _option(args, "--shard")
     lib = cpython311_lib()
     if lib is None:
         print(json.dumps({"skipped": "no Python 3.11 install with its test suite found"}))
@@ -115,13 +148,21 @@ def main() -> int:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    suite = unittest.defaultTestLoader.loadTestsFromModule(module)
+    loader = unittest.defaultTestLoader
+    if only:
+        suite = loader.loadTestsFromNames(only.split(","), module)
+    else:
+        suite = loader.loadTestsFromModule(module)
+    if shard:
+        suite = unittest.TestSuite(shard_tests(suite, shard))
     stream = open(os.devnull, "w") if "--json" in args else sys.stderr
     runner = unittest.TextTestRunner(stream=stream, resultclass=_Recorder, verbosity=2)
     result = runner.run(suite)
     report = {
         "python": "%d.%d.%d" % sys.version_info[:3],
         "module": name,
+        "only": only,
+        "shard": shard,
         "implementation": "stdlib" if use_stdlib else "netloop",
         "poller": os.environ.get("NETLOOP_POLLER", "auto"),
         "smtpd": getattr(sys.modules.get("smtpd"), "__file__", None),

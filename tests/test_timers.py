@@ -123,10 +123,10 @@ def test_cancel_is_constant_time_and_compacts(lp, clock):
     n = 100_000
     handles = [lp.call_later(1 + i * 0.001, print) for i in range(n)]
     assert len(q._heap) == n and len(q) == n
-    start = time.perf_counter()
+    start = time.process_time()
     for h in handles[: n - 10]:
         h.cancel()
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     assert len(q) == 10
     # Compaction keeps the heap within twice the live timers (plus a rebuild threshold).
     assert len(q._heap) < n // 10, len(q._heap)

@@ -35,7 +35,7 @@ from collections import deque
 from ._lazy import lazy_aliases
 from .errors import DISCONNECTED, RERAISED
 from .pollers import (CLOSED_MASK, ERROR, HANGUP, INVALID, PRIORITY, READ, READ_MASK, WRITE,
-                      SelectPoller, create)
+                      FDSetSizeError, SelectPoller, create)
 from .timers import TimerHandle, TimerQueue
 from .waker import Waker
 
@@ -145,6 +145,9 @@ class Loop:
         self._direct: Set[int] = set()
         self._closed_fds: Set[int] = set()   # fds removed during the current dispatch
         self._bad: List[int] = []            # fds the poller refused as closed: report them
+        # Channels select() refused (fd >= FD_SETSIZE) since the last one it took: one log line
+        # per such episode, not per connection (see _refuse_fd).
+        self._fd_refusals = 0
         self._dispatching = False
         # (socket, address) just accepted by a listener of this loop, for the handler made in
         # the same pass (see Dispatcher.accept); dropped at the end of each dispatch pass.
@@ -455,10 +458,15 @@ class Loop:
         try:
             if not old:
                 poller.register(fd, mask)
+                if self._fd_refusals:
+                    self._end_fd_refusals(fd)
             elif not mask:
                 poller.unregister(fd)
             else:
                 poller.modify(fd, mask)
+        except FDSetSizeError as err:
+            self._refuse_fd(fd, err)
+            return
         except (OSError, ValueError) as err:
             # A descriptor closed behind the channel's back (poll would say POLLNVAL), or one
             # the poller cannot watch (select's FD_SETSIZE: ValueError).
@@ -471,6 +479,24 @@ class Loop:
             masks[fd] = mask
         else:
             del masks[fd]
+
+    def _refuse_fd(self, fd: int, err: FDSetSizeError) -> None:
+        # Past FD_SETSIZE every new connection is refused until lower descriptors are free
+        # again: a server under load would log one line per connection, so log the first
+        # refusal of an episode and count the rest. The channel is closed all the same.
+        if not self._fd_refusals:
+            logger.warning("netloop: cannot watch fd %d (%s); closing channels whose "
+                           "descriptors select() cannot watch until it can watch new ones "
+                           "again", fd, err)
+        self._fd_refusals += 1
+        self._masks.pop(fd, None)
+        self._bad.append(fd)
+        self._slow = True
+
+    def _end_fd_refusals(self, fd: int) -> None:
+        logger.warning("netloop: select() watches new descriptors again (fd %d); %d channel(s) "
+                       "closed because their descriptors were too large", fd, self._fd_refusals)
+        self._fd_refusals = 0
 
     def _reconcile(self) -> None:
         map = self.map
