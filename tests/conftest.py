@@ -45,8 +45,9 @@ ALL_POLLERS = pollers.available()
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> Optional[int]:
     """Workers for ``-n auto``: none (one process) for a run of one or two files or tests,
-    where starting workers costs more than it saves; else one per usable CPU, at least 2
-    (most tests wait on sockets and subprocesses rather than compute).
+    where starting workers costs more than it saves; else two per usable CPU, 2 to 8: most
+    tests wait on sockets, subprocesses and timeouts rather than compute (on 2 busy cores,
+    4 workers ran the suite in 3m48s where 2 took 4m26s).
     ``PYTEST_XDIST_AUTO_NUM_WORKERS`` still wins."""
     if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
         return None  # pytest-xdist's own hook reads it
@@ -57,7 +58,7 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> Optional[int]:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         cpus = os.cpu_count() or 1
-    return max(2, cpus)
+    return max(2, min(2 * cpus, 8))
 
 
 def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
