@@ -14,7 +14,7 @@ import pytest
 import netloop
 from netloop import activation
 from netloop import socketserver as ss
-from scale_support import ENV, Proc, alive, echo_once, need_tool, netloop_argv, wait
+from scale_support import Proc, alive, echo_once, need_tool, netloop_argv, wait
 from support import run_until
 
 # A minimal launcher: puts the sockets given as descriptor numbers on 3, 4, ... and execs the

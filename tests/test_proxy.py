@@ -44,7 +44,8 @@ def test_v1_tcp6_is_normalised():
 
 
 def test_v1_unknown_keeps_real_address():
-    for raw in (b"PROXY UNKNOWN\r\n", b"PROXY UNKNOWN ffff:f...f:ffff ffff:f...f:ffff 65535 65535\r\n"):
+    for raw in (b"PROXY UNKNOWN\r\n",
+                b"PROXY UNKNOWN ffff:f...f:ffff ffff:f...f:ffff 65535 65535\r\n"):
         h = parse_header(raw + b"x")
         assert h is not None and h.length == len(raw) and not h.relayed and h.source is None
 
@@ -197,8 +198,8 @@ def test_fuzz_fast_path_agrees_with_the_careful_one(pair, version, tail, tlvs, m
     if mutate is not None:
         raw[mutate[0] % len(raw)] = mutate[1]
     data = bytes(raw) + tail
-    careful = proxy._parse_v1 if data[:1] == b"P" else (
-        lambda d: proxy._parse_v2(d, proxy.DEFAULT_MAX_HEADER))
+    careful = proxy.header._parse_v1 if data[:1] == b"P" else (
+        lambda d: proxy.header._parse_v2(d, proxy.DEFAULT_MAX_HEADER))
 
     def outcome(fn: Any) -> Any:
         try:

@@ -1,44 +1,8 @@
-"""Worker processes: one loop per process, several processes serving the same port.
+"""The supervisor of ``run_workers``: opens the listening sockets, forks the workers, reaps and
+restarts them, and turns SIGTERM/SIGINT/SIGHUP into graceful stops and restarts.
 
-``run_workers(n, setup, address=...)`` starts ``n`` worker processes and supervises them until
-SIGTERM or SIGINT. Each worker is forked first and builds everything itself afterwards: its
-``Loop`` (so no poller, epoll set or kqueue is ever shared across a fork), then whatever
-``setup`` makes (listeners, channels, timers). Nothing is shared between workers but the
-listening sockets: each is an independent loop, and state kept in one worker's memory is not
-seen by the others.
-
-Listening sockets. With ``address=`` the supervisor opens them before forking, so a port given
-as 0 is chosen once and every worker serves the same one:
-
-- where the kernel balances connections over several sockets bound to one port
-  (``SO_REUSEPORT`` on Linux, ``SO_REUSEPORT_LB`` on FreeBSD), one socket per worker slot: no
-  thundering herd, each connection wakes one process. The supervisor keeps every slot's socket,
-  so a worker that restarts takes over its predecessor's socket and backlog: connections that
-  arrive while a worker restarts wait in the backlog instead of being refused;
-- elsewhere (or ``reuse_port=False``), one socket inherited by all workers;
-- with ``sockets=`` (socket activation, see ``netloop.activation``), those sockets, shared.
-
-``setup`` is called in each worker with a ``Worker`` (``worker.loop``, ``worker.sockets``: the
-listening sockets this worker serves, ``worker.index``); a ``setup()`` taking no argument is
-called without it, and ``current_worker()`` answers the same object. The loop serves
-``netloop.socket_map``, so dispatchers made without ``map=`` are served too.
-
-Supervision:
-
-- A worker that dies is restarted, after a delay that doubles while it keeps dying young
-  (``restart_delay`` up to ``max_restart_delay``), with one log line naming its exit status or
-  signal. A worker that dies before finishing ``setup`` stops everything: a program that cannot
-  start is not restarted in a loop (``run_workers`` returns 1).
-- SIGTERM or SIGINT: graceful stop. Each worker stops accepting (closes its listeners), lets its
-  open connections finish for up to ``grace`` seconds, closes what remains and exits. A worker
-  still alive a second after that is killed. A second SIGTERM/SIGINT kills the workers at once.
-- SIGHUP: graceful restart. New workers start first; once each has run its ``setup``, the old
-  ones stop as above. If a new worker fails to start, the old ones are kept.
-- If the supervisor dies (even by SIGKILL), the workers notice: each holds one end of a socket
-  pair whose other end only the supervisor holds, sees it close, and stops gracefully. No
-  orphan keeps serving.
-
-Logs go to the ``netloop.workers`` logger. POSIX only (``os.fork``).
+It uses no netloop loop itself (a plain ``select`` on its wake-up socket and the workers'
+control sockets), so nothing with a kernel poller exists in the parent to cross a fork.
 """
 
 from __future__ import annotations
@@ -53,7 +17,9 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-__all__ = ["run_workers", "Supervisor", "Worker", "current_worker", "REUSE_PORT_OPTION"]
+from .worker import MSG_READY, MSG_STOP, Worker, _call_setup, _Control, _set_current
+
+__all__ = ["Supervisor", "REUSE_PORT_OPTION", "describe_status"]
 
 logger = logging.getLogger("netloop.workers")
 
@@ -62,16 +28,6 @@ logger = logging.getLogger("netloop.workers")
 REUSE_PORT_OPTION: Optional[int] = getattr(socket, "SO_REUSEPORT_LB", None)
 if REUSE_PORT_OPTION is None and sys.platform.startswith("linux"):
     REUSE_PORT_OPTION = getattr(socket, "SO_REUSEPORT", None)
-
-_MSG_READY = b"R"
-_MSG_STOP = b"S"
-
-_current: Optional["Worker"] = None
-
-
-def current_worker() -> Optional["Worker"]:
-    """The ``Worker`` of this process, or None outside a worker."""
-    return _current
 
 
 def _signal_name(signum: int) -> str:
@@ -90,151 +46,6 @@ def describe_status(status: int) -> str:
         return "exited with status %d" % os.WEXITSTATUS(status)
     return "ended with wait status %d" % status
 
-
-# ---------------------------------------------------------------------------- the worker side
-
-class _Control:
-    """The worker's end of its socket pair with the supervisor, as a channel of its loop."""
-
-    def __init__(self, worker: "Worker", sock: socket.socket) -> None:
-        from .dispatcher import Dispatcher, known_interest
-        from .pollers import READ_MASK
-
-        outer = self
-
-        class Channel(Dispatcher):
-            @known_interest
-            def readable(self) -> bool:
-                return True
-
-            @known_interest
-            def writable(self) -> bool:
-                return False
-
-            def _nl_mask(self) -> int:
-                return READ_MASK
-
-            def handle_read(self) -> None:
-                try:
-                    data = self.socket.recv(64)
-                except (BlockingIOError, InterruptedError):
-                    return
-                except OSError:
-                    data = b""
-                if not data:
-                    outer.gone()
-                elif _MSG_STOP in data:
-                    worker.stop()
-
-            def handle_close(self) -> None:
-                outer.gone()
-
-        self.worker = worker
-        self.channel = Channel(sock, map=worker.loop.map)
-
-    def gone(self) -> None:
-        self.channel.close()
-        if not self.worker.stopping:
-            logger.warning("netloop: worker %d (pid %d): the supervisor is gone; stopping",
-                           self.worker.index, os.getpid())
-            self.worker.stop()
-
-
-class Worker:
-    """One worker process, as its ``setup`` sees it.
-
-    ``index``: the worker's slot, 0 to n-1 (kept by its replacements). ``generation``: 0, plus
-    one per SIGHUP. ``loop``: the process's ``netloop.Loop``. ``sockets``: the listening
-    sockets to serve (empty when ``run_workers`` was given no ``address``/``sockets``).
-    ``grace``: seconds open connections get when the worker stops.
-    """
-
-    def __init__(self, index: int, generation: int, loop: Any, sockets: List[socket.socket],
-                 grace: float) -> None:
-        self.index = index
-        self.generation = generation
-        self.loop = loop
-        self.sockets = sockets
-        self.grace = grace
-        self.stopping = False
-        self._stop_callbacks: List[Callable[[], Any]] = []
-        self._keep: List[Any] = []
-
-    def at_stop(self, fn: Callable[[], Any]) -> None:
-        """Call ``fn()`` when the worker begins to stop (after its listeners are closed)."""
-        self._stop_callbacks.append(fn)
-
-    def stop(self) -> None:
-        """Stop gracefully: stop accepting, let connections finish for ``grace`` seconds, exit.
-
-        Safe to call more than once, and from a signal handler installed on the loop.
-        """
-        if self.stopping:
-            return
-        self.stopping = True
-        lp = self.loop
-        for obj in list(lp.map.values()):
-            if obj not in self._keep and getattr(obj, "accepting", False):
-                try:
-                    obj.close()
-                except Exception:
-                    logger.exception("netloop: worker %d: closing listener %r", self.index, obj)
-        for sock in self.sockets:
-            sock.close()  # this process's copy; the supervisor keeps the socket for others
-        for fn in self._stop_callbacks:
-            try:
-                fn()
-            except Exception:
-                logger.exception("netloop: worker %d: stop callback %r failed", self.index, fn)
-        deadline = lp.time() + self.grace
-        lp.call_soon(self._drain, deadline)
-
-    def _open(self) -> List[Any]:
-        return [obj for obj in self.loop.map.values() if obj not in self._keep]
-
-    def _threads(self) -> List[threading.Thread]:
-        main = threading.main_thread()
-        return [t for t in threading.enumerate()
-                if t is not main and not t.daemon and t.is_alive()]
-
-    def _drain(self, deadline: float) -> None:
-        lp = self.loop
-        left = self._open()
-        threads = self._threads()
-        if not left and not threads:
-            lp.stop()
-            return
-        if lp.time() >= deadline:
-            if left:
-                logger.warning("netloop: worker %d (pid %d): %d connection(s) still open after "
-                               "the %gs grace period; closing them", self.index, os.getpid(),
-                               len(left), self.grace)
-                for obj in left:
-                    try:
-                        obj.close()
-                    except Exception:
-                        pass
-            if threads:
-                logger.warning("netloop: worker %d (pid %d): %d thread(s) still running after "
-                               "the %gs grace period; exiting anyway", self.index, os.getpid(),
-                               len(threads), self.grace)
-            lp.stop()
-            return
-        lp.call_later(min(0.05, max(0.0, deadline - lp.time())), self._drain, deadline)
-
-
-def _call_setup(setup: Callable[..., Any], worker: Worker) -> Any:
-    code = getattr(setup, "__code__", None)
-    if code is not None:
-        wanted = code.co_argcount - len(getattr(setup, "__defaults__", None) or ())
-        if hasattr(setup, "__self__"):
-            wanted -= 1
-        if wanted <= 0 and not code.co_flags & 0x04:  # no required argument, no *args
-            return setup()
-    return setup(worker)
-
-
-# ---------------------------------------------------------------------------- the supervisor
 
 class _Child:
     def __init__(self, pid: int, slot: int, generation: int, conn: socket.socket) -> None:
@@ -473,7 +284,7 @@ class Supervisor:
         child.kill_at = time.monotonic() + self.grace + 1.0
         if child.conn is not None:
             try:
-                child.conn.send(_MSG_STOP)
+                child.conn.send(MSG_STOP)
                 return
             except OSError:
                 pass
@@ -490,7 +301,7 @@ class Supervisor:
         if not data:
             self._close_conn(child)  # it is exiting; waitpid will tell how
             return
-        if _MSG_READY in data and not child.ready:
+        if MSG_READY in data and not child.ready:
             child.ready = True
             self._check_reload()
 
@@ -631,9 +442,8 @@ class Supervisor:
         return child
 
     def _child(self, slot: int, conn: socket.socket) -> int:
-        global _current
-        from . import reactor
-        from .reactor import Loop
+        from .. import reactor
+        from ..reactor import Loop
 
         # Signals: the supervisor's handlers are not ours. SIGHUP (a terminal hanging up on
         # the whole group) is the supervisor's business.
@@ -664,7 +474,7 @@ class Supervisor:
         except ValueError:
             loop = reactor.get_loop(reactor.socket_map)
         worker = Worker(slot, self.generation, loop, mine, self.grace)
-        _current = worker
+        _set_current(worker)
         conn.setblocking(False)
         control = _Control(worker, conn)
         worker._keep.append(control.channel)
@@ -677,7 +487,7 @@ class Supervisor:
             return 3
         if not worker.stopping:
             try:
-                conn.send(_MSG_READY)
+                conn.send(MSG_READY)
             except OSError:
                 worker.stop()
         try:
@@ -690,27 +500,3 @@ class Supervisor:
                     pass
             loop.close()
         return 0
-
-
-def run_workers(n: int, setup: Callable[..., Any], *,
-                address: Union[None, Address, Sequence[Address]] = None,
-                sockets: Optional[Sequence[socket.socket]] = None,
-                reuse_port: Optional[bool] = None, backlog: int = 1024, grace: float = 10.0,
-                poller: Optional[str] = None, restart_delay: float = 0.1,
-                max_restart_delay: float = 5.0, ready_timeout: float = 60.0) -> int:
-    """Run ``n`` worker processes, each calling ``setup`` after it was forked, and supervise
-    them until SIGTERM/SIGINT; returns the exit status (0, or 1 if a worker could not start).
-
-    ``address``: ``(host, port)`` (port 0: one free port for all), a Unix socket path, or a list
-    of them, opened by the supervisor (see the module documentation for ``SO_REUSEPORT``).
-    ``sockets``: listening sockets to share instead (socket activation). ``reuse_port``: one
-    socket per worker (default: where the kernel balances them) or one shared socket.
-    ``grace``: seconds open connections get to finish on stop. ``poller``: each worker's
-    poller. ``restart_delay``/``max_restart_delay``: the back-off for workers that die.
-    ``ready_timeout``: how long SIGHUP's new workers get to finish ``setup``.
-    """
-    supervisor = Supervisor(n, setup, address=address, sockets=sockets, reuse_port=reuse_port,
-                            backlog=backlog, grace=grace, poller=poller,
-                            restart_delay=restart_delay, max_restart_delay=max_restart_delay,
-                            ready_timeout=ready_timeout)
-    return supervisor.run()
