@@ -49,7 +49,9 @@ def test_workers_serve_and_balance_then_survive_kill9():
         assert proc.stop() == 0
 
 
-def test_sigterm_stops_gracefully_within_grace_and_leaves_no_orphan():
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_stop_signal_is_graceful_within_grace_and_leaves_no_orphan(signum):
+    name = signal.Signals(signum).name
     with Proc(netloop_argv("echo", "--workers", "2", "--grace", "1")) as proc:
         address = proc.address()
         workers = _workers(proc, 2)
@@ -57,8 +59,8 @@ def test_sigterm_stops_gracefully_within_grace_and_leaves_no_orphan():
             busy.sendall(b"before")
             assert busy.recv(100) == b"before"
             start = time.monotonic()
-            proc.signal(signal.SIGTERM)
-            proc.wait_line(r"SIGTERM: stopping the workers gracefully \(grace 1s\)")
+            proc.signal(signum)
+            proc.wait_line(r"%s: stopping the workers gracefully \(grace 1s\)" % name)
             # The open connection is still served during the grace period...
             busy.sendall(b"during")
             assert busy.recv(100) == b"during"
@@ -141,12 +143,12 @@ SCRIPT = textwrap.dedent("""
 
     def setup():                            # no argument: current_worker() says who we are
         me = workers.current_worker()
-        if os.environ.get("FAIL_SETUP"):
+        if os.environ.get("FAIL_SETUP") and me.generation >= int(os.environ["FAIL_SETUP"]):
             raise RuntimeError("cannot start")
         for sock in me.sockets:
             activation.adopt_listener(Server(), sock)
 
-    if os.environ.get("FAIL_SETUP"):
+    if os.environ.get("FAIL_SETUP") == "0":
         sys.exit(netloop.run_workers(2, setup, address=("127.0.0.1", 0)))
     supervisor = workers.Supervisor(2, setup, address=("127.0.0.1", 0), reuse_port=REUSE)
     print("listening on %s:%d" % supervisor.listen()[0][:2], flush=True)
@@ -172,8 +174,22 @@ def test_run_workers_api_with_a_zero_argument_setup(tmp_path, reuse_port):
 def test_worker_that_cannot_start_stops_everything(tmp_path):
     script = tmp_path / "serve.py"
     script.write_text(SCRIPT.replace("REUSE", "None"))
-    with Proc([sys.executable, str(script)], env=dict(ENV, FAIL_SETUP="1")) as proc:
+    with Proc([sys.executable, str(script)], env=dict(ENV, FAIL_SETUP="0")) as proc:
         assert proc.popen.wait(15) == 1
         proc.wait_line(r"setup failed")
         proc.wait_line(r"worker \d \(pid \d+\) exited with status 3 before it was ready; "
                        r"stopping all workers")
+
+
+def test_failed_restart_keeps_the_running_workers(tmp_path):
+    script = tmp_path / "serve.py"
+    script.write_text(SCRIPT.replace("REUSE", "None"))
+    with Proc([sys.executable, str(script)], env=dict(ENV, FAIL_SETUP="1")) as proc:
+        address = proc.address()
+        old = _workers(proc, 2)
+        proc.signal(signal.SIGHUP)
+        proc.wait_line(r"restart failed \(new worker \d \(pid \d+\) exited with status 3 "
+                       r"while starting\); keeping the running workers")
+        assert _workers(proc, 2) == old
+        assert echo_once(address, b"still")[0] in (b"0:still", b"1:still")
+        assert proc.stop() == 0
