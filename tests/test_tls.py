@@ -15,6 +15,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 from typing import Any, List, Optional
 
@@ -312,7 +313,8 @@ def test_peer_closing_without_close_notify(loop: netloop.Loop) -> None:
     _serve_while(loop, _thread(client))
     ch = server.channels[0]
     run_until(loop, lambda: ch.closed)
-    assert ch.socket.tls_truncated
+    if sys.version_info >= (3, 10):  # 3.9's ssl reads such an end as b"", as a clean one
+        assert ch.socket.tls_truncated
 
 
 def test_close_sends_close_notify(loop: netloop.Loop) -> None:

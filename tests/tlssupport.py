@@ -14,10 +14,12 @@ import os
 import shutil
 import ssl
 import tempfile
+import threading
 from typing import Dict, Optional
 
 _DIR: Optional[str] = None
 _PATHS: Dict[str, str] = {}
+_LOCK = threading.Lock()
 
 
 def _make() -> Dict[str, str]:
@@ -88,8 +90,9 @@ def _make() -> Dict[str, str]:
 
 def paths() -> Dict[str, str]:
     """``{"ca", "other_ca", "cert", "key"}``: PEM files of this process's test PKI."""
-    if not _PATHS:
-        _PATHS.update(_make())
+    with _LOCK:  # client threads may ask first
+        if not _PATHS:
+            _PATHS.update(_make())
     return _PATHS
 
 

@@ -35,7 +35,8 @@ Failures of the handshake (verification, protocol, a peer that leaves or stays s
 line naming the peer and the reason, and close that channel through ``handle_close()``; the loop
 goes on. ``close()`` of an established channel sends close_notify once, without waiting for the
 peer's (non-blocking, bounded); a peer that closes without close_notify is a truncation,
-reported as the end of input with ``tls_truncated`` set on the socket.
+reported as the end of input with ``tls_truncated`` set on the socket (Python 3.10+: 3.9's ssl
+module reads it as a clean end).
 """
 
 from __future__ import annotations
@@ -86,6 +87,13 @@ def _reason(err: BaseException) -> str:
     if isinstance(err, OSError) and err.strerror:
         return err.strerror
     return str(err) or type(err).__name__
+
+
+def _truncation(err: BaseException) -> bool:
+    # The peer closed the TCP connection without close_notify. Python 3.10+ raises SSLEOFError
+    # for it; 3.9 with OpenSSL 3 raises a plain SSLError with this reason (or SSLSyscallError).
+    return (isinstance(err, ssl.SSLSyscallError)
+            or getattr(err, "reason", None) == "UNEXPECTED_EOF_WHILE_READING")
 
 
 def _not_yet(data: Any) -> int:
@@ -152,7 +160,17 @@ class TLSSocket:
         except ssl.SSLZeroReturnError:
             return b""
         except _SSLError as err:
+            if _truncation(err):
+                self.tls_truncated = True
+                self._broken = True
+                return b""
             raise self._fatal(err) from None
+        except ConnectionResetError:
+            # A reset ends the stream without close_notify too (and Python 3.9 reports a plain
+            # EOF without one this way).
+            self.tls_truncated = True
+            self._broken = True
+            raise
         got = len(data)
         if got == _RECORD and size > got:
             # A full record: more may be waiting in the kernel. Take them in this call (one
