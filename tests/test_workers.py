@@ -70,7 +70,7 @@ def test_stop_signal_is_graceful_within_grace_and_leaves_no_orphan(signum):
             assert busy.recv(100) == b""
         assert proc.popen.wait(10) == 0
         elapsed = time.monotonic() - start
-        assert elapsed < 1 + 3, elapsed  # grace, plus the supervisor's one-second margin
+        assert elapsed < 1 + 4, elapsed  # the grace period, plus start-up slack under load
         assert "1 connection(s) still open after the 1s grace period; closing them" \
             in proc.output()
         assert proc.output().count("exited with status 0") == 2
