@@ -42,8 +42,14 @@ def fetch(url):
     return bytes(client.response)
 
 
+USAGE = "usage: python asyncore_http_client.py http://HOST[:PORT]/PATH"
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or urlsplit(argv[0]).scheme != "http" or not urlsplit(argv[0]).hostname:
+        print(USAGE, file=sys.stderr)
+        return 2
     response = fetch(argv[0])
     head, _, body = response.partition(b"\r\n\r\n")
     print(head.decode("latin-1"))

@@ -4,6 +4,9 @@ The successor to asyncore, asynchat and socketserver: the same channel API over 
 epoll and kqueue, with per-pass cost that does not grow with idle connections, timers and
 thread-safe wake-up. Legacy code imports ``netloop.asyncore`` (``asynchat``, ``socketserver``)
 instead of the removed modules.
+
+``dir(netloop)`` lists the public API, the names in ``__all__``; the modules of the package
+(``netloop.asyncore``, ``netloop.chat``, ``netloop.socketserver`` ...) are imported by name.
 """
 
 from .buffered import BufferedDispatcher
@@ -38,3 +41,12 @@ __all__ = [
     "FileDispatcher", "FileWrapper", "TimerHandle", "ExitNow", "known_interest",
     "available_pollers", "run_workers", "__version__",
 ]
+
+
+def __dir__() -> "list[str]":
+    """The public API only: not the submodules imported along the way (``reactor``, ``_lazy``
+    ...), nor helper names."""
+    return sorted(__all__)
+
+
+del TYPE_CHECKING

@@ -96,9 +96,17 @@ class BufferedDispatcher(Dispatcher, FlowControl):
 
     @known_interest
     def writable(self) -> bool:
+        """True while output is queued (or the connection is still being made): the loop watches
+        for writability only then.
+        """
         return (not self.connected) or bool(self._outq)
 
     def send(self, data: Any) -> None:  # type: ignore[override]
+        """Send ``data`` now if nothing is queued, and queue whatever the socket does not take, to
+        go out when it can (``initiate_send()``). Never blocks and never loses bytes; returns
+        None (asyncore's ``dispatcher_with_send.send`` returned nothing useful either). Crossing
+        the high-water mark pauses reading (see ``set_write_buffer_limits()``).
+        """
         if self.debug:
             self.log_info("sending %s" % repr(data))
         q = self._outq
@@ -176,6 +184,7 @@ class BufferedDispatcher(Dispatcher, FlowControl):
             self.handle_close()
 
     def handle_write(self) -> None:
+        """The socket can take more: send from the queue (``initiate_send()``)."""
         self.initiate_send()
 
     def _nl_before_tls(self) -> bytes:

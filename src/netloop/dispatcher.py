@@ -94,7 +94,17 @@ _REPR_MODULES = {"netloop.asyncore": "asyncore", "netloop.asynchat": "asynchat"}
 
 
 class Dispatcher:
-    """A non-blocking socket served by a loop, with asyncore's event handlers."""
+    """A non-blocking socket served by a loop, with asyncore's event handlers.
+
+    ``Dispatcher(sock=None, map=None)``: with ``sock`` (a connected or listening socket, made
+    non-blocking here) the channel serves it at once; without, call ``create_socket()`` and
+    then ``connect()`` or ``bind()`` and ``listen()``. ``map`` is the channel map of the loop
+    that serves it (``loop.map``); by default the global ``socket_map``.
+
+    Subclasses override the ``handle_*()`` methods. The defaults of the ones an application
+    must provide log an "unhandled ... event" warning, which ``ignore_log_types`` drops unless
+    it is changed (as in asyncore).
+    """
 
     debug = False
     connected = False
@@ -188,6 +198,10 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ the map
     def add_channel(self, map: Optional[ChannelMap] = None) -> None:
+        """Enter this channel in ``map`` (default: the map it was made with), under its descriptor,
+        so the loop serving that map watches it. Called by ``set_socket()``; call it yourself
+        only for a channel taken out with ``del_channel()``.
+        """
         if map is None:
             map = self._map
         fd: Any = self._fileno  # None for a dispatcher with no socket, as in asyncore
@@ -197,6 +211,9 @@ class Dispatcher:
             lp._add(fd, self)
 
     def del_channel(self, map: Optional[ChannelMap] = None) -> None:
+        """Take this channel out of ``map`` (default: its own map): the loop stops watching its
+        descriptor. The socket stays open; ``close()`` calls this and then closes it.
+        """
         fd: Any = self._fileno
         if map is None:
             map = self._map
@@ -227,6 +244,10 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ socket set-up
     def create_socket(self, family: int = _socket.AF_INET, type: int = _socket.SOCK_STREAM) -> None:
+        """Make a new non-blocking socket of ``family`` and ``type`` and serve it on this channel's
+        map (``set_socket()``). The usual start of a client (then ``connect()``) or a server
+        (then ``bind()`` and ``listen()``).
+        """
         self.family_and_type = family, type
         sock = self._new_socket(family, type)
         sock.setblocking(False)
@@ -238,6 +259,9 @@ class Dispatcher:
         return _socket.socket(family, type)
 
     def set_socket(self, sock: Any, map: Optional[ChannelMap] = None) -> None:
+        """Serve ``sock``, an existing socket, on this channel: remember it and add the channel to
+        ``map`` (default: its own map). The socket should already be non-blocking.
+        """
         self.socket = sock
         self._fileno = sock.fileno()
         self.add_channel(map)
@@ -254,14 +278,27 @@ class Dispatcher:
     # ------------------------------------------------------------------ predicates
     @known_interest
     def readable(self) -> bool:
+        """Whether the loop should report this channel readable. The default is always True
+        (netloop knows it without asking). Override it, as in asyncore, for a channel that
+        should not read for a while; the loop then asks it before each pass (see the README on
+        interest).
+        """
         return True
 
     @known_interest
     def writable(self) -> bool:
+        """Whether the loop should report this channel writable. The default is always True, as in
+        asyncore: a plain ``Dispatcher`` that never writes should override it
+        (``BufferedDispatcher`` and ``ChatChannel`` answer from their output queue).
+        """
         return True
 
     # ------------------------------------------------------------------ socket operations
     def listen(self, num: int) -> Any:
+        """Start accepting connections with a backlog of ``num``: the channel becomes a listener,
+        and each readiness event calls ``handle_accept()``. Returns what ``socket.listen()``
+        returns.
+        """
         self.accepting = True
         if os.name == "nt" and num > 5:  # pragma: no cover
             num = 5
@@ -270,10 +307,20 @@ class Dispatcher:
         return result
 
     def bind(self, addr: Any) -> Any:
+        """Bind the socket to ``addr`` (``(host, port)``; port 0 picks a free one) and remember it
+        in ``self.addr``. Returns what ``socket.bind()`` returns.
+        """
         self.addr = addr
         return self.socket.bind(addr)
 
     def connect(self, address: Any) -> None:
+        """Start connecting to ``address`` without blocking.
+
+        When the connection is made the loop calls ``handle_connect()``. A connection that
+        fails later (refused, unreachable) raises ``OSError`` from ``handle_connect_event()``,
+        which ends in ``handle_error()`` (by default: log and close). A failure known at once
+        raises ``OSError`` here.
+        """
         self.connected = False
         self.connecting = True
         err = self.socket.connect_ex(address)
@@ -461,6 +508,10 @@ class Dispatcher:
                     self._nl_release(key)
 
     def send(self, data: Any) -> int:
+        """Send what the socket takes of ``data`` now and return that count: 0 when the socket
+        would block, or when the peer is gone (``handle_close()`` has then been called). The
+        rest is the caller's to send later; ``BufferedDispatcher.send()`` queues it instead.
+        """
         try:
             sent = self.socket.send(data)
             if self._nl_idle is not None and sent:
@@ -475,6 +526,12 @@ class Dispatcher:
             raise
 
     def recv(self, buffer_size: int) -> bytes:
+        """Read up to ``buffer_size`` bytes.
+
+        Returns ``b''`` when there is nothing to read yet (a spurious wake-up), at the end of
+        input (``handle_read_eof()`` has been called: by default ``handle_close()``), and
+        when the connection was reset (``handle_close()`` has been called).
+        """
         try:
             data = self.socket.recv(buffer_size)
         except OSError as why:
@@ -510,6 +567,9 @@ class Dispatcher:
         self.handle_close()
 
     def close(self) -> None:
+        """Close the channel: leave the map, cancel its timers (``call_later()``, idle timeout) and
+        close the socket. Safe to call more than once.
+        """
         if self._nl_timers:
             self._cancel_timers()
         if self._nl_owner is not None:
@@ -573,14 +633,25 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ logging
     def log(self, message: Any) -> None:
+        """Log ``message`` at DEBUG level on the ``netloop`` logger (asyncore printed it to stderr;
+        the asyncore facade still does).
+        """
         logger.debug("log: %s", message)
 
     def log_info(self, message: Any, type: str = "info") -> None:
+        """Log ``message`` on the ``netloop`` logger; ``type`` is ``'info'``, ``'warning'``,
+        ``'error'`` or ``'debug'``. Types listed in ``ignore_log_types`` (by default
+        ``'warning'``, as in asyncore) are dropped.
+        """
         if type not in self.ignore_log_types:
             logger.log(_LEVELS.get(type, logging.INFO), "%s: %s", type, message)
 
     # ------------------------------------------------------------------ event routing
     def handle_read_event(self) -> None:
+        """Called by the loop when the socket is readable: on a listener it calls
+        ``handle_accept()``, on a socket still connecting ``handle_connect()`` first, then
+        ``handle_read()``. Override ``handle_read()`` and friends rather than this.
+        """
         if self.accepting:
             # A listening socket is never connected: readable means a connection is waiting.
             self.handle_accept()
@@ -592,6 +663,9 @@ class Dispatcher:
             self.handle_read()
 
     def handle_connect_event(self) -> None:
+        """Called when a connection started by ``connect()`` completes: raises ``OSError`` if it
+        failed, else calls ``handle_connect()`` and marks the channel connected.
+        """
         err = self.socket.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
         if err != 0:
             raise OSError(err, strerror(err))
@@ -601,6 +675,9 @@ class Dispatcher:
         self._update_interest()
 
     def handle_write_event(self) -> None:
+        """Called by the loop when the socket is writable: completes a pending connect
+        (``handle_connect()``) and then calls ``handle_write()``. Listeners ignore it.
+        """
         if self.accepting:
             # A listener is never registered for writing; ignore a stray event.
             return
@@ -610,6 +687,10 @@ class Dispatcher:
         self.handle_write()
 
     def handle_expt_event(self) -> None:
+        """Called by the loop on an exceptional condition: a pending socket error closes the
+        channel (``handle_close()``); otherwise out-of-band data arrived and ``handle_expt()``
+        is called.
+        """
         # An exceptional condition is either a pending socket error or out-of-band data.
         err = self.socket.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
         if err != 0:
@@ -618,6 +699,10 @@ class Dispatcher:
             self.handle_expt()
 
     def handle_error(self) -> None:
+        """Called when one of this channel's handlers raised. The default logs the exception
+        compactly (one line with the traceback's frames) and closes the channel with
+        ``handle_close()``; the loop and the other channels go on.
+        """
         nil, t, v, tbinfo = compact_traceback()
         try:
             self_repr = repr(self)
@@ -628,18 +713,35 @@ class Dispatcher:
         self.handle_close()
 
     def handle_expt(self) -> None:
+        """Called when out-of-band (urgent) data arrived. The default logs a warning."""
         self.log_info("unhandled incoming priority event", "warning")
 
     def handle_read(self) -> None:
+        """Called when the socket has data to read: override it to ``recv()`` and handle the data.
+        The default logs a warning.
+        """
         self.log_info("unhandled read event", "warning")
 
     def handle_write(self) -> None:
+        """Called when the socket can take more data: override it to ``send()``. The default logs a
+        warning.
+        """
         self.log_info("unhandled write event", "warning")
 
     def handle_connect(self) -> None:
+        """Called once when a connection started by ``connect()`` is made. The default logs a
+        warning; override it (even with ``pass``) in a client.
+        """
         self.log_info("unhandled connect event", "warning")
 
     def handle_accept(self) -> None:
+        """Called when a listener has connections waiting.
+
+        The default accepts up to ``ACCEPT_BURST`` of them and calls
+        ``handle_accepted(sock, addr)`` for each; an exception there closes only that
+        connection (on the asyncore facade's loop it reaches the listener's
+        ``handle_error()``, as in asyncore). Override ``handle_accepted()``, not this.
+        """
         # A bounded burst: each accept() is one syscall; draining a few per event saves a pass
         # per connection under a connect storm, and the bound keeps other channels served.
         # A failure in handle_accepted() belongs to that connection (see _nl_setup_failed),
@@ -695,10 +797,17 @@ class Dispatcher:
             pass
 
     def handle_accepted(self, sock: Any, addr: Any) -> None:
+        """Called with each accepted connection (``sock``, the client's ``addr``): make a channel
+        for it, e.g. ``Handler(sock, map=self._map)``. The default closes the connection and
+        logs a warning.
+        """
         sock.close()
         self.log_info("unhandled accepted event", "warning")
 
     def handle_close(self) -> None:
+        """Called when the peer closed the connection or it failed. The default logs a warning and
+        calls ``close()``; override it to clean up, and call ``close()`` there too.
+        """
         self.log_info("unhandled close event", "warning")
         self.close()
 

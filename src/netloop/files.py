@@ -34,12 +34,19 @@ class FileWrapper:
         self.close()
 
     def recv(self, *args: Any) -> bytes:
+        """Read from the descriptor (``os.read``), for the dispatcher's ``recv()``."""
         return os.read(self.fd, *args)
 
     def send(self, *args: Any) -> int:
+        """Write to the descriptor (``os.write``), for the dispatcher's ``send()``; returns the
+        count written.
+        """
         return os.write(self.fd, *args)
 
     def getsockopt(self, level: int, optname: int, buflen: Optional[int] = None) -> int:
+        """Answer the one socket option a dispatcher asks a file, ``SO_ERROR``, with 0 (a file has
+        no pending socket error); any other option raises ``NotImplementedError``.
+        """
         if level == socket.SOL_SOCKET and optname == socket.SO_ERROR and not buflen:
             return 0
         raise NotImplementedError("a file wrapper answers only SO_ERROR (always 0)")
@@ -48,6 +55,7 @@ class FileWrapper:
     write = send
 
     def close(self) -> None:
+        """Close the duplicated descriptor (the original stays open). Safe to call more than once."""
         if self.fd < 0:
             return
         fd = self.fd
@@ -55,6 +63,7 @@ class FileWrapper:
         os.close(fd)
 
     def fileno(self) -> int:
+        """The duplicated descriptor, or -1 once closed."""
         return self.fd
 
 
@@ -75,6 +84,9 @@ class FileDispatcher(Dispatcher):
         os.set_blocking(fd, False)
 
     def set_file(self, fd: int) -> None:
+        """Serve descriptor ``fd`` on this channel: wrap a duplicate of it in ``wrapper_class`` and
+        add the channel to its map.
+        """
         self.socket = self.wrapper_class(fd)
         self._fileno = self.socket.fileno()
         self.add_channel()

@@ -135,6 +135,7 @@ class ChatChannel(Dispatcher, FlowControl):
         self.terminator = term
 
     def get_terminator(self) -> Any:
+        """The current terminator: bytes, a count of bytes, or None (see ``set_terminator()``)."""
         return self.terminator
 
     def collect_incoming_data(self, data: bytes) -> None:
@@ -167,6 +168,10 @@ class ChatChannel(Dispatcher, FlowControl):
         self.handle_close()
 
     def handle_read(self) -> None:
+        """Called when the socket is readable: reads, cuts the input at the terminator and calls
+        ``collect_incoming_data()`` and ``found_terminator()`` for each frame. Override those
+        rather than this.
+        """
         if self._nl_plain_recv and self._nl_idle is None:
             # Dispatcher.recv() inlined (it also keeps the idle clock, which is off here): this
             # is the hot path of every chat protocol.
@@ -399,6 +404,10 @@ class ChatChannel(Dispatcher, FlowControl):
             self.initiate_send()
 
     def close(self) -> None:
+        """Close the channel; output that ``found_terminator()`` pushed in the current batch is
+        flushed first. Queued output not yet sent is dropped: use ``close_when_done()`` to send
+        it first.
+        """
         if self._nl_batch:
             # Closed by found_terminator() in a batch: what it pushed first goes out first, as
             # it would have without the batch.
@@ -537,10 +546,15 @@ class ChatChannel(Dispatcher, FlowControl):
     # ------------------------------------------------------------------ interest
     @known_interest
     def readable(self) -> bool:
+        """Always True: a chat channel reads unless reading is paused (by flow control or the
+        loop's ``pause_reading()``), which netloop tracks without asking."""
         return True
 
     @known_interest
     def writable(self) -> bool:
+        """True while output is queued (or the connection is being made): the loop watches for
+        writability only then.
+        """
         return bool(self.producer_fifo) or not self.connected
 
     def _nl_mask(self) -> int:
@@ -565,7 +579,9 @@ class ChatChannel(Dispatcher, FlowControl):
 
     # ------------------------------------------------------------------ events
     def handle_write(self) -> None:
+        """The socket can take more: send from the output queue (``initiate_send()``)."""
         self.initiate_send()
 
     def handle_close(self) -> None:
+        """Called when the peer closed the connection or it failed; the default closes the channel."""
         self.close()
