@@ -463,3 +463,16 @@ def test_out_of_descriptors_sheds_through_the_reserve(poller: str) -> None:
             c.close()
         err = child.stop()
     assert "shedding pending connections" in err, err
+
+
+def test_loop_holds_a_reserved_descriptor(loop: netloop.Loop) -> None:
+    loop.run_once(0)
+    reserve = loop._reserve
+    assert reserve >= 0 and os.readlink("/proc/self/fd/%d" % reserve) == os.devnull
+    with loop.spare_descriptor() as freed:
+        assert freed and loop._reserve == -1
+        with pytest.raises(OSError):
+            os.fstat(reserve)  # really given back to the process
+    assert loop._reserve >= 0
+    loop.release()
+    assert loop._reserve == -1  # released with the poller (the leak check agrees)

@@ -5,6 +5,16 @@ Every public name of the 3.11 module, with its behaviour: ``socket_map`` is this
 ``poll``/``poll2``/``readwrite`` keep their one-shot semantics for code that calls them directly.
 ``loop()`` runs on netloop's ``Loop`` for the map; it also accepts ``poller=``. On Python 3.12+,
 ``netloop.compat.install()`` makes ``import asyncore`` find this module.
+
+Faults: under this module's ``loop()``/``poll()``/``poll2()``, an exception raised by
+``handle_error()`` or ``handle_close()`` leaves the loop, and one raised by
+``handle_accepted()`` goes to the listener's ``handle_error()``, as in asyncore (CPython's
+``test_asyncore`` makes its handlers' ``handle_error()`` re-raise so that a failed assertion
+ends the test). The same dispatchers served by a core ``Loop`` (``run()``,
+``run_forever()``) get the core's guarantees instead: logged, that channel closed, the loop goes
+on. Either way, output queued by ``dispatcher_with_send`` is sent before the close that follows
+the peer's half-close (asyncore dropped it), and its queue stays unbounded unless
+``set_write_buffer_limits()`` is called.
 """
 
 from __future__ import annotations

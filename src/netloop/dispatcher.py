@@ -358,6 +358,8 @@ class Dispatcher:
         if self._nl_starved:
             self._nl_starved = False
             self.log_info("accept() works again", "info")
+            if self._nl_loop is not None:
+                self._nl_loop._take_reserve()  # if the episode cost the loop its reserve
         lp = self._nl_loop
         if lp is not None:
             # A handler made for conn in this pass takes addr from here, saving getpeername().
@@ -747,31 +749,40 @@ class Dispatcher:
         # A failure in handle_accepted() belongs to that connection (see _nl_setup_failed),
         # except for the asyncore drop-in loop, which let it reach the listener as asyncore.
         lp = self._nl_loop
-        contain = lp is None or lp._contain
+        if lp is not None and not lp._contain:
+            for _ in range(ACCEPT_BURST):
+                pair = self.accept()
+                if pair is None:
+                    break
+                if self._nl_limited and not self._nl_admit(*pair):
+                    continue
+                self.handle_accepted(*pair)
+                if self._nl_limited:
+                    self._nl_settle()
+                if not self.accepting:
+                    break
+            return
         for _ in range(ACCEPT_BURST):
             pair = self.accept()
             if pair is None:
                 break
             if self._nl_limited and not self._nl_admit(*pair):
                 continue
-            if contain:
-                fd = pair[0].fileno()
-                try:
-                    self.handle_accepted(*pair)
-                except RERAISED:
-                    raise
-                except BaseException as err:
-                    self._nl_setup_failed(pair[0], pair[1], fd, err)
-            else:
+            try:
                 self.handle_accepted(*pair)
+            except RERAISED:
+                raise
+            except BaseException as err:
+                self._nl_setup_failed(pair[0], pair[1], err)
             if self._nl_limited:
                 self._nl_settle()
             if not self.accepting:
                 break
 
-    def _nl_setup_failed(self, sock: Any, addr: Any, fd: int, err: BaseException) -> None:
+    def _nl_setup_failed(self, sock: Any, addr: Any, err: BaseException) -> None:
         """``handle_accepted()`` raised: close that connection (and any channel half made for
         it) with one log line; the listener goes on. Called inside the ``except`` block."""
+        fd = sock.fileno()  # -1 if the handler closed it (or a TLS wrapper took it over)
         if isinstance(err, OSError) and err.errno in DISCONNECTED:
             logger.info("netloop: %s: client %s went away while being set up (%s)",
                         _describe(self), addr, err)
