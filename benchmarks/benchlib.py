@@ -513,18 +513,27 @@ def loadgen_has_tls(binary):
 def tls_files():
     """(cert, key): a throw-away self-signed EC P-256 certificate for the TLS rows, made with
     the openssl command once per build directory (same key type for every server)."""
-    cert = os.path.join(BUILD_DIR, "tls-cert.pem")
-    key = os.path.join(BUILD_DIR, "tls-key.pem")
+    final = os.path.join(BUILD_DIR, "tls")
+    cert = os.path.join(final, "cert.pem")
+    key = os.path.join(final, "key.pem")
     if os.path.exists(cert) and os.path.exists(key):
         return cert, key
     openssl = shutil.which("openssl")
     if openssl is None:
         raise BenchError("the TLS rows need the openssl command to make a certificate")
     os.makedirs(BUILD_DIR, exist_ok=True)
-    subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "30", "-subj",
-                    "/CN=localhost", "-keyout", key + ".tmp", "-out", cert + ".tmp"],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    os.replace(key + ".tmp", key)
-    os.replace(cert + ".tmp", cert)
+    tmp = tempfile.mkdtemp(prefix="tls.", dir=BUILD_DIR)
+    try:
+        subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:prime256v1", "-nodes", "-days", "30", "-subj",
+                        "/CN=localhost", "-keyout", os.path.join(tmp, "key.pem"),
+                        "-out", os.path.join(tmp, "cert.pem")],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # The pair appears at once, or not at all if a concurrent run made one first.
+        os.rename(tmp, final)
+    except OSError:
+        if not os.path.exists(cert):
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return cert, key
