@@ -120,3 +120,23 @@ def test_xmlrpc_over_https() -> None:
         url = "https://localhost:%d/" % server.server_address[1]
         with xmlrpc.client.ServerProxy(url, context=tlssupport.client_context()) as proxy:
             assert proxy.add(2, 3) == 5
+
+
+def test_handle_request_returns_after_the_tls_request() -> None:
+    # handle_request() takes one request: with TLS it returns once that request (handshake
+    # included) has been handled, not when the connection was accepted.
+    import threading
+
+    server = SingleThreadHTTPSServer(("127.0.0.1", 0), Hello,
+                                     context=tlssupport.server_context())
+    server.timeout = 20
+    got = []
+    try:
+        th = threading.Thread(target=lambda: got.append(
+            _get(server.server_address[1], "/once", tlssupport.client_context())))
+        th.start()
+        server.handle_request()
+        th.join(20)
+    finally:
+        server.server_close()
+    assert got and got[0].startswith(b"hello /once")

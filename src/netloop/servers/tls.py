@@ -10,8 +10,8 @@ down socketserver's usual path (``verify_request``, ``process_request``: in a th
 the default timeout), so ``StreamRequestHandler``, ``http.server`` and ``xmlrpc.server`` handlers
 run over it unchanged. ``shutdown_request()`` sends close_notify before closing, without waiting.
 
-``handle_request()`` counts a request when it is accepted: with TLS, call it until the request
-has been handled, or use ``serve_forever()``.
+``handle_request()`` returns once the request taken has been handled (or its handshake failed),
+the handshake included, within ``timeout``.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ class _Handshake(Dispatcher):
         server = self._server
         server._nl_tls_pending().discard(self)
         self._done = True
+        server._nl_tls_settled()
         sslsock = self.socket.ssl_socket
         self.socket.detach_from_channel()
         self.del_channel()
@@ -62,6 +63,8 @@ class _Handshake(Dispatcher):
     def close(self) -> None:
         self._server._nl_tls_pending().discard(self)
         if not self._done:
+            self._done = True
+            self._server._nl_tls_settled()
             Dispatcher.close(self)
 
 
@@ -92,7 +95,14 @@ class TLSMixIn:
     def _nl_process(self, request: Any, client_address: Any) -> None:
         if self.ssl_context is None:
             raise ValueError("a TLS server needs an ssl_context")
+        if getattr(self, "_nl_budget", None) is not None:
+            # handle_request(): the request counts once its handshake has settled.
+            self._nl_events -= 1
         _Handshake(self, request, client_address)
+
+    def _nl_tls_settled(self) -> None:
+        if getattr(self, "_nl_budget", None) is not None:
+            self._nl_events += 1
 
     def shutdown_request(self, request: Any) -> None:
         """Send close_notify (not waiting for the client's), then socketserver's shutdown."""
