@@ -77,6 +77,7 @@ class TLSMixIn:
     tls_handshake_timeout: Optional[float] = TLS_HANDSHAKE_TIMEOUT
 
     _nl_handshakes: Optional[Set[_Handshake]] = None
+    _nl_events: int  # BaseServer's count of requests taken by handle_request()
 
     def __init__(self, *args: Any, context: Optional[ssl.SSLContext] = None,
                  **kwargs: Any) -> None:
