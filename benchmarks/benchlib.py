@@ -413,7 +413,8 @@ def stop_all_servers():
 
 def run_loadgen(binary, port, mode="pingpong", conns=10, size=64, duration=2.0, warmup=0.5,
                 idle=0, line=False, server_pid=None, cpu=None, host="127.0.0.1",
-                setup_timeout=30.0, extra_args=(), timeout=None, tls=False):
+                setup_timeout=30.0, extra_args=(), timeout=None, tls=False,
+                write_size=None):
     """Run the load generator once and return its parsed JSON result."""
     cmd = [binary, "--host", host, "--port", str(port), "--mode", mode, "--conns", str(conns),
            "--size", str(size), "--duration", str(duration), "--warmup", str(warmup),
@@ -423,6 +424,8 @@ def run_loadgen(binary, port, mode="pingpong", conns=10, size=64, duration=2.0, 
     if line:
         # line=True: one line per message; an int N > 1: N lines per message (pipelined)
         cmd += ["--line"] if line is True or line == 1 else ["--lines", str(int(line))]
+    if write_size:
+        cmd += ["--write-size", str(int(write_size))]
     if server_pid:
         cmd += ["--server-pid", str(server_pid)]
     if cpu is not None:

@@ -59,7 +59,7 @@
 #include <openssl/ssl.h>
 #endif
 
-#define LOADGEN_VERSION "2"
+#define LOADGEN_VERSION "3"
 #define PERIOD 65521u          /* prime: pattern period                   */
 #define CHUNK_MAX 65536u       /* largest single send / recv              */
 #define HS_SIZE 64u            /* size of the set-up echo exchange        */
@@ -101,6 +101,7 @@ static const char *o_port = NULL;
 static int o_mode = M_PINGPONG;
 static long o_conns = 10, o_idle = 0, o_cpu = -1, o_batch = 256;
 static size_t o_size = 64;
+static size_t o_wsize = CHUNK_MAX; /* largest single send() (--write-size) */
 static double o_duration = 5.0, o_warmup = 1.0, o_setup_timeout = 60.0, o_settle = 0.3,
               o_drain = 2.0;
 static int o_line = 0;
@@ -385,7 +386,7 @@ static void pick_message(struct conn *c, size_t len) {
 static void msg_send(struct conn *c, uint64_t now) {
     while (c->sent < c->msg_len) {
         size_t want = c->msg_len - c->sent;
-        if (want > CHUNK_MAX) want = CHUNK_MAX;
+        if (want > o_wsize) want = o_wsize;
         ssize_t n = io_send(c, c->msg + c->sent, want);
         if (n > 0) {
             c->sent += (size_t)n;
@@ -414,7 +415,7 @@ static void stream_fill(struct conn *c, uint64_t now) {
         uint64_t inflight = c->s_sent - c->s_recvd;
         if (inflight >= o_size || phase >= P_DRAIN) break;
         size_t want = (size_t)(o_size - inflight);
-        if (want > CHUNK_MAX) want = CHUNK_MAX;
+        if (want > o_wsize) want = o_wsize;
         /* record the start time of each SIZE-byte chunk */
         if (c->s_sent % o_size == 0) c->chunk_ts[(c->s_sent / o_size) & 7] = now;
         uint64_t to_boundary = o_size - c->s_sent % o_size;
@@ -853,7 +854,7 @@ static void print_json(void) {
            "\"port\": %s, \"conns\": %ld, \"idle\": %ld, \"size\": %zu, \"close\": \"%s\", ",
            LOADGEN_VERSION, mode, o_line ? "true" : "false", o_host, o_port, o_conns, o_idle,
            o_size, o_close_rst ? "rst" : "fin");
-    printf("\"lines_per_msg\": %d, ", o_line);
+    printf("\"lines_per_msg\": %d, \"write_size\": %zu, ", o_line, o_wsize);
     printf("\"warmup_s\": %.3f, \"duration_s\": %.6f, \"rate\": %.3f, \"rate_unit\": \"%s\", ",
            o_warmup, dur, rate, unit);
     printf("\"requests\": %llu, \"requests_per_s\": %.3f, \"bytes\": %llu, \"mb_per_s\": %.3f, ",
@@ -938,7 +939,8 @@ static void usage(FILE *f) {
             "  --busy-poll 0|1     spin on epoll_wait(0) during warm-up and measurement\n"
             "                      instead of sleeping (default 1; needs its own CPU)\n"
             "  --tls               speak TLS (full handshake per connection; a build with\n"
-            "                      -DLOADGEN_TLS only)\n");
+            "                      -DLOADGEN_TLS only)\n"
+            "  --write-size W      largest single send() in bytes (default and max 65536)\n");
 }
 
 static double parse_double(const char *s, const char *name) {
@@ -967,6 +969,7 @@ int main(int argc, char **argv) {
         {"drain-timeout", required_argument, 0, 'D'}, {"help", no_argument, 0, 'H'},
         {"close", required_argument, 0, 'K'},      {"busy-poll", required_argument, 0, 'B'},
         {"tls", no_argument, 0, 'E'},
+        {"write-size", required_argument, 0, 'W'},
         {0, 0, 0, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -999,6 +1002,7 @@ int main(int argc, char **argv) {
             break;
         case 'B': o_busy_poll = parse_long(optarg, "--busy-poll") ? 1 : 0; break;
         case 'E': o_tls = 1; break;
+        case 'W': o_wsize = (size_t)parse_long(optarg, "--write-size"); break;
         case 'H': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -1008,6 +1012,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     if (o_size < 1 || o_size > (64u << 20)) die("--size must be 1..64MiB%s", "");
+    if (o_wsize < 1 || o_wsize > CHUNK_MAX) die("--write-size must be 1..65536%s", "");
     if (o_line && o_size < 2) die("--line needs --size >= 2%s", "");
     if (o_line < 0 || (o_line > 1 && o_size < (size_t)(2 * o_line)))
         die("--lines N needs N >= 1 and --size >= 2N%s", "");

@@ -45,6 +45,14 @@ SCENARIOS = {
                           title="pingpong 64 B, 100 conns + 10,000 idle"),
     "stream64k": dict(mode="stream", conns=10, size=65536,
                       title="stream, 64 KiB in flight, 10 conns"),
+    # Deep window (issue #17): each connection keeps 256 KiB in flight in 64 KiB writes, so a
+    # server handles several full 64 KiB reads per connection per pass. Per MB echoed.
+    "stream256k": dict(mode="stream", conns=10, size=262144, write_size=65536,
+                       title="stream, 256 KiB in flight in 64 KiB writes, 10 conns"),
+    # Large messages (issue #17): a 1 MiB request (sent in 64 KiB writes), then the whole
+    # 1 MiB reply before the next request. Per request (2 MiB through the server).
+    "rr1m": dict(mode="pingpong", conns=10, size=1 << 20, write_size=65536,
+                 title="request/response, 1 MiB each way, 10 conns"),
     "connrate": dict(mode="connrate", conns=32, size=64,
                      title="connect+64 B echo+close, 32 workers"),
     "mem-idle10k": dict(mode="pingpong", conns=1, size=64, idle=10000, duration=1.0,
@@ -329,7 +337,8 @@ def run_one(loadgen, server, sc_name, sc, opts, cpus):
             loadgen, srv.port, mode=sc["mode"], conns=sc["conns"], size=sc["size"],
             duration=duration, warmup=warmup, idle=sc["idle"], line=sc["line"],
             server_pid=srv.proc.pid, cpu=cpus[1], host=host,
-            setup_timeout=opts.setup_timeout, tls=sc["tls"])
+            setup_timeout=opts.setup_timeout, tls=sc["tls"],
+            write_size=sc.get("write_size"))
         record["result"] = result
         record["server_alive_after"] = srv.alive()
         if result.get("fatal"):
@@ -459,6 +468,10 @@ def summarise(runs, servers, scenarios):
                     for x in res if x["server"].get("cpu_us_per_op") is not None] or [None],
                     key=lambda v: float("inf") if v is None else v),
                 "server_cpu_us_per_mb": _median([x["server"].get("cpu_us_per_mb") for x in res]),
+                "server_cpu_us_per_mb_min": min(
+                    [x["server"]["cpu_us_per_mb"] for x in res
+                     if x["server"].get("cpu_us_per_mb") is not None] or [None],
+                    key=lambda v: float("inf") if v is None else v),
                 "server_cpu_util": _median([x["server"].get("cpu_util") for x in res]),
                 "client_cpu_util": _median([client_util(x) for x in res]),
                 "starved": _median([1.0 if starved(sc, x) else 0.0 for x in res]) == 1.0,
@@ -586,8 +599,11 @@ def render_markdown(meta, servers, scenarios, cells, primary_tag, ref=None):
         return txt
 
     def cpu_best(cell, sc):
-        if sc["mode"] == "stream" or sc["metric"] == "rss_per_idle":
+        if sc["metric"] == "rss_per_idle":
             return "-"
+        if sc["mode"] == "stream":
+            v = cell.get("server_cpu_us_per_mb_min")
+            return "-" if v is None else "%.0f µs/MB" % v
         v = cell.get("server_cpu_us_per_op_min")
         return "-" if v is None else "%.1f" % v
 
@@ -711,6 +727,11 @@ def parse_args(argv):
                                  epilog="scenarios: " + ", ".join(SCENARIOS))
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 2 servers x 2 scenarios, ~1 s each, current Python")
+    ap.add_argument("--insn-check", dest="insn_check", action="store_true", default=None,
+                    help="after the runs, compare user-space instructions per request "
+                         "(callgrind, bench_insn.py) with the committed baseline; fail on "
+                         "more than 10%% growth (default with --quick)")
+    ap.add_argument("--no-insn-check", dest="insn_check", action="store_false")
     ap.add_argument("--servers", default="",
                     help="comma-separated globs on server names, e.g. 'netloop*,asyncio@3.11'; "
                          "'all' for every available server (default: all on the first "
@@ -761,6 +782,7 @@ def parse_args(argv):
         opts.noise_retries = 0 if opts.noise_retries is None else opts.noise_retries
         opts.quiet_wait = 2.0 if opts.quiet_wait is None else opts.quiet_wait
         opts.strict = True
+        opts.insn_check = True if opts.insn_check is None else opts.insn_check
     opts.noise_retries = 1 if opts.noise_retries is None else opts.noise_retries
     opts.quiet_wait = 10.0 if opts.quiet_wait is None else opts.quiet_wait
     opts.duration = 1.5 if opts.duration is None else opts.duration
@@ -1002,7 +1024,28 @@ def main(argv=None):
             return 1
     if opts.strict and skipped_budget:
         return 1
+    if opts.insn_check:
+        return insn_check(log)
     return 0
+
+
+def insn_check(log):
+    """The instruction-count regression check (bench_insn.py --check) on this interpreter.
+
+    valgrind missing: a loud skip, or a failure when $CI is set (CI installs it)."""
+    import bench_insn
+    t0 = time.monotonic()
+    log("instruction-count check (callgrind, %s; baseline %s):"
+        % (bench_insn.python_id(), os.path.relpath(bench_insn.BASELINE)))
+    try:
+        status = bench_insn.check()
+    except Exception as exc:  # a variant that failed to run is a failure of the check
+        log("bench_insn: FAILED to measure: %s" % exc)
+        return 1
+    log("instruction-count check: %.0fs" % (time.monotonic() - t0))
+    if status == 2:
+        return 1 if os.environ.get("CI") else 0
+    return status
 
 
 if __name__ == "__main__":

@@ -138,7 +138,7 @@ def test_runner_quick_subset(loadgen, tmp_path):
     proc = subprocess.run(
         [sys.executable, os.path.join(BENCH_DIR, "run.py"), "--quick", "--servers",
          "minimal-epoll", "--scenarios", "pp10", "--duration", "0.5", "--warmup", "0.1",
-         "--out", str(out)],
+         "--out", str(out), "--no-insn-check"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=100,
     )
     assert proc.returncode == 0, proc.stdout
@@ -225,3 +225,98 @@ def test_in_process_bench_on_asyncio():
                               env=env, timeout=60)
         assert proc.returncode == 0, proc.stderr
         assert "us CPU per" in proc.stdout
+
+
+def test_deep_window_and_large_message_scenarios(loadgen):
+    # issue #17's scenarios: 256 KiB in flight in 64 KiB writes, and 1 MiB request/response
+    import run
+    deep, big = run.SCENARIOS["stream256k"], run.SCENARIOS["rr1m"]
+    assert (deep["mode"], deep["conns"], deep["size"], deep["write_size"]) == (
+        "stream", 10, 262144, 65536)
+    assert (big["mode"], big["size"], big["write_size"]) == ("pingpong", 1 << 20, 65536)
+    srv = benchlib.ServerProcess(server_cmd("minimal-epoll"), ready_timeout=30)
+    try:
+        srv.start()
+        common = dict(server_pid=srv.proc.pid, duration=0.4, warmup=0.1, timeout=60,
+                      write_size=65536)
+        stream = benchlib.run_loadgen(loadgen, srv.port, mode="stream", conns=2,
+                                      size=262144, **common)
+        rr = benchlib.run_loadgen(loadgen, srv.port, mode="pingpong", conns=2,
+                                  size=1 << 20, **common)
+        small = benchlib.run_loadgen(loadgen, srv.port, mode="pingpong", conns=1, size=4096,
+                                     server_pid=srv.proc.pid, duration=0.3, warmup=0.1,
+                                     timeout=60, write_size=1000)
+    finally:
+        srv.stop()
+        srv.cleanup_files()
+    for r in (stream, rr, small):
+        assert r["errors"] == 0, r["error_detail"]
+    assert stream["write_size"] == 65536 and stream["mb_per_s"] > 0
+    assert rr["requests"] > 0 and rr["size"] == 1 << 20
+    assert small["write_size"] == 1000 and small["requests"] > 0
+
+
+def test_loadgen_rejects_bad_write_size(loadgen):
+    proc = subprocess.run([loadgen, "--port", "1", "--write-size", "70000"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=10)
+    assert proc.returncode != 0 and "--write-size" in proc.stderr
+
+
+def test_bench_insn_children_run():
+    # every variant's measured code runs (without valgrind: a few rounds each)
+    env = dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(BENCH_DIR), "src"))
+    import bench_insn
+    for variant in bench_insn.VARIANTS:
+        proc = subprocess.run([sys.executable, os.path.join(BENCH_DIR, "bench_insn.py"),
+                               "--child", variant, "2", "3"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env, timeout=60)
+        assert proc.returncode == 0, (variant, proc.stderr)
+        assert json.loads(proc.stdout.strip().splitlines()[-1])["units"] > 0, variant
+
+
+def test_bench_insn_baseline_file():
+    import bench_insn
+    base = bench_insn.load_baseline()
+    assert base["python"].startswith("CPython 3.")
+    for variant in bench_insn.CHECKED:
+        assert base["insn"][variant] > 1000
+
+
+def test_bench_insn_check_detects_growth(tmp_path, monkeypatch):
+    # --check against a baseline 30% below what this tree measures must fail, and one for
+    # another Python must skip loudly (exit 0, a note); no valgrind: the check says so.
+    import io
+    import bench_insn
+    monkeypatch.setattr(bench_insn, "measure", lambda variant: {"insn": 13000.0})
+    path = tmp_path / "base.json"
+    path.write_text(json.dumps({"python": bench_insn.python_id(), "insn": {"pp-cli": 10000}}))
+    out = io.StringIO()
+    monkeypatch.setattr(bench_insn, "find_valgrind", lambda: "/usr/bin/valgrind")
+    assert bench_insn.check(str(path), 0.10, ("pp-cli",), out=out) == 1
+    assert "FAIL" in out.getvalue()
+    path.write_text(json.dumps({"python": bench_insn.python_id(), "insn": {"pp-cli": 12500}}))
+    assert bench_insn.check(str(path), 0.10, ("pp-cli",), out=io.StringIO()) == 0
+    path.write_text(json.dumps({"python": "CPython 0.0", "insn": {"pp-cli": 1}}))
+    out = io.StringIO()
+    assert bench_insn.check(str(path), 0.10, ("pp-cli",), out=out) == 0
+    assert "SKIPPED" in out.getvalue()
+    monkeypatch.setattr(bench_insn, "find_valgrind", lambda: None)
+    out = io.StringIO()
+    assert bench_insn.check(str(path), 0.10, ("pp-cli",), out=out) == 2
+    assert "valgrind is not installed" in out.getvalue()
+
+
+def test_bench_insn_measures_with_callgrind():
+    import bench_insn
+    if bench_insn.find_valgrind() is None:
+        if os.environ.get("CI"):
+            pytest.fail("valgrind is not installed (CI must install it: apt-get install valgrind)")
+        pytest.skip("valgrind is not installed")
+    saved = bench_insn.VARIANTS["pp-cli"]
+    bench_insn.VARIANTS["pp-cli"] = (2, 3)
+    try:
+        r = bench_insn.measure("pp-cli")
+    finally:
+        bench_insn.VARIANTS["pp-cli"] = saved
+    assert r["units"] == 3 * bench_insn.PP_CONNS
+    assert 2000 < r["insn"] < 200000, r
