@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import socket
 import struct
 import subprocess
 import sys
+import threading
+from typing import Any, List
 
 import pytest
 
@@ -100,12 +103,14 @@ def test_flood(loop):
 def test_socket_closed_behind_back(loop, caplog):
     """``d.socket.close()`` without ``d.close()``: reported through handle_close, others go on.
 
-    select says EBADF, poll POLLNVAL, and epoll nothing at all (it drops the fd silently): the
-    epoll poller finds it on an idle pass.
+    select says EBADF and poll POLLNVAL at once; epoll says nothing at all (it drops the fd
+    silently), so there the loss is found when the number is registered again: here by the
+    next accept().
     """
     server = EchoServer(loop.map)
     victim = socket.create_connection(server.address)
     other = socket.create_connection(server.address)
+    late = socket.socket()  # made now, so that the number freed below goes to accept()
     try:
         run_until(loop, lambda: len(server.channels) == 2)
         echo_roundtrip(loop, other, b"before")
@@ -113,39 +118,57 @@ def test_socket_closed_behind_back(loop, caplog):
         fd = dead._fileno
         dead.socket.close()  # behind the dispatcher's (and the loop's) back
         with caplog.at_level("WARNING", logger="netloop"):
+            if loop.poller.name in ("epoll", "kqueue"):
+                late.connect(server.address)
             run_until(loop, lambda: dead.closed_by == "handle_close", timeout=10)
-        assert fd not in loop.map and fd not in loop._masks
+        assert any("closed behind" in r.getMessage() for r in caplog.records)
+        assert loop.map.get(fd) is not dead and dead not in loop._objs.values()
         echo_roundtrip(loop, other, b"after")
     finally:
         victim.close()
         other.close()
+        late.close()
 
 
-def test_closed_behind_back_reported_once(loop, caplog, monkeypatch):
-    """Later idle passes do not report the same dead descriptor again and again."""
-    from netloop.pollers import base as base_module
-    monkeypatch.setattr(base_module, "SWEEP_INTERVAL", 0.0)
+def test_closed_behind_back_reported_once(loop, caplog):
+    """One line per lost descriptor, on every backend; later passes do not repeat it."""
     a, b = socket.socketpair()
     c, d = socket.socketpair()
+    e = f = None
     try:
         dead, alive = Echo(a, map=loop.map), Echo(c, map=loop.map)
         loop.run_once(0)
+        fd = a.fileno()
         a.close()
         with caplog.at_level("WARNING", logger="netloop"):
+            for _ in range(3):
+                loop.run_once(0)
+            e, f = socket.socketpair()  # takes the lost number: epoll finds the loss now
+            if e.fileno() != fd:
+                os.dup2(e.fileno(), fd)
+                e.close()
+                e = socket.socket(fileno=fd)
+            fresh = Echo(e, map=loop.map)
             run_until(loop, lambda: dead.closed_by == "handle_close")
             for _ in range(20):
                 loop.run_once(0)
-        warnings = [r for r in caplog.records if r.levelname == "WARNING"]
-        # select and epoll log one line; poll's POLLNVAL goes straight to handle_close.
-        assert len(warnings) <= 1, [r.getMessage() for r in warnings]
-        assert alive.connected
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warnings) == 1 and "closed behind" in warnings[0], warnings
+        assert alive.connected and fresh.connected and loop.map[fd] is fresh
+        f.sendall(b"ping")
+        got = bytearray()
+        f.setblocking(False)
+        run_until(loop, lambda: recv_some(f, got) or got == b"ping")
     finally:
-        for s in (b, c, d):
-            s.close()
+        for s in (b, c, d, e, f):
+            if s is not None:
+                s.close()
 
 
 def test_socket_closed_behind_back_and_number_reused(loop):
-    """The dead channel's fd is reused by a socket the loop does not know: still reported."""
+    """The dead channel's fd is reused by a socket the loop does not know: select and poll
+    still report it; epoll has forgotten it, and keeps the stranger untouched until the
+    number is registered again."""
     server = EchoServer(loop.map)
     victim = socket.create_connection(server.address)
     other = socket.create_connection(server.address)
@@ -160,8 +183,15 @@ def test_socket_closed_behind_back_and_number_reused(loop):
             os.dup2(spare.fileno(), fd)
             spare.close()
             spare = socket.socket(fileno=fd)
+        if loop.poller.name in ("epoll", "kqueue"):
+            for _ in range(5):
+                loop.run_once(0)
+            assert spare.fileno() == fd
+            Echo(spare, map=loop.map)  # the number registered again: the loss is found
+            spare = None
         run_until(loop, lambda: dead.closed_by == "handle_close", timeout=10)
-        assert spare.fileno() == fd  # the loop did not close the stranger's descriptor
+        if spare is not None:
+            assert spare.fileno() == fd  # the loop did not close the stranger's descriptor
         echo_roundtrip(loop, other, b"still served")
     finally:
         victim.close()
@@ -242,3 +272,113 @@ def test_emfile_on_accept(poller_name):
     assert starved["passes"] < 100  # no busy loop
     assert starved["cpu"] < 0.5
     assert result["accepted_after"] == 3
+
+
+class ForgetfulServer(netloop.Dispatcher):
+    """Keeps no reference to its connections (most servers do not): a channel dropped from
+    the map is garbage, and so is its socket object."""
+
+    def __init__(self, map: Any) -> None:
+        super().__init__(map=map)
+        self.create_socket()
+        self.bind(("127.0.0.1", 0))
+        self.listen(64)
+        self.address = self.socket.getsockname()
+        self.fds: List[int] = []
+
+    def handle_accepted(self, sock: Any, addr: Any) -> None:
+        self.fds.append(sock.fileno())
+        Echo(sock, map=self._map)
+
+
+def _echo_all(lp: netloop.Loop, clients: List[socket.socket], data: bytes) -> None:
+    got = {c: bytearray() for c in clients}
+    for c in clients:
+        c.setblocking(False)
+        c.send(data)
+
+    def done() -> bool:
+        for c, g in got.items():
+            try:
+                chunk = c.recv(4096)
+            except BlockingIOError:
+                continue
+            assert chunk, "the server closed a new client's connection"
+            g.extend(chunk)
+        return all(g == data for g in got.values())
+
+    run_until(lp, done)
+
+
+def test_fd_closed_behind_back_then_reused_by_accept(loop, caplog):
+    """os.close() of served connections behind the loop, then new clients: accept() reuses
+    the numbers; the stale channels are retired (logged) without closing the new
+    connections' descriptors, even once their socket objects are garbage-collected."""
+    server = ForgetfulServer(loop.map)
+    first = [socket.create_connection(server.address) for _ in range(3)]
+    later = [socket.socket() for _ in range(4)]  # made now: the freed numbers go to accept()
+    try:
+        run_until(loop, lambda: len(server.fds) == 3)
+        _echo_all(loop, first, b"hello")
+        lost = server.fds[:2]
+        with caplog.at_level("WARNING", logger="netloop"):
+            for fd in lost:
+                os.close(fd)  # user code, behind the channels' backs
+            for c in later:
+                c.connect(server.address)
+            run_until(loop, lambda: len(server.fds) == 7)
+            assert set(lost) <= set(server.fds[3:])  # the numbers were reused
+            gc.collect()  # the stale socket objects, if any, close what they hold now
+            _echo_all(loop, later + first[2:], b"served")
+            gc.collect()
+            _echo_all(loop, later, b"again")
+        lines = [r.getMessage() for r in caplog.records if "closed behind" in r.getMessage()]
+        assert len(lines) == len(lost), lines
+        for c in later:
+            c.setblocking(True)
+            c.shutdown(socket.SHUT_WR)
+    finally:
+        for c in first + later:
+            c.close()
+
+
+def test_fd_closed_behind_back_under_run_forever(poller_name, caplog):
+    """The same on a loop in run_forever() with no timer at all (epoll never sees an idle
+    pass there): the reuse is found when accept() registers the number again."""
+    lp = netloop.Loop(poller=poller_name)
+    server = ForgetfulServer(lp.map)
+    runner = threading.Thread(target=lp.run_forever)
+    clients: List[socket.socket] = []
+    try:
+        with caplog.at_level("WARNING", logger="netloop"):
+            runner.start()
+            first = socket.create_connection(server.address, timeout=5)
+            clients.append(first)
+            first.sendall(b"one")
+            assert first.recv(3) == b"one"
+            closed = threading.Event()
+            late = socket.socket()
+            clients.append(late)
+
+            def close_behind_back() -> None:
+                os.close(server.fds[0])
+                closed.set()
+
+            lp.call_soon_threadsafe(close_behind_back)
+            assert closed.wait(5)
+            late.settimeout(5)
+            late.connect(server.address)
+            for _ in range(3):
+                late.sendall(b"ping")
+                assert late.recv(4) == b"ping"
+                lp.call_soon_threadsafe(gc.collect)
+        assert any("closed behind" in r.getMessage() for r in caplog.records)
+    finally:
+        lp.stop()
+        runner.join(5)
+        for c in clients:
+            c.close()
+        for obj in list(lp.map.values()):
+            obj.close()
+        lp.close()
+    assert not runner.is_alive()

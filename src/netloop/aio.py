@@ -348,10 +348,13 @@ class AsyncioPoller:
                 lp._reconcile()
             if lp._asked and lp._scan_asked:
                 lp._scan()
+            elif lp._to_ask:
+                lp._ask_pending()  # channels registered since: asked here, never at registration
             if lp._timers._live:
                 lp._run_timers()
         finally:
             lp._running -= 1
+        lp._recompute_slow()
         self._after(False)
 
     def _after(self, rescan: bool) -> None:
@@ -367,7 +370,7 @@ class AsyncioPoller:
                 lp._running -= 1
         if len(lp.map) != len(lp._objs):
             lp._reconcile()
-        if lp._bad or lp._ready or (rescan and lp._asked and lp._scan_asked):
+        if lp._bad or lp._ready or lp._to_ask or (rescan and lp._asked and lp._scan_asked):
             if not self._kicked:
                 self._kicked = True
                 self._kick_handle = self.event_loop.call_soon(self._service)

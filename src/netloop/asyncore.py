@@ -58,7 +58,11 @@ _ = (EALREADY, EINPROGRESS, EWOULDBLOCK, ECONNRESET, EINVAL, ENOTCONN, ESHUTDOWN
 
 
 def _map(map: Optional[Any]) -> Any:
-    return socket_map if map is None else map
+    if map is None:
+        return socket_map
+    if type(map) is not dict:
+        return _reactor._as_map(map)  # a Loop stands for its map
+    return map
 
 
 def read(obj: Any) -> None:
@@ -110,7 +114,12 @@ def readwrite(obj: Any, flags: int) -> None:
 
 
 def poll(timeout: Optional[float] = 0.0, map: Optional[Any] = None) -> None:
-    """One pass with select()-style dispatch, on the map's loop."""
+    """One pass with select()-style dispatch, on the map's loop.
+
+    As with asyncore, the map's keys may be descriptors or objects with ``fileno()`` (sockets),
+    and the call may come from inside a handler (it runs a nested pass). A map made for one
+    call leaves no kernel object behind once nothing holds it.
+    """
     map = _map(map)
     if map:
         lp = _reactor.get_loop(map)

@@ -31,8 +31,8 @@ from errno import (EALREADY, EBADF, EINPROGRESS, EINVAL, EISCONN, ENOTCONN, EWOU
 from .errors import (ACCEPT_RESOURCE, ACCEPT_RETRY, DISCONNECTED, RERAISED, WOULD_BLOCK,
                      compact_traceback, strerror)
 from .pollers import READ_MASK, WRITE
-from .reactor import (PAUSED_AT_EOF, PAUSED_RESTING, _abandon, _describe, _lookup, _set_paused,
-                      socket_map)
+from .reactor import (PAUSED_AT_EOF, PAUSED_RESTING, _abandon, _as_map, _describe, _lookup,
+                      _set_paused, socket_map)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -144,7 +144,11 @@ class Dispatcher:
 
     def __init__(self, sock: Optional[_socket.socket] = None,
                  map: Optional[ChannelMap] = None) -> None:
-        self._map = self._default_map() if map is None else map
+        if map is None:
+            map = self._default_map()
+        elif type(map) is not dict:
+            map = _as_map(map)  # a Loop stands for its map; anything else fails clearly
+        self._map = map
         self._fileno = None
         # Instance attributes, not only class defaults: CPython 3.11 reads these faster, and
         # they are read for every event.
@@ -201,14 +205,21 @@ class Dispatcher:
         """Enter this channel in ``map`` (default: the map it was made with), under its descriptor,
         so the loop serving that map watches it. Called by ``set_socket()``; call it yourself
         only for a channel taken out with ``del_channel()``.
+
+        A dispatcher with no socket yet is stored under None, as asyncore did, and never
+        watched. The loop asks ``readable()``/``writable()`` at the start of its next pass,
+        not here. ``map`` may also be a ``Loop`` (its map is used).
         """
         if map is None:
             map = self._map
+        elif type(map) is not dict:
+            map = _as_map(map)
         fd: Any = self._fileno  # None for a dispatcher with no socket, as in asyncore
         map[fd] = self
-        lp = _lookup(map)
-        if lp is not None and lp._acquired:
-            lp._add(fd, self)
+        if fd is not None:
+            lp = _lookup(map)
+            if lp is not None and lp._acquired:
+                lp._add(fd, self)
 
     def del_channel(self, map: Optional[ChannelMap] = None) -> None:
         """Take this channel out of ``map`` (default: its own map): the loop stops watching its
@@ -217,7 +228,11 @@ class Dispatcher:
         fd: Any = self._fileno
         if map is None:
             map = self._map
-        if fd in map:
+        elif type(map) is not dict:
+            map = _as_map(map)
+        if map.get(fd) is self:
+            # Only this channel's own entry: a new channel that took the number (after this
+            # one's descriptor was closed behind its back) keeps its place.
             del map[fd]
         self._fileno = None
         lp = self._nl_loop

@@ -66,6 +66,11 @@ class FileWrapper:
         """The duplicated descriptor, or -1 once closed."""
         return self.fd
 
+    def detach(self) -> int:
+        """Forget the descriptor without closing it (as ``socket.detach()``); returns it."""
+        fd, self.fd = self.fd, -1
+        return fd
+
 
 class FileDispatcher(Dispatcher):
     """A dispatcher over a pipe or other descriptor (anything with ``fileno()``, or an int)."""

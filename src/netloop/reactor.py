@@ -8,17 +8,34 @@ costs O(ready events), however many idle channels there are:
   the loop when their answer changes (connect, listen, send backlog filled or drained).
 - Channels whose class overrides either predicate, and foreign objects put in the map by hand,
   are "asked": ``readable()``/``writable()`` are called before every poll (asyncore's semantics,
-  the default) or, with ``scan=False``, at registration and after each of their own events.
+  the default) or, with ``scan=False``, at the start of the first pass after registration (or
+  after ``_update_interest()``) and after each of their own events. Never inside registration:
+  ``add_channel()``, ``connect()`` and ``listen()`` run inside a subclass's ``__init__``, before
+  it has set what its predicates read.
 - Entries added to or removed from the map behind the loop's back (``map[fd] = obj``) are found
-  by a size check each pass and reconciled then.
+  by a size check each pass and reconciled then. Keys may be descriptors, objects with
+  ``fileno()`` (as select() took), or None (a dispatcher with no socket: held, never watched).
 
 Within one pass a channel closed by an earlier callback gets no further callback, and a new
 channel that reuses its fd does not receive the old channel's events.
 
+A descriptor closed behind its channel's back (``os.close()`` by user code) is found when the
+loop next has to do with that number: poll's POLLNVAL, select's EBADF, the poller refusing it,
+or a new channel registering the same number (accept() reused it). The loss is logged, and the
+stale channel's socket object is detached, never closed, so that neither its close nor its
+garbage collection closes the descriptor that now belongs to someone else. There is no
+periodic sweep of all registered descriptors: it cost O(connections) per second.
+
+A loop runs in one place at a time: ``run()``, ``run_forever()`` and ``run_once()`` raise
+RuntimeError while it runs (from a callback or another thread); the legacy ``loop()`` and
+``asyncore.poll()`` may nest inside a handler, as in asyncore. ``stop()`` is never lost: asked
+before a run, the run makes one pass that does not block.
+
 The loop's kernel objects (poller, wake-up pipe) are taken on first use and, for the loop that
 serves a map implicitly (``get_loop``, ``loop()``), given back when the map is empty and nothing
-is scheduled, so short-lived maps leak no descriptors. ``Loop(map)`` made by the user keeps them
-until ``close()``.
+is scheduled, or when nobody but the loop holds the map any more (a map made for one call), so
+short-lived maps leak no descriptors. ``Loop(map)`` made by the user keeps them until
+``close()``.
 """
 
 from __future__ import annotations
@@ -26,16 +43,20 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 import weakref
 from _weakref import _remove_dead_weakref  # type: ignore[attr-defined]
+from _thread import allocate_lock
+from _thread import get_ident as _get_ident
 from collections import deque
+from errno import EBADF
 
 from ._lazy import lazy_aliases
 from .errors import DISCONNECTED, RERAISED
 from .pollers import (CLOSED_MASK, ERROR, HANGUP, INVALID, PRIORITY, READ, READ_MASK, WRITE,
-                      FDSetSizeError, SelectPoller, create)
+                      FDSetSizeError, SelectPoller, by_name, create)
 from .timers import TimerHandle, TimerQueue
 from .waker import Waker
 
@@ -92,16 +113,95 @@ def _register(lp: "Loop") -> None:
     _loops[key] = weakref.ref(lp, forget)
 
 
+def _as_map(map: Any) -> ChannelMap:
+    """The channel map a caller means by ``map``: a ``Loop`` stands for the map it serves.
+
+    Anything else must be a mapping that takes item assignment (a dict, as asyncore used).
+    """
+    if isinstance(map, Loop):
+        return map.map
+    if not (hasattr(map, "__setitem__") and hasattr(map, "get")):
+        raise TypeError("map must be a channel map (a dict of fd -> channel, as asyncore "
+                        "used) or a netloop.Loop, not %s" % type(map).__name__)
+    return map  # type: ignore[no-any-return]
+
+
 def get_loop(map: Optional[ChannelMap] = None) -> "Loop":
-    """The loop that serves ``map`` (the default ``socket_map`` when None), made if needed."""
+    """The loop that serves ``map`` (the default ``socket_map`` when None), made if needed.
+
+    ``map`` may also be a ``Loop`` (which is returned).
+    """
     if map is None:
         map = socket_map
+    elif type(map) is not dict:
+        map = _as_map(map)
     ref = _loops.get(id(map))
     lp = ref() if ref is not None else None
     if lp is None or lp._closed:
+        _release_abandoned()
         lp = Loop(map)
         lp._implicit = True
     return lp
+
+
+_getrefcount = getattr(sys, "getrefcount", None)
+
+
+def _key_fd(key: Any) -> Optional[int]:
+    """The descriptor of a map key that is not an int (a socket object), None if none."""
+    if key is None:
+        return None
+    try:
+        fd = key.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
+    return fd if type(fd) is int and fd >= 0 else None
+
+
+def _detach(sock: Any) -> None:
+    """Make a socket object forget its descriptor without closing it."""
+    detach = getattr(sock, "detach", None)
+    if detach is not None:
+        try:
+            detach()
+        except (OSError, ValueError):
+            pass
+
+
+def _close_retired(obj: Any) -> None:
+    """Tell a channel retired by the loop (its descriptor was lost) that it is closed."""
+    try:
+        obj.handle_close()
+    except RERAISED:
+        raise
+    except BaseException:
+        logger.error("netloop: exception closing retired channel %s", type(obj).__name__,
+                     exc_info=True)
+        try:
+            obj.close()
+        except Exception:
+            pass
+
+
+def _release_abandoned() -> None:
+    """Give back the kernel objects of implicit loops whose map nobody holds any more.
+
+    A map made for one call (``asyncore.poll(t, map={sock: obj})`` on every tick) gets an
+    implicit loop that keeps its map, and so its channels, forever: the map never empties,
+    so the loop would keep its poller and wake-up pipe. When the only reference to such a
+    map is the loop's own, nobody can pass that map again, so the loop is released (and, as
+    nothing holds it then, freed). Called when a new implicit loop is made: what the one-shot
+    pattern costs stays one loop's descriptors, however many calls. Maps held elsewhere (the
+    module's ``socket_map``, a program's own dict, the ``_map`` of its channels) keep their
+    loop and registrations, so ``loop(count=1)`` on a long-lived map stays O(events).
+    """
+    if _getrefcount is None:  # pragma: no cover - not CPython: keep them
+        return
+    for lp in list(_active):
+        # 2: the loop's attribute and getrefcount's own argument.
+        if (lp._implicit and not lp._running and lp._thread_id is None
+                and not lp._signal_handlers and _getrefcount(lp.map) <= 2):
+            lp._release()
 
 
 class Loop:
@@ -124,6 +224,10 @@ class Loop:
                  clock: Optional[Callable[[], float]] = None, scan: bool = True) -> None:
         if map is None:
             map = {}
+        elif type(map) is not dict:
+            map = _as_map(map)
+        if isinstance(poller, str):
+            by_name(poller)  # an unknown name fails here, not at the first run
         existing = _lookup(map)
         if existing is not None and not existing._closed:
             if existing._implicit and not existing._acquired:
@@ -137,7 +241,15 @@ class Loop:
         self._poller: Optional[Poller] = None
         self._waker: Optional[Waker] = None
         self._wake_fd = -1
-        self._objs: Dict[int, Any] = {}      # fd -> channel as registered
+        self._objs: Dict[Any, Any] = {}      # map key -> channel as registered
+        # fd -> map key, for keys that are not the fd itself: socket objects (anything with
+        # fileno(), as select() took). A key of None (a dispatcher with no socket, as
+        # asyncore stored it) is held in _objs and never handed to the poller.
+        self._alias: Dict[int, Any] = {}
+        # fds of asked channels whose predicates have not been asked since they were
+        # registered or their interest may have changed: asked at the start of the next pass,
+        # never inside registration (a subclass's __init__ may not have set their state yet).
+        self._to_ask: Set[int] = set()
         self._masks: Dict[int, int] = {}     # fd -> mask registered with the poller (never 0)
         self._asked: Dict[int, Any] = {}     # fd -> channel whose interest is asked
         # fds of channels whose class keeps Dispatcher.handle_read_event: for those the loop
@@ -165,13 +277,14 @@ class Loop:
         self._stopping = False
         self._running = 0
         self._thread_id: Optional[int] = None
+        # Held for the whole of a run (its holder is _thread_id): one run at a time.
+        self._run_lock = allocate_lock()
         self._acquired = False
         self._implicit = False
         self._closed = False
         # True while a pass needs _prepare(): not acquired, forked, asked channels to scan, or
         # bad fds to report.
         self._slow = True
-        self._find_closed: Optional[Callable[[], List[Tuple[int, int]]]] = None
         # Called when work is scheduled from outside a pass (see _scheduled); set while the
         # loop holds its kernel objects: the poller's notify() if it has one, else _wake.
         self._notify: Optional[Callable[[], None]] = None
@@ -195,7 +308,8 @@ class Loop:
         self._recompute_slow()
 
     def _recompute_slow(self) -> None:
-        self._slow = not self._acquired or (bool(self._asked) and self._scan_asked)
+        self._slow = (not self._acquired or (bool(self._asked) and self._scan_asked)
+                      or bool(self._to_ask) or bool(self._bad) or self._stopping)
 
     # ------------------------------------------------------------------ kernel objects
     def _acquire(self) -> None:
@@ -215,7 +329,6 @@ class Loop:
         self._waker = Waker()
         self._wake_fd = self._waker.rfd
         self._poller.register(self._wake_fd, READ)
-        self._find_closed = getattr(self._poller, "find_closed", None)
         self._notify = getattr(self._poller, "notify", None) or self._wake
         self._timers.on_schedule = self._scheduled
         self._take_reserve()
@@ -240,8 +353,10 @@ class Loop:
                 except AttributeError:
                     pass
         self._objs.clear()
+        self._alias.clear()
         self._masks.clear()
         self._asked.clear()
+        self._to_ask.clear()
         self._direct.clear()
         self._bad.clear()
         if self._poller is not None:
@@ -316,19 +431,23 @@ class Loop:
         self._waker = None
         self._wake_fd = -1
         self._give_up_reserve()  # the child's own copy; the parent keeps its own
-        self._find_closed = None
         self._notify = None
         self._timers.on_schedule = None
         self._acquired = False
         self._slow = True
         _active.discard(self)
         self._objs.clear()
+        self._alias.clear()
         self._masks.clear()
         self._asked.clear()
+        self._to_ask.clear()
         self._direct.clear()
         self._bad.clear()
         self._running = 0
         self._thread_id = None
+        # A run of the parent's may have held it; if this child returns into that run, the run
+        # releases the old lock object, not this one.
+        self._run_lock = allocate_lock()
         for signum in list(self._signal_handlers):
             try:
                 signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT
@@ -342,6 +461,8 @@ class Loop:
         """Serve the map with another poller from the next pass on."""
         if self._running:
             raise RuntimeError("cannot change the poller of a running loop")
+        if isinstance(poller, str):
+            by_name(poller)
         self._poller_spec = poller
         if self._acquired:
             self._release()
@@ -385,34 +506,100 @@ class Loop:
         return "<netloop.Loop %s %s channels=%d>" % (name, state, len(self.map))
 
     # ------------------------------------------------------------------ interest
-    def _add(self, fd: int, obj: Any) -> None:
-        old = self._objs.get(fd)
+    def _add(self, key: Any, obj: Any) -> None:
+        """Register the channel the map holds under ``key``. Never calls its predicates."""
+        old = self._objs.get(key)
         if old is not None:
             if old is obj:
                 return
-            self._discard(fd)
-        self._objs[fd] = obj
-        try:
-            obj._nl_loop = self
-        except AttributeError:
-            pass
+            self._discard(key)
+            if type(key) is int:
+                self._retire_stale(key, old, obj)
+        self._objs[key] = obj
+        if type(key) is int:
+            fd = key
+            try:
+                obj._nl_loop = self
+            except AttributeError:
+                pass
+        else:
+            # A socket object as the key (select() took anything with fileno()), or None (a
+            # dispatcher with no socket: held, never watched). Such a map is usually made for
+            # one call; the channel's own loop, if it has one, keeps hearing from it.
+            found = _key_fd(key)
+            if found is None or found in self._objs:
+                return
+            fd = found
+            self._alias[fd] = key
+            if getattr(obj, "_nl_loop", None) is None:
+                try:
+                    obj._nl_loop = self
+                except AttributeError:
+                    pass
         cls = type(obj)
         if getattr(cls, "_nl_plain_read", False):
             self._direct.add(fd)
         else:
             self._direct.discard(fd)
         if getattr(cls, "_nl_known", False):
-            mask = obj._nl_mask()
+            self._set_mask(fd, obj._nl_mask())
         else:
+            # Asked at the start of the next pass, as asyncore asked, never here: the channel
+            # may be registering from inside its subclass's __init__, before that has set
+            # the state its readable()/writable() read.
             self._asked[fd] = obj
-            self._slow = self._slow or self._scan_asked
-            mask = self._ask(obj, 0)
-        self._set_mask(fd, mask)
+            self._to_ask.add(fd)
+            self._slow = True
 
-    def _discard(self, fd: int) -> None:
-        obj = self._objs.pop(fd, None)
+    def _retire_stale(self, fd: int, old: Any, new: Any) -> None:
+        """``new`` registers under ``fd`` while ``old`` still holds it: ``old``'s descriptor was
+        closed behind its back and the number reused (by accept(), say). Retire ``old``
+        without touching the descriptor, which is ``new``'s now."""
+        sock = getattr(old, "socket", None)
+        if sock is None or sock is getattr(new, "socket", None):
+            return  # a foreign object replaced by hand, or a socket handed over: not stale
+        try:
+            claimed = sock.fileno()
+        except Exception:
+            claimed = -1
+        if claimed not in (fd, -1):
+            return
+        logger.warning("netloop: fd %d was closed behind the back of its %s channel and now "
+                       "belongs to a new %s; retiring the old channel",
+                       fd, type(old).__name__, type(new).__name__)
+        # Detached, not closed: closing it (or its garbage collection) would close the new
+        # connection's descriptor.
+        _detach(sock)
+        try:
+            old._fileno = None
+        except AttributeError:
+            pass
+        self._ready.append((_close_retired, (old,)))
+        self._slow = True
+
+    def _discard(self, key: Any) -> None:
+        obj = self._objs.pop(key, None)
+        fd: int
+        if type(key) is int:
+            fd = key
+            if obj is None and fd in self._alias:  # a socket-keyed entry, named by its fd
+                key = self._alias.pop(fd)
+                obj = self._objs.pop(key, None)
+        else:
+            found: Optional[int] = None
+            for afd, akey in self._alias.items():
+                if akey is key:
+                    found = afd
+                    break
+            if found is None:  # None, or a key never watched
+                if obj is not None and getattr(obj, "_nl_loop", None) is self:
+                    obj._nl_loop = None
+                return
+            fd = found
+            del self._alias[fd]
         if self._asked.pop(fd, None) is not None and not self._asked:
             self._recompute_slow()
+        self._to_ask.discard(fd)
         self._direct.discard(fd)
         if self._masks.pop(fd, 0) and self._poller is not None:
             self._poller.unregister(fd)
@@ -427,14 +614,40 @@ class Loop:
             self._maybe_release()
 
     def _update(self, obj: Any) -> None:  # obj: a registered channel
-        """A channel's interest may have changed: re-register it if it did."""
+        """A channel's interest may have changed: re-register it if it did.
+
+        A channel whose predicates are its own is not asked here (this runs inside connect(),
+        listen() and the like, maybe before its __init__ is done) but at the start of the
+        next pass.
+        """
         fd = obj._fileno
         if self._objs.get(fd) is not obj:
-            return
+            key = self._alias.get(fd) if fd is not None else None
+            if key is None or self._objs.get(key) is not obj:
+                return
         if fd in self._asked:
-            self._set_mask(fd, self._ask(obj, self._masks.get(fd, 0)))
+            self._to_ask.add(fd)
+            self._slow = True
         else:
             self._set_mask(fd, obj._nl_mask())  # type: ignore[union-attr]  # mypy narrows Any
+
+    def _reask(self, fd: int, obj: Any) -> None:
+        """Ask a channel's predicates now (after its own events) and re-register on change."""
+        key = self._alias.get(fd, fd) if self._alias else fd
+        if self._objs.get(key) is obj:
+            mask = self._ask(obj, self._masks.get(fd, 0))
+            if self._objs.get(key) is obj:
+                self._set_mask(fd, mask)
+
+    def _ask_pending(self) -> None:
+        """Ask the channels registered (or changed) since the last pass."""
+        fds = list(self._to_ask)
+        self._to_ask.clear()
+        asked = self._asked
+        for fd in fds:
+            obj = asked.get(fd)
+            if obj is not None:
+                self._reask(fd, obj)
 
     def _ask(self, obj: Any, current: int) -> int:
         try:
@@ -470,7 +683,8 @@ class Loop:
         except (OSError, ValueError) as err:
             # A descriptor closed behind the channel's back (poll would say POLLNVAL), or one
             # the poller cannot watch (select's FD_SETSIZE: ValueError).
-            logger.warning("netloop: cannot watch fd %d (%s); closing its channel", fd, err)
+            if getattr(err, "errno", None) != EBADF:  # else logged as closed, by _lost()
+                logger.warning("netloop: cannot watch fd %d (%s); closing its channel", fd, err)
             masks.pop(fd, None)
             self._bad.append(fd)
             self._slow = True
@@ -501,15 +715,22 @@ class Loop:
     def _reconcile(self) -> None:
         map = self.map
         objs = self._objs
-        for fd in [fd for fd, obj in objs.items() if map.get(fd) is not obj]:
-            self._discard(fd)
-        for fd, obj in list(map.items()):
-            if objs.get(fd) is not obj:
-                self._add(fd, obj)
+        for key in [key for key, obj in objs.items() if map.get(key) is not obj]:
+            self._discard(key)
+        for key, obj in list(map.items()):
+            if objs.get(key) is not obj:
+                self._add(key, obj)
 
     def _scan(self) -> None:
+        # Every pass for legacy code (asked channels, scan=True): keep the loop body lean.
         objs = self._objs
         masks = self._masks
+        if self._to_ask:
+            self._to_ask.clear()
+        if self._alias:
+            for fd, obj in list(self._asked.items()):
+                self._reask(fd, obj)
+            return
         for fd, obj in list(self._asked.items()):
             if objs.get(fd) is obj:
                 current = masks.get(fd, 0)
@@ -540,17 +761,18 @@ class Loop:
         next timer, 0 never blocks), dispatch the events, run due timers and queued calls.
 
         Returns the delay until the next timer (0 if calls are queued), None if none is pending.
+        RuntimeError if the loop is running already (see ``run()``). A ``stop()`` asked for
+        before the call makes this pass not block, and is consumed by it.
         """
-        outer = self._thread_id is None
-        if outer:
-            self._thread_id = threading.get_ident()
+        lock = self._claim(False)
         self._running += 1
         try:
             self._pass(timeout)
         finally:
             self._running -= 1
-            if outer:
-                self._thread_id = None
+            self._stopping = False
+            self._thread_id = None
+            lock.release()
         if self._ready:
             return 0.0
         timers = self._timers
@@ -569,9 +791,11 @@ class Loop:
             self._reconcile()
         if self._asked and self._scan_asked:
             self._scan()
+        elif self._to_ask:
+            self._ask_pending()
         self._recompute_slow()
-        if self._ready or self._bad:
-            return 0
+        if self._ready or self._bad or self._stopping:
+            return 0  # a stop() asked for before or during set-up: this pass must not block
         timers = self._timers
         if timers._live:
             deadline = timers.next_deadline()
@@ -602,17 +826,6 @@ class Loop:
             self._bad.clear()
         if events:
             self._dispatch(events)
-        elif self._find_closed is not None:
-            # An idle pass: let the poller look for fds closed behind the channels' backs
-            # (epoll forgets them silently); they are reported as POLLNVAL next pass.
-            gone = self._find_closed()
-            if gone:
-                for fd, _ in gone:
-                    self._masks.pop(fd, None)
-                    logger.warning("netloop: fd %d was closed behind its channel's back; "
-                                   "closing the channel", fd)
-                    self._bad.append(fd)
-                self._slow = True
         if self._timers._live:
             self._run_timers()
         if self._ready:
@@ -634,10 +847,13 @@ class Loop:
                 if obj is None:
                     if fd == self._wake_fd:
                         self._on_wake()
-                    elif fd in self._masks:
-                        # Removed from the map behind our back: stop watching it.
-                        self._discard(fd)
-                    continue
+                        continue
+                    obj = self._aliased(fd)
+                    if obj is None:
+                        if fd in self._masks:
+                            # Removed from the map behind our back: stop watching it.
+                            self._discard(fd)
+                        continue
                 if closed and fd in closed:
                     continue
                 if flags == READ:
@@ -663,7 +879,7 @@ class Loop:
             for fd, _ in events:
                 obj = asked.get(fd)
                 if obj is not None:
-                    self._update(obj)
+                    self._reask(fd, obj)
 
     def _poll_failed(self, err: OSError) -> List[Tuple[int, int]]:
         # select() fails as a whole (EBADF) when one registered fd was closed behind its
@@ -672,18 +888,47 @@ class Loop:
         if isinstance(poller, SelectPoller):
             bad = poller.find_bad()
             if bad:
-                for fd in bad:
-                    logger.warning("netloop: fd %d was closed behind its channel's back; "
-                                   "closing the channel", fd)
+                for fd in bad:  # logged when the INVALID event is dispatched
                     poller.unregister(fd)
                     self._masks.pop(fd, None)
                 return [(fd, INVALID) for fd in bad]
         raise err
 
-    def _dispatch_flags(self, fd: int, obj: Any, flags: int) -> None:
-        get = self.map.get
-        closed = self._closed_fds
+    def _aliased(self, fd: int) -> Any:
+        """The channel a map keyed by socket objects holds for ``fd``, else None."""
+        key = self._alias.get(fd)
+        if key is None:
+            return None
+        obj = self.map.get(key)
+        if obj is None or self._objs.get(key) is not obj:
+            return None
+        return obj
+
+    def _lost(self, fd: int, obj: Any) -> None:
+        """The poller says ``fd`` is not open (POLLNVAL, EBADF): it was closed behind the
+        channel's back. Log it, and detach the channel's socket object so that closing the
+        channel cannot close whatever file takes that number next."""
         try:
+            os.fstat(fd)
+        except OSError:
+            pass
+        else:
+            return  # open, but refused by the poller (select's FD_SETSIZE): logged then
+        logger.warning("netloop: fd %d was closed behind its channel's back (%s); closing "
+                       "the channel", fd, type(obj).__name__)
+        sock = getattr(obj, "socket", None)
+        if sock is not None:
+            _detach(sock)
+
+    def _dispatch_flags(self, fd: int, obj: Any, flags: int) -> None:
+        get: Callable[[Any], Any] = self.map.get
+        closed = self._closed_fds
+        if self._alias and fd in self._alias:
+            key = self._alias[fd]
+            get = lambda _fd: self.map.get(key)  # noqa: E731
+        try:
+            if flags & INVALID:
+                self._lost(fd, obj)
             if flags & (ERROR | HANGUP) and not self._hup_closes:
                 # select() semantics: a hung-up socket is simply readable and writable.
                 flags = (flags | (self._masks.get(fd, 0) & (READ | WRITE))) & ~(ERROR | HANGUP)
@@ -745,16 +990,43 @@ class Loop:
 
     def run(self, timeout: Optional[float] = None, count: Optional[int] = None) -> None:
         """Serve channels, timers and queued calls until none is left, ``stop()`` is called,
-        or ``count`` passes have run. ``timeout`` caps each pass's wait (None: no cap)."""
+        or ``count`` passes have run. ``timeout`` caps each pass's wait (None: no cap).
+
+        A loop runs in one place at a time: called while it runs (from one of its callbacks,
+        or from another thread), ``run()``, ``run_forever()`` and ``run_once()`` raise
+        RuntimeError, as asyncio does, rather than nest (a nested run would take the outer
+        run's ``stop()``). Schedule work with ``call_soon()`` instead. The legacy
+        ``loop()``/``asyncore.poll()`` may still be called from a handler: that runs nested
+        passes, as asyncore did.
+        """
         self._run(timeout, count, forever=False)
 
     def run_forever(self, timeout: Optional[float] = None) -> None:
         """Like ``run()`` but only ``stop()`` ends it, even when nothing is registered."""
         self._run(timeout, None, forever=True)
 
+    def _claim(self, legacy: bool) -> Any:
+        """Make this thread the one running the loop: the lock to release at the end of the
+        run; None for a legacy nested run (this thread runs the loop already); RuntimeError
+        when a run may not start."""
+        lock = self._run_lock
+        if lock.acquire(False):
+            self._thread_id = _get_ident()
+            return lock
+        owner = self._thread_id
+        if owner == _get_ident():
+            if legacy:
+                return None
+            raise RuntimeError("this loop is already running: a callback cannot run it again "
+                               "(schedule work with call_soon(), end the run with stop())")
+        raise RuntimeError("this loop is already running in another thread (%s); hand it work "
+                           "with call_soon_threadsafe()" % owner)
+
     def _run(self, timeout: Optional[float], count: Optional[int], forever: bool,
              channels_only: bool = False) -> None:
-        self._thread_id = threading.get_ident()
+        # channels_only: the legacy loop()/poll(), which may nest inside a handler. A nested
+        # run leaves the outer run's state (its thread, a stop() asked for) as it found it.
+        lock = self._claim(channels_only)
         map = self.map
         try:
             while True:
@@ -775,16 +1047,22 @@ class Loop:
                 if self._stopping:
                     break
         finally:
-            self._stopping = False
-            self._thread_id = None
-            if not self._running and not self.map:
-                self._maybe_release()
+            if lock is not None:
+                self._stopping = False
+                self._thread_id = None
+                lock.release()
+                if not self._running and not self.map:
+                    self._maybe_release()
 
     def stop(self) -> None:
         """Make ``run()``/``loop()`` return after the current pass. Safe from any thread and
         from a signal handler; a loop blocked in poll wakes at once. Called while the loop is
-        not running, the next run returns after one pass."""
+        not running (during start-up, say), the next run returns after one pass that does
+        not block. A stop() from another thread is never lost, even between two passes."""
         self._stopping = True
+        # The next pass's set-up sees it (and polls without blocking), even if it lands after
+        # this pass's check: the flag is read at the start of every pass.
+        self._slow = True
         if self._running:
             # Also on the loop's own thread: a signal handler that calls stop() runs while poll
             # is interrupted, and Python would resume the poll (PEP 475) without this byte.
@@ -808,7 +1086,8 @@ class Loop:
 
     @property
     def running(self) -> bool:
-        return self._running > 0
+        """True from the start to the end of a run (between its passes too)."""
+        return self._running > 0 or self._thread_id is not None
 
     # ------------------------------------------------------------------ scheduling
     def time(self) -> float:
@@ -1031,6 +1310,8 @@ def loop(timeout: Optional[float] = 30.0, use_poll: bool = False,
     """
     if map is None:
         map = socket_map
+    elif type(map) is not dict:
+        map = _as_map(map)
     if not map:
         return
     lp = get_loop(map)

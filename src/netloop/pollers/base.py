@@ -7,8 +7,9 @@ kqueue build them. A poller reports ``ERROR``/``HANGUP`` whether or not they wer
 the kernel does).
 
 Pollers whose kernel object forgets a closed fd without a word (epoll, kqueue) also offer
-``find_closed() -> Events``: the loop calls it after a poll that returned nothing, and it reports
-such fds as ``INVALID`` (poll's POLLNVAL), each once, at most once per ``SWEEP_INTERVAL``.
+``find_closed() -> Events``, an O(registered) check that reports such fds as ``INVALID`` (poll's
+POLLNVAL), each once, at most once per ``SWEEP_INTERVAL``. The loop does not call it (its cost
+grew with idle connections); it finds a lost descriptor when the number is registered again.
 """
 
 from __future__ import annotations

@@ -12,14 +12,11 @@ Facts this module relies on:
   poller, by keeping them aside and reporting them on every call (with a zero timeout).
 - The epoll object is shared with a forked child: a child must build its own (the loop does).
 - Closing a registered fd (``sock.close()`` behind the loop's back) makes epoll forget it without
-  a word, where poll(2) would answer POLLNVAL and select(2) EBADF: the channel would sit in the
-  map forever. So when a poll comes back empty (the loop is idle anyway), at most once per
-  ``SWEEP_INTERVAL``, the poller re-arms each registration (``EPOLL_CTL_MOD`` with the same mask)
-  and reports the ones the kernel no longer has (EBADF: closed; ENOENT: the number now names
-  another file) as ``INVALID``, which the loop treats as POLLNVAL. The loop asks for this
-  sweep (``find_closed()``) only after a poll that returned nothing, so the hot path keeps
-  calling the C ``epoll.poll`` directly. A loop blocked with no timeout learns of it at its next
-  empty pass.
+  a word, where poll(2) would answer POLLNVAL and select(2) EBADF. ``find_closed()`` re-arms
+  each registration (``EPOLL_CTL_MOD`` with the same mask) and reports the ones the kernel no
+  longer has (EBADF: closed; ENOENT: the number now names another file) as ``INVALID``. It costs
+  O(registered descriptors), so the loop does not run it periodically: it finds such a channel
+  when the number is registered again (accept() reusing it), where the harm would start.
 """
 
 from __future__ import annotations

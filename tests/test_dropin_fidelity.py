@@ -1,0 +1,394 @@
+"""Drop-in fidelity found by real programs (issue 11, items 1-3).
+
+Each test writes the pattern the way the program that found it writes it: the asyncore
+documentation's HTTP client created from inside a handler, a TLS-mixin-like dispatcher whose
+predicates read state its ``__init__`` sets after the base class's, a dispatcher with no socket
+put in the map, and a chat bot that polls ``{self.socket: self}`` on every tick.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any, List
+
+import pytest
+
+import netloop
+import netloop.asyncore as asyncore
+from netloop import reactor
+from coresupport import recv_some
+from support import run_until
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+# ---------------------------------------------------------------- 11.1: predicates at registration
+
+class HTTPClient(asyncore.dispatcher):
+    """The HTTP client of the asyncore documentation, as printed there (plus a result)."""
+
+    def __init__(self, host: str, port: int, path: str, map: Any) -> None:
+        asyncore.dispatcher.__init__(self, map=map)
+        self.create_socket()
+        self.connect((host, port))
+        self.buffer = bytes("GET %s HTTP/1.0\r\nHost: %s\r\n\r\n" % (path, host), "ascii")
+        self.received = b""
+
+    def handle_connect(self) -> None:
+        pass
+
+    def handle_close(self) -> None:
+        self.close()
+
+    def handle_read(self) -> None:
+        self.received += self.recv(8192)
+
+    def writable(self) -> bool:
+        return len(self.buffer) > 0
+
+    def handle_write(self) -> None:
+        sent = self.send(self.buffer)
+        self.buffer = self.buffer[sent:]
+
+
+class TinyHTTPServer(asyncore.dispatcher):
+    """Answers every request with a fixed body, then closes (HTTP/1.0)."""
+
+    def __init__(self, map: Any) -> None:
+        asyncore.dispatcher.__init__(self, map=map)
+        self.create_socket()
+        self.bind(("127.0.0.1", 0))
+        self.listen(8)
+        self.address = self.socket.getsockname()
+        self.requests: List[bytes] = []
+
+    def handle_accepted(self, sock: Any, addr: Any) -> None:
+        server = self
+
+        class Handler(asyncore.dispatcher_with_send):
+            data = b""
+
+            def handle_read(self) -> None:
+                self.data += self.recv(4096)
+                if b"\r\n\r\n" in self.data:
+                    server.requests.append(self.data)
+                    self.send(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+                    self.closing = True
+
+            def handle_write(self) -> None:
+                super().handle_write()
+                if self.closing and not self.out_buffer:
+                    self.close()
+
+        Handler(sock, map=self._map)
+
+
+class Trigger(asyncore.dispatcher):
+    """Reads a byte from a socketpair and runs an action: 'created from inside a handler'."""
+
+    def __init__(self, sock: Any, map: Any, action: Any) -> None:
+        asyncore.dispatcher.__init__(self, sock, map=map)
+        self.action = action
+        self.made: List[Any] = []
+
+    def writable(self) -> bool:
+        return False
+
+    def handle_read(self) -> None:
+        if self.recv(16):
+            self.made.append(self.action())
+
+
+@pytest.mark.parametrize("use_poll", [False, True])
+def test_doc_http_client_created_in_handler(poller_name, use_poll, capsys):
+    m: dict = {}
+    a, b = socket.socketpair()
+    try:
+        server = TinyHTTPServer(m)
+        host, port = server.address
+        trigger = Trigger(a, m, lambda: HTTPClient(host, port, "/", m))
+        for _ in range(3):  # the map's loop is set up and has run passes
+            asyncore.loop(timeout=0.01, use_poll=use_poll, map=m, count=1, poller=poller_name)
+        b.send(b"go")
+        lp = reactor.get_loop(m)
+
+        def done() -> bool:
+            return bool(trigger.made) and trigger.made[0].received.endswith(b"hello")
+
+        for _ in range(200):
+            if done():
+                break
+            asyncore.loop(timeout=0.05, use_poll=use_poll, map=m, count=1, poller=poller_name)
+            assert lp.running is False
+        out = capsys.readouterr().out
+        assert "AttributeError" not in out, out
+        assert done(), out
+        assert server.requests and server.requests[0].startswith(b"GET / HTTP/1.0\r\n")
+    finally:
+        asyncore.close_all(map=m)
+        b.close()
+
+
+class TLSLikeMixin:
+    """Like a published TLS mixin for dispatchers: its predicates read the handshake state,
+    which its __init__ sets after the dispatcher's."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        self._handshake_done = False
+        self._pending = b"hello from tls-like\n"
+
+    def readable(self) -> bool:
+        return True if self._handshake_done else True
+
+    def writable(self) -> bool:
+        return bool(self._pending) or not self._handshake_done
+
+
+class TLSLikeChannel(TLSLikeMixin, asyncore.dispatcher):
+    def handle_write(self) -> None:
+        self._handshake_done = True
+        if self._pending:
+            sent = self.send(self._pending)
+            self._pending = self._pending[sent:]
+
+    def handle_read(self) -> None:
+        data = self.recv(4096)
+        if data:
+            self._pending += data
+
+
+class TLSLikeServer(TLSLikeMixin, asyncore.dispatcher):
+    def __init__(self, map: Any) -> None:
+        super().__init__(map=map)
+        self.create_socket()
+        self.bind(("127.0.0.1", 0))
+        self.listen(8)
+        self.channels: List[Any] = []
+
+    def writable(self) -> bool:
+        return False
+
+    def handle_accepted(self, sock: Any, addr: Any) -> None:
+        self.channels.append(TLSLikeChannel(sock, map=self._map))
+
+
+@pytest.mark.parametrize("scan", [True, False])
+def test_tls_mixin_predicates_read_state_set_after_init(poller_name, scan, capsys):
+    lp = netloop.Loop(poller=poller_name, scan=scan)
+    clients: List[socket.socket] = []
+    try:
+        server = TLSLikeServer(lp.map)  # registered while the loop is not set up yet
+        lp.run_once(0)
+        for i in range(3):  # accepted inside the listener's handler: the loop is set up
+            c = socket.create_connection(server.socket.getsockname())
+            c.setblocking(False)
+            clients.append(c)
+        got = [bytearray() for _ in clients]
+
+        def receive() -> None:
+            for c, g in zip(clients, got):
+                try:
+                    g.extend(c.recv(4096))
+                except BlockingIOError:
+                    pass
+
+        def greeted() -> bool:
+            receive()
+            return all(g == b"hello from tls-like\n" for g in got)
+
+        run_until(lp, greeted)
+        out = capsys.readouterr().out
+        assert "AttributeError" not in out and "uncaptured" not in out, out
+        assert server.accepting and server._fileno in lp.map  # the listener survived
+        clients[0].send(b"echo me")
+        run_until(lp, lambda: receive() or got[0].endswith(b"echo me"))
+    finally:
+        for c in clients:
+            c.close()
+        for obj in list(lp.map.values()):
+            obj.close()
+        lp.close()
+
+
+class CoreLate(netloop.Dispatcher):
+    """The same pattern on the core class: predicates read state set after connect()."""
+
+    def __init__(self, address: Any, map: Any) -> None:
+        super().__init__(map=map)
+        self.create_socket()
+        self.connect(address)
+        self.outgoing = b"ping"
+        self.got = b""
+
+    def readable(self) -> bool:
+        return not self.got
+
+    def writable(self) -> bool:
+        return bool(self.outgoing)
+
+    def handle_connect(self) -> None:
+        pass
+
+    def handle_write(self) -> None:
+        self.outgoing = self.outgoing[self.send(self.outgoing):]
+
+    def handle_read(self) -> None:
+        self.got += self.recv(100)
+
+
+def test_core_predicates_never_asked_inside_registration(loop):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    made: List[Any] = []
+    try:
+        loop.run_once(0)  # set up
+        loop.call_soon(lambda: made.append(CoreLate(listener.getsockname(), loop.map)))
+        loop.run_once(0)
+        assert made and made[0]._fileno in loop.map  # not closed by an AttributeError
+        peer, _ = listener.accept()
+        with peer:
+            peer.setblocking(False)
+            got = bytearray()
+            run_until(loop, lambda: recv_some(peer, got) or got == b"ping")
+            peer.send(b"pong")
+            run_until(loop, lambda: made[0].got == b"pong")
+    finally:
+        listener.close()
+
+
+# ---------------------------------------------------------------- 11.2: dispatcher with no socket
+
+@pytest.mark.parametrize("set_up_first", [False, True])
+def test_add_channel_without_socket(poller_name, set_up_first, monkeypatch):
+    """Stored under None as asyncore did, never polled, whatever ran before (test order)."""
+    monkeypatch.setenv("NETLOOP_POLLER", poller_name)
+    a, b = socket.socketpair()
+    reader = None
+    try:
+        if set_up_first:
+            reader = Trigger(a, None, lambda: None)  # in the global socket_map
+            asyncore.loop(timeout=0, count=1)  # the socket_map's loop is set up
+            assert reactor.get_loop()._acquired
+        d = asyncore.dispatcher()
+        d.add_channel()
+        assert asyncore.socket_map[None] is d
+        if reader is not None:
+            b.send(b"x")
+            asyncore.loop(timeout=1, count=1)
+            assert reader.made == [None]
+        else:
+            asyncore.poll(0)  # a pass over a map holding only the socketless entry
+        d.del_channel()
+        assert None not in asyncore.socket_map
+    finally:
+        asyncore.socket_map.pop(None, None)
+        if reader is not None:
+            reader.close()
+        else:
+            a.close()
+        b.close()
+        reactor.get_loop()._maybe_release()
+
+
+# ---------------------------------------------------------------- 11.3: socket keys, one-shot maps
+
+class Bot(asyncore.dispatcher):
+    """A chat bot's connection: it polls a map of its own socket on every tick."""
+
+    def __init__(self, sock: Any) -> None:
+        asyncore.dispatcher.__init__(self, sock, map={})
+        self.lines = b""
+
+    def writable(self) -> bool:
+        return False
+
+    def handle_read(self) -> None:
+        self.lines += self.recv(4096)
+
+    def tick(self, how: str) -> None:
+        if how == "poll":
+            asyncore.poll(0.02, map={self.socket: self})
+        elif how == "poll2":
+            asyncore.poll2(0.02, map={self.socket: self})
+        else:
+            asyncore.loop(timeout=0.02, map={self.socket: self}, count=1)
+
+
+@pytest.mark.parametrize("how", ["poll", "poll2", "loop"])
+def test_map_keyed_by_socket_objects(poller_name, how, monkeypatch):
+    monkeypatch.setenv("NETLOOP_POLLER", poller_name)
+    a, b = socket.socketpair()
+    bot = Bot(a)
+    try:
+        b.send(b"PING :server\r\n")
+        for _ in range(200):
+            bot.tick(how)
+            if bot.lines:
+                break
+        assert bot.lines == b"PING :server\r\n"
+        b.send(b"PRIVMSG #x :hi\r\n")
+        for _ in range(200):
+            bot.tick(how)
+            if bot.lines.endswith(b"hi\r\n"):
+                break
+        assert bot.lines.endswith(b"PRIVMSG #x :hi\r\n")
+    finally:
+        bot.close()
+        b.close()
+        reactor._release_abandoned()
+
+
+def test_one_shot_maps_leave_no_descriptors(poller_name, monkeypatch):
+    """A fresh map on every call: the descriptor count stays flat (issue: 3 leaked a call)."""
+    monkeypatch.setenv("NETLOOP_POLLER", poller_name)
+    a, b = socket.socketpair()
+    bot = Bot(a)
+    try:
+        for _ in range(50):
+            bot.tick("poll")
+        before, loops = _open_fds(), len(reactor._loops)
+        for i in range(5000):
+            asyncore.poll(0, map={bot.socket: bot})
+            if i % 1000 == 0:
+                asyncore.loop(timeout=0, map={bot.socket: bot}, count=1)
+                asyncore.poll2(0, {bot.socket: bot})
+        assert _open_fds() == before
+        assert len(reactor._loops) <= loops
+        b.send(b"still served")
+        for _ in range(100):
+            bot.tick("poll")
+            if bot.lines:
+                break
+        assert bot.lines == b"still served"
+    finally:
+        bot.close()
+        b.close()
+        reactor._release_abandoned()
+
+
+def test_long_lived_map_keeps_its_loop(poller_name):
+    """loop(count=1) on a map the program holds reuses one poller and one registration."""
+    m: dict = {}
+    a, b = socket.socketpair()
+    try:
+        reader = Trigger(a, m, lambda: None)
+        asyncore.loop(timeout=0, map=m, count=1, poller=poller_name)
+        lp = reactor.get_loop(m)
+        poller, masks = lp._poller, dict(lp._masks)
+        for _ in range(200):
+            asyncore.loop(timeout=0, map=m, count=1)
+            asyncore.poll(0, m)
+        reactor.get_loop({reader.socket: reader})  # a new implicit loop: the sweep runs
+        assert lp._acquired and lp._poller is poller and lp._masks == masks
+        b.send(b"x")
+        asyncore.loop(timeout=1, map=m, count=1)
+        assert reader.made == [None]
+    finally:
+        asyncore.close_all(map=m)
+        b.close()
+        reactor._release_abandoned()

@@ -1,0 +1,277 @@
+"""Loop control that cannot hang (issue 11, items 4-6): stop() before a run, re-entrant and
+concurrent runs, a Loop wherever a map is taken, and an unknown poller name."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+from typing import Any, List
+
+import pytest
+
+import netloop
+import netloop.asyncore as asyncore
+from netloop import reactor
+from coresupport import CountingPoller, Echo, recv_some
+from support import run_until
+
+pytestmark = pytest.mark.timeout(20)
+
+
+def counting_loop(poller_name: str) -> Any:
+    poller = CountingPoller(poller_name)
+    return netloop.Loop(poller=poller), poller
+
+
+# ---------------------------------------------------------------- 11.4: stop() before a run
+
+@pytest.mark.parametrize("how", ["run_forever", "run", "loop"])
+def test_stop_before_run_returns_after_one_non_blocking_pass(poller_name, how):
+    lp, poller = counting_loop(poller_name)
+    a, b = socket.socketpair()
+    try:
+        Echo(a, map=lp.map)  # something to serve, so that run() and loop() do not return early
+        guard = lp.call_later(3.0, lp.stop)  # before the fix: the pass waited for this
+        lp.stop()
+        if how == "run_forever":
+            lp.run_forever()
+        elif how == "run":
+            lp.run()
+        else:
+            netloop.loop(map=lp.map, timeout=None)
+        assert poller.timeouts == [0]
+        assert guard.active
+        guard.cancel()
+        # The request was consumed: the next run blocks again (here until the guard fires).
+        lp.call_later(0.01, lp.stop)
+        lp.run_forever()
+        assert len(poller.timeouts) >= 2 and poller.timeouts[1] != 0
+    finally:
+        for obj in list(lp.map.values()):
+            obj.close()
+        lp.close()
+        b.close()
+
+
+def test_stop_before_run_on_an_empty_loop(poller_name):
+    lp, poller = counting_loop(poller_name)
+    try:
+        lp.stop()
+        lp.run_forever()  # used to block forever: nothing registered, no timer
+        assert poller.timeouts == [0]
+    finally:
+        lp.close()
+
+
+@pytest.mark.skipif(not hasattr(signal, "raise_signal"), reason="needs signal.raise_signal")
+@pytest.mark.parametrize("installed_by", ["python", "loop"])
+def test_sigterm_during_startup_is_not_lost(poller_name, installed_by):
+    lp, poller = counting_loop(poller_name)
+    old = signal.getsignal(signal.SIGTERM)
+    try:
+        if installed_by == "python":
+            signal.signal(signal.SIGTERM, lambda signum, frame: lp.stop())
+        else:
+            lp.add_signal_handler(signal.SIGTERM, lp.stop)
+        guard = lp.call_later(5.0, lp.stop)
+        signal.raise_signal(signal.SIGTERM)  # start-up is not over: no run yet
+        lp.run_forever()
+        assert guard.active, "the SIGTERM was lost; the guard timer ended the run"
+        guard.cancel()
+    finally:
+        if installed_by == "loop":
+            lp.remove_signal_handler(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, old)
+        lp.close()
+
+
+# ---------------------------------------------------------------- 11.5: re-entrant runs
+
+@pytest.mark.parametrize("inner", ["run", "run_forever", "run_once"])
+def test_run_from_a_callback_raises_and_outer_stop_works(poller_name, inner):
+    lp, poller = counting_loop(poller_name)
+    errors: List[BaseException] = []
+
+    def callback() -> None:
+        try:
+            if inner == "run_once":
+                lp.run_once(0)
+            else:
+                getattr(lp, inner)()
+        except RuntimeError as err:
+            errors.append(err)
+        lp.stop()
+
+    try:
+        guard = lp.call_later(5.0, lp.stop)
+        lp.call_soon(callback)
+        lp.run_forever()
+        assert guard.active, "the outer run_forever() did not see its stop()"
+        guard.cancel()
+        assert len(errors) == 1 and "already running" in str(errors[0])
+        assert lp.thread_id is None and not lp.running
+    finally:
+        lp.close()
+
+
+def test_run_from_another_thread_raises(poller_name):
+    lp, poller = counting_loop(poller_name)
+    started = threading.Event()
+    errors: List[BaseException] = []
+    lp.call_soon(started.set)
+    runner = threading.Thread(target=lp.run_forever)
+    runner.start()
+    try:
+        assert started.wait(5)
+        for call in (lambda: lp.run_once(0), lambda: lp.run(count=1), lp.run_forever):
+            try:
+                call()
+            except RuntimeError as err:
+                errors.append(err)
+        assert len(errors) == 3
+        assert all("another thread" in str(err) for err in errors)
+        assert lp.running
+    finally:
+        lp.stop()
+        runner.join(5)
+        lp.close()
+    assert not runner.is_alive()
+
+
+def test_legacy_loop_nested_in_a_handler_keeps_outer_stop(poller_name):
+    """asyncore.loop()/poll() from a handler run nested passes, as asyncore did, and leave
+    the outer run's stop() and thread in place."""
+    lp, poller = counting_loop(poller_name)
+    a, b = socket.socketpair()
+    seen: List[Any] = []
+
+    class Nester(netloop.Dispatcher):
+        def writable(self) -> bool:
+            return False
+
+        def handle_read(self) -> None:
+            self.recv(10)
+            lp.stop()
+            asyncore.poll(0, map=lp.map)
+            netloop.loop(timeout=0, map=lp.map, count=2)
+            seen.append(lp.thread_id)
+
+    try:
+        Nester(a, map=lp.map)
+        guard = lp.call_later(5.0, lp.stop)
+        b.send(b"x")
+        lp.run_forever()
+        assert guard.active, "a nested legacy pass consumed the outer stop()"
+        guard.cancel()
+        assert seen == [threading.get_ident()]
+    finally:
+        for obj in list(lp.map.values()):
+            obj.close()
+        lp.close()
+        b.close()
+
+
+def test_stop_from_another_thread_between_passes_is_not_lost(poller_name):
+    """Replays the interleaving: stop() runs in another thread after one pass has ended and
+    before the next one polls (the loop is not "in a pass", so nothing wakes it)."""
+    lp, poller = counting_loop(poller_name)
+    calls = [0]
+    real_pass = lp._pass
+
+    def pass_with_stop_between(timeout: Any) -> None:
+        calls[0] += 1
+        if calls[0] == 2:
+            lp._running -= 1  # as between two passes of _run
+            stopper = threading.Thread(target=lp.stop)
+            stopper.start()
+            stopper.join()
+            lp._running += 1
+        real_pass(timeout)
+
+    lp._pass = pass_with_stop_between  # type: ignore[method-assign]
+    try:
+        guard = lp.call_later(5.0, lp.stop)
+        lp.call_soon(lambda: None)  # first pass: does not block
+        lp.run_forever()
+        assert guard.active, "the stop() between two passes was lost"
+        guard.cancel()
+        assert calls[0] == 2 and poller.timeouts[-1] == 0
+    finally:
+        lp.close()
+
+
+def test_run_forever_in_thread_stopped_from_outside(poller_name):
+    """The plain case, many times: no stop() is lost whatever the timing."""
+    lp, poller = counting_loop(poller_name)
+    try:
+        for _ in range(50):
+            runner = threading.Thread(target=lp.run_forever)
+            runner.start()
+            lp.stop()
+            runner.join(5)
+            assert not runner.is_alive()
+    finally:
+        lp.close()
+
+
+# ---------------------------------------------------------------- 11.6: a Loop where a map goes
+
+def test_dispatcher_accepts_a_loop_as_map(loop):
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    try:
+        echo = Echo(a, map=loop)
+        legacy = asyncore.dispatcher_with_send(c, map=loop)
+        assert loop.map[echo._fileno] is echo and echo._map is loop.map
+        assert loop.map[legacy._fileno] is legacy
+        assert reactor.get_loop(loop) is loop
+        b.send(b"hi")
+        b.setblocking(False)
+        got = bytearray()
+        run_until(loop, lambda: recv_some(b, got) or got == b"hi")
+        netloop.loop(map=loop, count=1, timeout=0)
+        asyncore.poll(0, map=loop)
+        legacy.del_channel(map=loop)
+        assert legacy._fileno is None and c.fileno() not in loop.map
+        asyncore.close_all(map=loop)
+        assert not loop.map
+    finally:
+        for s in (b, c, d):
+            s.close()
+
+
+@pytest.mark.parametrize("bad", [42, "socket_map", [1, 2]])
+def test_bad_map_fails_with_what_to_pass(bad):
+    with pytest.raises(TypeError) as info:
+        netloop.Dispatcher(map=bad)
+    assert "netloop.Loop" in str(info.value) and "dict" in str(info.value)
+    with pytest.raises(TypeError):
+        netloop.loop(map=bad, count=1)
+    with pytest.raises(TypeError):
+        netloop.Loop(bad)
+
+
+def test_unknown_poller_fails_when_the_loop_is_made():
+    with pytest.raises(ValueError) as info:
+        netloop.Loop(poller="epol")
+    message = str(info.value)
+    assert "epol" in message
+    for name in netloop.available_pollers():
+        assert name in message
+    lp = netloop.Loop()
+    try:
+        with pytest.raises(ValueError):
+            lp.set_poller("nope")
+        a, b = socket.socketpair()
+        try:
+            Echo(a, map=lp.map)
+            with pytest.raises(ValueError):
+                netloop.loop(map=lp.map, count=1, poller="nope")
+        finally:
+            for obj in list(lp.map.values()):
+                obj.close()
+            b.close()
+    finally:
+        lp.close()
+
