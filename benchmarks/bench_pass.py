@@ -16,7 +16,9 @@ asyncore and asyncore-poll (the same legacy code on the stdlib's asyncore, selec
 one loop(count=1) per pass; Python 3.11 and older), aio and aio-uvloop (the same legacy code on
 netloop.asyncore, its map attached to an asyncio / uvloop loop with netloop.aio; a pass is one
 iteration of that loop), protocol and protocol-uvloop (an asyncio Protocol echo, as
-servers.py's asyncio/uvloop kinds, on the same kind of loop, one iteration per pass).
+servers.py's asyncio/uvloop kinds, on the same kind of loop, one iteration per pass), reader and
+reader-uvloop (a bare add_reader callback per socket doing recv/send: the floor for anything
+hosted through add_reader).
 Environment: N (connections, default 100), ROUNDS (default 2000).
 """
 
@@ -80,6 +82,26 @@ def main() -> int:
                 if data:
                     s.send(data)
         cleanup.append(ep.close)
+    elif which in ("reader", "reader-uvloop"):
+        # The floor for anything hosted through add_reader: a bare callback per socket.
+        ev = _event_loop(which)
+
+        def echo(s: socket.socket) -> None:
+            data = s.recv(65536)
+            if data:
+                s.send(data)
+        for a, _ in pairs:
+            ev.add_reader(a.fileno(), echo, a)
+
+        def one_pass() -> None:
+            ev.stop()
+            ev.run_forever()
+
+        def unregister() -> None:
+            for a, _ in pairs:
+                ev.remove_reader(a.fileno())
+            ev.close()
+        cleanup.append(unregister)
     elif which in ("protocol", "protocol-uvloop"):
         import asyncio
         ev = _event_loop(which)
@@ -87,6 +109,8 @@ def main() -> int:
         class EchoProtocol(asyncio.Protocol):
             def connection_made(self, transport):  # type: ignore[no-untyped-def]
                 self.transport = transport
+                if hasattr(transport, "max_size"):  # as servers.py: 64 KiB reads, not 256
+                    transport.max_size = 65536
 
             def data_received(self, data: bytes) -> None:
                 self.transport.write(data)

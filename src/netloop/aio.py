@@ -60,7 +60,7 @@ from .pollers import INVALID, READ, WRITE
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Awaitable, Callable, Dict, Optional, Union
+    from typing import Any, Awaitable, Callable, Dict, Optional, Tuple, Union
 
     from .reactor import ChannelMap, Loop
 
@@ -121,10 +121,10 @@ class AsyncioPoller:
         ev = self.event_loop
         try:
             if mask & READ:
-                ev.add_reader(fd, self._read_cb, fd)
+                ev.add_reader(fd, self._read_cb, ((fd, READ),))
             if mask & WRITE:
                 try:
-                    ev.add_writer(fd, self._write_cb, fd)
+                    ev.add_writer(fd, self._write_cb, ((fd, WRITE),))
                 except BaseException:
                     if mask & READ:
                         self._remove(ev.remove_reader, fd)
@@ -148,12 +148,12 @@ class AsyncioPoller:
         ev = self.event_loop
         if (mask ^ old) & READ:
             if mask & READ:
-                ev.add_reader(fd, self._read_cb, fd)
+                ev.add_reader(fd, self._read_cb, ((fd, READ),))
             else:
                 self._remove(ev.remove_reader, fd)
         if (mask ^ old) & WRITE:
             if mask & WRITE:
-                ev.add_writer(fd, self._write_cb, fd)
+                ev.add_writer(fd, self._write_cb, ((fd, WRITE),))
             else:
                 self._remove(ev.remove_writer, fd)
         self._masks[fd] = mask
@@ -284,26 +284,28 @@ class AsyncioPoller:
                 pass  # the asyncio loop is closed, or not in the main thread any more
 
     # ------------------------------------------------------------------ callbacks
-    def _read_ready(self, fd: int) -> None:
+    def _read_ready(self, events: Tuple[Tuple[int, int]]) -> None:
+        # events: ((fd, READ),), made once at registration (no tuples built per event)
         if self._hold:
             return  # a driven run did its pass; level-triggered, this comes again
         lp = self._lp
         lp._running += 1
         try:
-            lp._dispatch(((fd, READ),))
+            lp._dispatch(events)
         finally:
             lp._running -= 1
         if (lp._ready or lp._slow or lp._timers._live or self._driving or lp._stopping
                 or len(lp.map) != len(lp._objs)):
             self._after(True)
 
-    def _write_ready(self, fd: int) -> None:
+    def _write_ready(self, events: Tuple[Tuple[int, int]]) -> None:
+        # events: ((fd, WRITE),), made once at registration (no tuples built per event)
         if self._hold:
             return  # a driven run did its pass; level-triggered, this comes again
         lp = self._lp
         lp._running += 1
         try:
-            lp._dispatch(((fd, WRITE),))
+            lp._dispatch(events)
         finally:
             lp._running -= 1
         if (lp._ready or lp._slow or lp._timers._live or self._driving or lp._stopping
