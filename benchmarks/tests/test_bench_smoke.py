@@ -160,6 +160,15 @@ def test_in_process_benches(script):
         assert "us CPU per" in proc.stdout
 
 
+def test_idle_cpu_bench():
+    env = dict(os.environ, N="20", SECONDS="0.2")
+    proc = subprocess.run([sys.executable, os.path.join(BENCH_DIR, "bench_idle_cpu.py")],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "20 idle connections" in proc.stdout and "% CPU" in proc.stdout
+
+
 def test_tls_rows_netloop_and_asyncio(loadgen):
     # The TLS rows (tls-pp100, tls-stream64k, tls-connrate) in miniature: the load generator
     # speaks TLS to netloop's CLI echo and to asyncio, with a generated certificate.
