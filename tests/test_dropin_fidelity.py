@@ -392,3 +392,49 @@ def test_long_lived_map_keeps_its_loop(poller_name):
         asyncore.close_all(map=m)
         b.close()
         reactor._release_abandoned()
+
+
+@pytest.mark.parametrize("scan", [True, False])
+def test_predicates_asked_on_a_hosted_loop(scan):
+    """The same on a loop hosted by asyncio (netloop.aio): a channel whose predicates are
+    its own is asked in the driver's service step, never at registration."""
+    import asyncio
+
+    import netloop.aio
+    ev = asyncio.new_event_loop()
+    lp = netloop.Loop(scan=scan)
+    handle = netloop.aio.attach(lp, event_loop=ev)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    made: List[Any] = []
+
+    def drive(condition: Any) -> None:  # asyncio runs, netloop's own run_once() does not
+        async def wait() -> None:
+            for _ in range(500):
+                if condition():
+                    return
+                await asyncio.sleep(0.01)
+            raise AssertionError("condition not reached")
+        ev.run_until_complete(wait())
+
+    try:
+        lp.call_soon(lambda: made.append(CoreLate(listener.getsockname(), lp.map)))
+        drive(lambda: bool(made))
+        assert made[0]._fileno in lp.map
+        peer, _ = listener.accept()
+        with peer:
+            peer.setblocking(False)
+            got = bytearray()
+            drive(lambda: recv_some(peer, got) or got == b"ping")
+            peer.send(b"pong")
+            drive(lambda: made[0].got == b"pong")
+    finally:
+        for obj in list(lp.map.values()):
+            obj.close()
+        ev.stop()
+        ev.run_forever()
+        handle.detach()
+        lp.close()
+        ev.close()
+        listener.close()
