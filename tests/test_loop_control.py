@@ -275,3 +275,23 @@ def test_unknown_poller_fails_when_the_loop_is_made():
     finally:
         lp.close()
 
+
+
+def test_release_and_set_poller_refused_between_passes(poller_name):
+    """A run is running between its passes too: another thread cannot pull the poller away."""
+    lp, poller = counting_loop(poller_name)
+    started = threading.Event()
+    lp.call_soon(started.set)
+    runner = threading.Thread(target=lp.run_forever)
+    runner.start()
+    try:
+        assert started.wait(5)
+        with pytest.raises(RuntimeError):
+            lp.release()
+        with pytest.raises(RuntimeError):
+            lp.set_poller("select")
+    finally:
+        lp.stop()
+        runner.join(5)
+        lp.close()
+    assert not runner.is_alive()

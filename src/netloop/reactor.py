@@ -399,7 +399,7 @@ class Loop:
         For a loop that will be idle for long (a server between ``serve_forever()`` calls).
         Channels stay in the map and are registered again on the next pass.
         """
-        if self._running:
+        if self.running:
             raise RuntimeError("cannot release a running loop")
         self._release()
 
@@ -459,7 +459,7 @@ class Loop:
 
     def set_poller(self, poller: Union[None, str, Poller]) -> None:
         """Serve the map with another poller from the next pass on."""
-        if self._running:
+        if self.running:
             raise RuntimeError("cannot change the poller of a running loop")
         if isinstance(poller, str):
             by_name(poller)
