@@ -36,28 +36,45 @@ serves a map implicitly (``get_loop``, ``loop()``), given back when the map is e
 is scheduled, or when nobody but the loop holds the map any more (a map made for one call), so
 short-lived maps leak no descriptors. ``Loop(map)`` made by the user keeps them until
 ``close()``.
+
+The parts of ``Loop``, one module each, each built on the one before (``Loop`` is the last):
+services.py (timers, queued calls, wake-up, signals), interest.py (the per-fd interest table
+and ``_dispatch``, the one dispatch path), driver.py (``run``/``run_once``/``_pass``: waiting on
+the poller). This module holds the class that joins them: the map's registry (``get_loop``),
+the kernel objects and their life (acquire, release, fork, close), and asyncore's ``loop()``.
+A second driver, netloop.aio, serves the same interest table and services from asyncio.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
-import threading
 import time
 import weakref
 from _weakref import _remove_dead_weakref  # type: ignore[attr-defined]
 from _thread import allocate_lock
-from _thread import get_ident as _get_ident
 from collections import deque
-from errno import EBADF
 
 from ._lazy import lazy_aliases
-from .errors import DISCONNECTED, RERAISED
-from .pollers import (CLOSED_MASK, ERROR, HANGUP, INVALID, PRIORITY, READ, READ_MASK, WRITE,
-                      FDSetSizeError, SelectPoller, by_name, create)
-from .timers import TimerHandle, TimerQueue
+from .driver import PollDriver
+# Defined with the part of the loop they belong to (interest.py, services.py); importable from
+# here as before.
+from .interest import PAUSED_AT_EOF as PAUSED_AT_EOF
+from .interest import PAUSED_BY_QUEUE as PAUSED_BY_QUEUE
+from .interest import PAUSED_BY_USER as PAUSED_BY_USER
+from .interest import PAUSED_RESTING as PAUSED_RESTING
+from .interest import _abandon as _abandon
+from .interest import _close_retired as _close_retired
+from .interest import _describe as _describe
+from .interest import _detach as _detach
+from .interest import _key_fd as _key_fd
+from .interest import _route_failure as _route_failure
+from .interest import _set_paused as _set_paused
+from .pollers import READ, by_name, create
+from .services import _ignore_in_frame as _ignore_in_frame
+from .services import logger as logger
+from .timers import TimerQueue
 from .waker import Waker
 
 TYPE_CHECKING = False
@@ -71,19 +88,9 @@ else:
     # Type aliases only (typing is not needed at run time; see _lazy).
     __getattr__ = lazy_aliases(globals(), ChannelMap=lambda t: t.MutableMapping[int, t.Any])
 
-# logging, signal and threading are imported up front: a fault path (running out of
-# descriptors) must never need an import, which opens files.
-logger = logging.getLogger("netloop")
 
 __all__ = ["Loop", "get_loop", "loop", "socket_map", "ChannelMap"]
 
-#: Reasons a channel does not read (bits of ``channel._nl_paused``; it reads when none holds):
-#: ``Loop.pause_reading()``; its output queue over the high watermark; end of input seen;
-#: a listener resting after accept() failed or a connection limit was reached.
-PAUSED_BY_USER = 1
-PAUSED_BY_QUEUE = 2
-PAUSED_AT_EOF = 4
-PAUSED_RESTING = 8
 
 #: The process-wide default channel map (asyncore's ``socket_map``).
 socket_map: Dict[int, Any] = {}
@@ -147,42 +154,6 @@ def get_loop(map: Optional[ChannelMap] = None) -> "Loop":
 _getrefcount = getattr(sys, "getrefcount", None)
 
 
-def _key_fd(key: Any) -> Optional[int]:
-    """The descriptor of a map key that is not an int (a socket object), None if none."""
-    if key is None:
-        return None
-    try:
-        fd = key.fileno()
-    except (AttributeError, OSError, ValueError):
-        return None
-    return fd if type(fd) is int and fd >= 0 else None
-
-
-def _detach(sock: Any) -> None:
-    """Make a socket object forget its descriptor without closing it."""
-    detach = getattr(sock, "detach", None)
-    if detach is not None:
-        try:
-            detach()
-        except (OSError, ValueError):
-            pass
-
-
-def _close_retired(obj: Any) -> None:
-    """Tell a channel retired by the loop (its descriptor was lost) that it is closed."""
-    try:
-        obj.handle_close()
-    except RERAISED:
-        raise
-    except BaseException:
-        logger.error("netloop: exception closing retired channel %s", type(obj).__name__,
-                     exc_info=True)
-        try:
-            obj.close()
-        except Exception:
-            pass
-
-
 def _release_abandoned() -> None:
     """Give back the kernel objects of implicit loops whose map nobody holds any more.
 
@@ -204,7 +175,7 @@ def _release_abandoned() -> None:
             lp._release()
 
 
-class Loop:
+class Loop(PollDriver):
     """An event loop over one channel map.
 
     ``map``: the channel map to serve (a new empty dict when None). ``poller``: a poller name
@@ -306,10 +277,6 @@ class Loop:
     def scan(self, value: bool) -> None:
         self._scan_asked = bool(value)
         self._recompute_slow()
-
-    def _recompute_slow(self) -> None:
-        self._slow = (not self._acquired or (bool(self._asked) and self._scan_asked)
-                      or bool(self._to_ask) or bool(self._bad) or self._stopping)
 
     # ------------------------------------------------------------------ kernel objects
     def _acquire(self) -> None:
@@ -505,756 +472,6 @@ class Loop:
         state = "closed" if self._closed else ("running" if self._running else "idle")
         return "<netloop.Loop %s %s channels=%d>" % (name, state, len(self.map))
 
-    # ------------------------------------------------------------------ interest
-    def _add(self, key: Any, obj: Any) -> None:
-        """Register the channel the map holds under ``key``. Never calls its predicates."""
-        old = self._objs.get(key)
-        if old is not None:
-            if old is obj:
-                return
-            self._discard(key)
-            if type(key) is int:
-                self._retire_stale(key, old, obj)
-        self._objs[key] = obj
-        if type(key) is int:
-            fd = key
-            try:
-                obj._nl_loop = self
-            except AttributeError:
-                pass
-        else:
-            # A socket object as the key (select() took anything with fileno()), or None (a
-            # dispatcher with no socket: held, never watched). Such a map is usually made for
-            # one call; the channel's own loop, if it has one, keeps hearing from it.
-            found = _key_fd(key)
-            if found is None or found in self._objs:
-                return
-            fd = found
-            self._alias[fd] = key
-            if getattr(obj, "_nl_loop", None) is None:
-                try:
-                    obj._nl_loop = self
-                except AttributeError:
-                    pass
-        cls = type(obj)
-        if getattr(cls, "_nl_plain_read", False):
-            self._direct.add(fd)
-        else:
-            self._direct.discard(fd)
-        if getattr(cls, "_nl_known", False):
-            self._set_mask(fd, obj._nl_mask())
-        else:
-            # Asked at the start of the next pass, as asyncore asked, never here: the channel
-            # may be registering from inside its subclass's __init__, before that has set
-            # the state its readable()/writable() read.
-            self._asked[fd] = obj
-            self._to_ask.add(fd)
-            self._slow = True
-
-    def _retire_stale(self, fd: int, old: Any, new: Any) -> None:
-        """``new`` registers under ``fd`` while ``old`` still holds it: ``old``'s descriptor was
-        closed behind its back and the number reused (by accept(), say). Retire ``old``
-        without touching the descriptor, which is ``new``'s now."""
-        sock = getattr(old, "socket", None)
-        if sock is None or sock is getattr(new, "socket", None):
-            return  # a foreign object replaced by hand, or a socket handed over: not stale
-        try:
-            claimed = sock.fileno()
-        except Exception:
-            claimed = -1
-        if claimed not in (fd, -1):
-            return
-        logger.warning("netloop: fd %d was closed behind the back of its %s channel and now "
-                       "belongs to a new %s; retiring the old channel",
-                       fd, type(old).__name__, type(new).__name__)
-        # Detached, not closed: closing it (or its garbage collection) would close the new
-        # connection's descriptor.
-        _detach(sock)
-        try:
-            old._fileno = None
-        except AttributeError:
-            pass
-        self._ready.append((_close_retired, (old,)))
-        self._slow = True
-
-    def _discard(self, key: Any) -> None:
-        obj = self._objs.pop(key, None)
-        fd: int
-        if type(key) is int:
-            fd = key
-            if obj is None and fd in self._alias:  # a socket-keyed entry, named by its fd
-                key = self._alias.pop(fd)
-                obj = self._objs.pop(key, None)
-        else:
-            found: Optional[int] = None
-            for afd, akey in self._alias.items():
-                if akey is key:
-                    found = afd
-                    break
-            if found is None:  # None, or a key never watched
-                if obj is not None and getattr(obj, "_nl_loop", None) is self:
-                    obj._nl_loop = None
-                return
-            fd = found
-            del self._alias[fd]
-        if self._asked.pop(fd, None) is not None and not self._asked:
-            self._recompute_slow()
-        self._to_ask.discard(fd)
-        self._direct.discard(fd)
-        if self._masks.pop(fd, 0) and self._poller is not None:
-            self._poller.unregister(fd)
-        if self._dispatching:
-            self._closed_fds.add(fd)
-        if obj is not None and getattr(obj, "_nl_loop", None) is self:
-            try:
-                obj._nl_loop = None
-            except AttributeError:
-                pass
-        if not self.map and not self._running:
-            self._maybe_release()
-
-    def _update(self, obj: Any) -> None:  # obj: a registered channel
-        """A channel's interest may have changed: re-register it if it did.
-
-        A channel whose predicates are its own is not asked here (this runs inside connect(),
-        listen() and the like, maybe before its __init__ is done) but at the start of the
-        next pass.
-        """
-        fd = obj._fileno
-        if self._objs.get(fd) is not obj:
-            key = self._alias.get(fd) if fd is not None else None
-            if key is None or self._objs.get(key) is not obj:
-                return
-        if fd in self._asked:
-            self._to_ask.add(fd)
-            self._slow = True
-        else:
-            self._set_mask(fd, obj._nl_mask())  # type: ignore[union-attr]  # mypy narrows Any
-
-    def _reask(self, fd: int, obj: Any) -> None:
-        """Ask a channel's predicates now (after its own events) and re-register on change."""
-        key = self._alias.get(fd, fd) if self._alias else fd
-        if self._objs.get(key) is obj:
-            mask = self._ask(obj, self._masks.get(fd, 0))
-            if self._objs.get(key) is obj:
-                self._set_mask(fd, mask)
-
-    def _ask_pending(self) -> None:
-        """Ask the channels registered (or changed) since the last pass."""
-        fds = list(self._to_ask)
-        self._to_ask.clear()
-        asked = self._asked
-        for fd in fds:
-            obj = asked.get(fd)
-            if obj is not None:
-                self._reask(fd, obj)
-
-    def _ask(self, obj: Any, current: int) -> int:
-        try:
-            mask = READ_MASK if obj.readable() and not getattr(obj, "_nl_paused", 0) else 0
-            if obj.writable() and not getattr(obj, "accepting", False):
-                mask |= WRITE
-        except RERAISED:
-            raise
-        except BaseException as err:
-            _route_failure(obj, err, self)
-            return current
-        return mask
-
-    def _set_mask(self, fd: int, mask: int) -> None:
-        masks = self._masks
-        old = masks.get(fd, 0)
-        if mask == old:
-            return
-        poller = self._poller
-        assert poller is not None
-        try:
-            if not old:
-                poller.register(fd, mask)
-                if self._fd_refusals:
-                    self._end_fd_refusals(fd)
-            elif not mask:
-                poller.unregister(fd)
-            else:
-                poller.modify(fd, mask)
-        except FDSetSizeError as err:
-            self._refuse_fd(fd, err)
-            return
-        except (OSError, ValueError) as err:
-            # A descriptor closed behind the channel's back (poll would say POLLNVAL), or one
-            # the poller cannot watch (select's FD_SETSIZE: ValueError).
-            if getattr(err, "errno", None) != EBADF:  # else logged as closed, by _lost()
-                logger.warning("netloop: cannot watch fd %d (%s); closing its channel", fd, err)
-            masks.pop(fd, None)
-            self._bad.append(fd)
-            self._slow = True
-            return
-        if mask:
-            masks[fd] = mask
-        else:
-            del masks[fd]
-
-    def _refuse_fd(self, fd: int, err: FDSetSizeError) -> None:
-        # Past FD_SETSIZE every new connection is refused until lower descriptors are free
-        # again: a server under load would log one line per connection, so log the first
-        # refusal of an episode and count the rest. The channel is closed all the same.
-        if not self._fd_refusals:
-            logger.warning("netloop: cannot watch fd %d (%s); closing channels whose "
-                           "descriptors select() cannot watch until it can watch new ones "
-                           "again", fd, err)
-        self._fd_refusals += 1
-        self._masks.pop(fd, None)
-        self._bad.append(fd)
-        self._slow = True
-
-    def _end_fd_refusals(self, fd: int) -> None:
-        logger.warning("netloop: select() watches new descriptors again (fd %d); %d channel(s) "
-                       "closed because their descriptors were too large", fd, self._fd_refusals)
-        self._fd_refusals = 0
-
-    def _reconcile(self) -> None:
-        map = self.map
-        objs = self._objs
-        for key in [key for key, obj in objs.items() if map.get(key) is not obj]:
-            self._discard(key)
-        for key, obj in list(map.items()):
-            if objs.get(key) is not obj:
-                self._add(key, obj)
-
-    def _scan(self) -> None:
-        # Every pass for legacy code (asked channels, scan=True): keep the loop body lean.
-        objs = self._objs
-        masks = self._masks
-        if self._to_ask:
-            self._to_ask.clear()
-        if self._alias:
-            for fd, obj in list(self._asked.items()):
-                self._reask(fd, obj)
-            return
-        for fd, obj in list(self._asked.items()):
-            if objs.get(fd) is obj:
-                current = masks.get(fd, 0)
-                mask = self._ask(obj, current)
-                if mask != current and objs.get(fd) is obj:
-                    self._set_mask(fd, mask)
-
-    def pause_reading(self, channel: Any, delay: Optional[float] = None) -> None:
-        """Stop reading from ``channel`` (for ``delay`` seconds, or until ``resume_reading``).
-
-        Only read interest is taken away: a channel with queued output goes on writing it, so
-        pausing a channel never stops its queue from draining. This pause is the user's own
-        reason; reading paused by a full output queue (see ``BufferedDispatcher``'s
-        watermarks) or at end of input is counted apart, and the channel reads again only when
-        no reason holds.
-        """
-        _set_paused(channel, PAUSED_BY_USER, True, self)
-        if delay is not None:
-            self.call_later(delay, self.resume_reading, channel)
-
-    def resume_reading(self, channel: Any) -> None:
-        """End a ``pause_reading()``: the channel reads again unless another reason holds."""
-        _set_paused(channel, PAUSED_BY_USER, False, self)
-
-    # ------------------------------------------------------------------ running
-    def run_once(self, timeout: Optional[float] = None) -> Optional[float]:
-        """Run one pass: poll (at most ``timeout`` seconds; None blocks until an event or the
-        next timer, 0 never blocks), dispatch the events, run due timers and queued calls.
-
-        Returns the delay until the next timer (0 if calls are queued), None if none is pending.
-        RuntimeError if the loop is running already (see ``run()``). A ``stop()`` asked for
-        before the call makes this pass not block, and is consumed by it.
-        """
-        lock = self._claim(False)
-        self._running += 1
-        try:
-            self._pass(timeout)
-        finally:
-            self._running -= 1
-            self._stopping = False
-            self._thread_id = None
-            lock.release()
-        if self._ready:
-            return 0.0
-        timers = self._timers
-        if timers._live:
-            deadline = timers.next_deadline()
-            if deadline is not None:
-                return max(0.0, deadline - self._clock())
-        return None
-
-    def _prepare(self, timeout: Optional[float]) -> Optional[float]:
-        """The slow half of a pass's set-up: kernel objects, map edits, asked channels, and
-        the poll timeout when timers or queued calls are pending."""
-        if not self._acquired:
-            self._acquire()
-        if len(self.map) != len(self._objs):
-            self._reconcile()
-        if self._asked and self._scan_asked:
-            self._scan()
-        elif self._to_ask:
-            self._ask_pending()
-        self._recompute_slow()
-        if self._ready or self._bad or self._stopping:
-            return 0  # a stop() asked for before or during set-up: this pass must not block
-        timers = self._timers
-        if timers._live:
-            deadline = timers.next_deadline()
-            if deadline is not None:
-                delay = deadline - self._clock()
-                if delay < 0:
-                    delay = 0
-                if timeout is None or delay < timeout:
-                    timeout = delay
-        if timeout is not None and timeout < 0:
-            timeout = 0
-        return timeout
-
-    def _pass(self, timeout: Optional[float]) -> None:
-        # The hot path. One flag test covers the rare set-up work; the events go to _dispatch
-        # (one call per pass, shared with netloop.aio's driver), which binds its locals once.
-        if self._slow or len(self.map) != len(self._objs) or self._ready or self._timers._live:
-            timeout = self._prepare(timeout)
-        elif timeout is not None and timeout < 0:
-            timeout = 0
-        try:
-            events = self._poller.poll(timeout)  # type: ignore[union-attr]
-        except OSError as err:
-            events = self._poll_failed(err)
-        if self._bad:
-            events = list(events)
-            events.extend((fd, INVALID) for fd in self._bad)
-            self._bad.clear()
-        if events:
-            self._dispatch(events)
-        if self._timers._live:
-            self._run_timers()
-        if self._ready:
-            self._run_ready()
-
-    def _dispatch(self, events: Any) -> None:
-        """Route readiness events ``[(fd, flags), ...]`` to the channels of the map.
-
-        The one dispatch path of every driver: ``_pass`` calls it with what the poller
-        returned, and a loop hosted by asyncio (``netloop.aio``) with each readiness callback.
-        """
-        get = self.map.get
-        closed = self._closed_fds
-        direct = self._direct
-        self._dispatching = True
-        try:
-            for fd, flags in events:
-                obj = get(fd)
-                if obj is None:
-                    if fd == self._wake_fd:
-                        self._on_wake()
-                        continue
-                    obj = self._aliased(fd)
-                    if obj is None:
-                        if fd in self._masks:
-                            # Removed from the map behind our back: stop watching it.
-                            self._discard(fd)
-                        continue
-                if closed and fd in closed:
-                    continue
-                if flags == READ:
-                    try:
-                        if fd in direct and obj.connected and not obj.accepting:
-                            obj.handle_read()
-                        else:
-                            obj.handle_read_event()
-                    except RERAISED:
-                        raise
-                    except BaseException as err:
-                        _route_failure(obj, err, self)
-                else:
-                    self._dispatch_flags(fd, obj, flags)
-        finally:
-            self._dispatching = False
-            self._accepted = None
-            self._accepted_by = None
-            if closed:
-                closed.clear()
-        if self._asked and not self._scan_asked:
-            asked = self._asked
-            for fd, _ in events:
-                obj = asked.get(fd)
-                if obj is not None:
-                    self._reask(fd, obj)
-
-    def _poll_failed(self, err: OSError) -> List[Tuple[int, int]]:
-        # select() fails as a whole (EBADF) when one registered fd was closed behind its
-        # channel's back: find it, stop watching it, and report it as poll(2) would (POLLNVAL).
-        poller = self._poller
-        if isinstance(poller, SelectPoller):
-            bad = poller.find_bad()
-            if bad:
-                for fd in bad:  # logged when the INVALID event is dispatched
-                    poller.unregister(fd)
-                    self._masks.pop(fd, None)
-                return [(fd, INVALID) for fd in bad]
-        raise err
-
-    def _aliased(self, fd: int) -> Any:
-        """The channel a map keyed by socket objects holds for ``fd``, else None."""
-        key = self._alias.get(fd)
-        if key is None:
-            return None
-        obj = self.map.get(key)
-        if obj is None or self._objs.get(key) is not obj:
-            return None
-        return obj
-
-    def _lost(self, fd: int, obj: Any) -> None:
-        """The poller says ``fd`` is not open (POLLNVAL, EBADF): it was closed behind the
-        channel's back. Log it, and detach the channel's socket object so that closing the
-        channel cannot close whatever file takes that number next."""
-        try:
-            os.fstat(fd)
-        except OSError:
-            pass
-        else:
-            return  # open, but refused by the poller (select's FD_SETSIZE): logged then
-        logger.warning("netloop: fd %d was closed behind its channel's back (%s); closing "
-                       "the channel", fd, type(obj).__name__)
-        sock = getattr(obj, "socket", None)
-        if sock is not None:
-            _detach(sock)
-
-    def _dispatch_flags(self, fd: int, obj: Any, flags: int) -> None:
-        get: Callable[[Any], Any] = self.map.get
-        closed = self._closed_fds
-        if self._alias and fd in self._alias:
-            key = self._alias[fd]
-            get = lambda _fd: self.map.get(key)  # noqa: E731
-        try:
-            if flags & INVALID:
-                self._lost(fd, obj)
-            if flags & (ERROR | HANGUP) and not self._hup_closes:
-                # select() semantics: a hung-up socket is simply readable and writable.
-                flags = (flags | (self._masks.get(fd, 0) & (READ | WRITE))) & ~(ERROR | HANGUP)
-            if flags & READ:
-                obj.handle_read_event()
-                if get(fd) is not obj or fd in closed:
-                    return
-            if flags & WRITE:
-                obj.handle_write_event()
-                if get(fd) is not obj or fd in closed:
-                    return
-            if flags & PRIORITY:
-                obj.handle_expt_event()
-                if get(fd) is not obj or fd in closed:
-                    return
-            if flags & CLOSED_MASK:
-                obj.handle_close()
-        except RERAISED:
-            raise
-        except BaseException as err:
-            _route_failure(obj, err, self)
-
-    def _on_wake(self) -> None:
-        assert self._waker is not None
-        for signum in self._waker.drain():
-            entry = self._signal_handlers.get(signum)
-            if entry is not None:
-                self._ready.append(entry)
-
-    def _run_timers(self) -> None:
-        for handle in self._timers.pop_due(self._clock()):
-            if handle.cancelled:
-                continue
-            try:
-                handle.callback(*handle.args)
-            except RERAISED:
-                raise
-            except BaseException:
-                self.handle_callback_error(handle.callback)
-
-    def _run_ready(self) -> None:
-        ready = self._ready
-        for _ in range(len(ready)):
-            fn, args = ready.popleft()
-            try:
-                fn(*args)
-            except RERAISED:
-                raise
-            except BaseException:
-                self.handle_callback_error(fn)
-
-    def handle_callback_error(self, callback: Callable[..., Any]) -> None:
-        """Called, inside the ``except`` block, when a timer or queued call raised.
-
-        The default logs the traceback to the ``netloop`` logger; the loop goes on. Override or
-        assign it to change that (re-raise to stop the loop).
-        """
-        logger.error("netloop: exception in callback %r", callback, exc_info=True)
-
-    def run(self, timeout: Optional[float] = None, count: Optional[int] = None) -> None:
-        """Serve channels, timers and queued calls until none is left, ``stop()`` is called,
-        or ``count`` passes have run. ``timeout`` caps each pass's wait (None: no cap).
-
-        A loop runs in one place at a time: called while it runs (from one of its callbacks,
-        or from another thread), ``run()``, ``run_forever()`` and ``run_once()`` raise
-        RuntimeError, as asyncio does, rather than nest (a nested run would take the outer
-        run's ``stop()``). Schedule work with ``call_soon()`` instead. The legacy
-        ``loop()``/``asyncore.poll()`` may still be called from a handler: that runs nested
-        passes, as asyncore did.
-        """
-        self._run(timeout, count, forever=False)
-
-    def run_forever(self, timeout: Optional[float] = None) -> None:
-        """Like ``run()`` but only ``stop()`` ends it, even when nothing is registered."""
-        self._run(timeout, None, forever=True)
-
-    def _claim(self, legacy: bool) -> Any:
-        """Make this thread the one running the loop: the lock to release at the end of the
-        run; None for a legacy nested run (this thread runs the loop already); RuntimeError
-        when a run may not start."""
-        lock = self._run_lock
-        if lock.acquire(False):
-            self._thread_id = _get_ident()
-            return lock
-        owner = self._thread_id
-        if owner == _get_ident():
-            if legacy:
-                return None
-            raise RuntimeError("this loop is already running: a callback cannot run it again "
-                               "(schedule work with call_soon(), end the run with stop())")
-        raise RuntimeError("this loop is already running in another thread (%s); hand it work "
-                           "with call_soon_threadsafe()" % owner)
-
-    def _run(self, timeout: Optional[float], count: Optional[int], forever: bool,
-             channels_only: bool = False) -> None:
-        # channels_only: the legacy loop()/poll(), which may nest inside a handler. A nested
-        # run leaves the outer run's state (its thread, a stop() asked for) as it found it.
-        lock = self._claim(channels_only)
-        map = self.map
-        try:
-            while True:
-                if channels_only:
-                    if not map:
-                        break
-                elif not forever and not (map or self._timers or self._ready):
-                    break
-                if count is not None:
-                    if count <= 0:
-                        break
-                    count -= 1
-                self._running += 1
-                try:
-                    self._pass(timeout)
-                finally:
-                    self._running -= 1
-                if self._stopping:
-                    break
-        finally:
-            if lock is not None:
-                self._stopping = False
-                self._thread_id = None
-                lock.release()
-                if not self._running and not self.map:
-                    self._maybe_release()
-
-    def stop(self) -> None:
-        """Make ``run()``/``loop()`` return after the current pass. Safe from any thread and
-        from a signal handler; a loop blocked in poll wakes at once. Called while the loop is
-        not running (during start-up, say), the next run returns after one pass that does
-        not block. A stop() from another thread is never lost, even between two passes."""
-        self._stopping = True
-        # The next pass's set-up sees it (and polls without blocking), even if it lands after
-        # this pass's check: the flag is read at the start of every pass.
-        self._slow = True
-        if self._running:
-            # Also on the loop's own thread: a signal handler that calls stop() runs while poll
-            # is interrupted, and Python would resume the poll (PEP 475) without this byte.
-            self._wake()
-        else:
-            self._scheduled()
-
-    def _wake(self) -> None:
-        waker = self._waker
-        if waker is not None:
-            waker.wake()
-
-    def _scheduled(self) -> None:
-        """A call or timer was scheduled. Outside a pass, nobody would see it before the next
-        event: tell whoever waits for the loop (a host watching ``fileno()``: the wake-up
-        pipe; a hosting driver: its ``notify()``)."""
-        if not self._running:
-            notify = self._notify
-            if notify is not None:
-                notify()
-
-    @property
-    def running(self) -> bool:
-        """True from the start to the end of a run (between its passes too)."""
-        return self._running > 0 or self._thread_id is not None
-
-    # ------------------------------------------------------------------ scheduling
-    def time(self) -> float:
-        """The loop's clock (monotonic seconds): the time base of ``call_at``."""
-        return self._clock()
-
-    def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run ``fn(*args)`` on the loop at the end of the current (or next) pass."""
-        self._ready.append((fn, args))
-        if not self._running:
-            self._scheduled()
-
-    def call_soon_threadsafe(self, fn: Callable[..., Any], *args: Any) -> None:
-        """``call_soon`` from any thread: wakes the loop if it is blocked in poll."""
-        self._ready.append((fn, args))
-        self._wake()
-
-    def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> TimerHandle:
-        """Run ``fn(*args)`` once, ``delay`` seconds from now."""
-        return self._timers.schedule(self._clock() + max(0.0, delay), None, fn, args)
-
-    def call_at(self, when: float, fn: Callable[..., Any], *args: Any) -> TimerHandle:
-        """Run ``fn(*args)`` once at ``when`` on the loop's clock (``time()``)."""
-        return self._timers.schedule(when, None, fn, args)
-
-    def call_every(self, interval: float, fn: Callable[..., Any], *args: Any) -> TimerHandle:
-        """Run ``fn(*args)`` every ``interval`` seconds, first in ``interval`` seconds.
-
-        Beats missed during a long pass are skipped rather than run in a burst.
-        """
-        if interval <= 0:
-            raise ValueError("interval must be positive")
-        return self._timers.schedule(self._clock() + interval, interval, fn, args)
-
-    # ------------------------------------------------------------------ signals
-    def add_signal_handler(self, signum: int, fn: Callable[..., Any], *args: Any) -> None:
-        """Run ``fn(*args)`` on the loop when signal ``signum`` arrives (main thread only).
-
-        The signal wakes a blocked poll through the loop's wake-up pipe; the handler runs in
-        the pass that follows, never inside the signal frame.
-        """
-        if threading.current_thread() is not threading.main_thread():
-            raise RuntimeError("signal handlers can only be installed from the main thread")
-        if not self._acquired:
-            self._acquire()
-        hosted = getattr(self._poller, "add_signal", None)
-        if hosted is not None:
-            # A driver with signal handling of its own (asyncio's add_signal_handler).
-            hosted(signum)
-            self._signal_handlers[signum] = (fn, args)
-            return
-        assert self._waker is not None
-        if not self._signal_handlers:
-            old = signal.set_wakeup_fd(self._waker.wfd, warn_on_full_buffer=False)
-            self._old_wakeup_fd = old
-        signal.signal(signum, _ignore_in_frame)
-        self._signal_handlers[signum] = (fn, args)
-
-    def remove_signal_handler(self, signum: int) -> bool:
-        """Restore the default action for ``signum``; False if no handler was installed."""
-        if signum not in self._signal_handlers:
-            return False
-        del self._signal_handlers[signum]
-        hosted = getattr(self._poller, "remove_signal", None)
-        if hosted is not None:
-            hosted(signum)
-            return True
-        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT
-                      else signal.SIG_DFL)
-        if not self._signal_handlers:
-            signal.set_wakeup_fd(self._old_wakeup_fd if self._old_wakeup_fd is not None else -1)
-            self._old_wakeup_fd = None
-        return True
-
-
-def _set_paused(channel: Any, reason: int, on: bool, lp: Optional[Loop] = None) -> None:
-    """Set or clear one reason of ``channel``'s read pause; tell its loop if that changes
-    whether it reads at all."""
-    old = getattr(channel, "_nl_paused", 0) or 0
-    new = (old | reason) if on else (old & ~reason)
-    if new == old:
-        return
-    channel._nl_paused = new
-    if bool(new) is not bool(old):
-        if lp is None:
-            lp = getattr(channel, "_nl_loop", None)
-        if lp is not None and lp._acquired and getattr(channel, "_fileno", None) is not None:
-            lp._update(channel)
-        if not new:
-            # A TLS socket may hold decrypted input that no readiness event will announce.
-            resumed = getattr(getattr(channel, "socket", None), "_nl_resumed", None)
-            if resumed is not None:
-                resumed()
-
-
-def _route_failure(obj: Any, err: BaseException, lp: Optional[Loop] = None) -> None:
-    """asyncore's rule for an exception out of a handler (called inside the ``except`` block,
-    so ``handle_error()`` still sees it): a disconnect closes the channel quietly, anything
-    else goes to ``handle_error()``.
-
-    A listener never "disconnects": on the core loop, an ENOTCONN or ECONNRESET out of its
-    handler concerns a client being set up (say ``getpeername()`` of one that reset before it
-    was served), so it is logged and the listener goes on (asyncore closed the listener, with
-    no log line). The default ``handle_accept()`` keeps such failures from the listener anyway.
-
-    If ``handle_close()`` or ``handle_error()`` raises in turn, the loop (unless it runs for
-    the asyncore drop-ins, which let it out) logs it with its traceback and closes and removes
-    the channel itself (``_abandon``): one channel's bug never ends the loop.
-    """
-    if lp is None:
-        lp = getattr(obj, "_nl_loop", None)
-    try:
-        if isinstance(err, OSError) and err.errno in DISCONNECTED:
-            if getattr(obj, "accepting", False) and (lp is None or lp._contain):
-                logger.warning("netloop: %s: a client went away while being set up (%s); "
-                               "still listening", _describe(obj), err)
-            else:
-                obj.handle_close()
-        else:
-            obj.handle_error()
-    except RERAISED:
-        raise
-    except BaseException:
-        if lp is not None and not lp._contain:
-            raise
-        _abandon(obj, lp)
-
-
-def _describe(obj: Any) -> str:
-    try:
-        return repr(obj)
-    except Exception:
-        return "<%s at %#x (repr failed)>" % (type(obj).__name__, id(obj))
-
-
-def _abandon(obj: Any, lp: Optional[Loop]) -> None:
-    """A channel whose fault handlers failed: log, close it, and make sure it is gone.
-
-    Called inside the ``except`` block of the failure, whose traceback is logged. The channel's
-    own ``close()`` is tried first; whatever it leaves (it may raise, or be overridden to do
-    nothing), the channel is taken out of its map and the loop, and its socket closed.
-    """
-    logger.error("netloop: %s: exception in handle_close()/handle_error(); closing the channel",
-                 _describe(obj), exc_info=True)
-    fd = getattr(obj, "_fileno", None)
-    try:
-        obj.close()
-    except RERAISED:
-        raise
-    except BaseException:
-        logger.error("netloop: %s: close() failed too", _describe(obj), exc_info=True)
-    for owner in (getattr(obj, "_map", None), lp.map if lp is not None else None):
-        if owner is not None and fd is not None and owner.get(fd) is obj:
-            del owner[fd]
-    if lp is not None and fd is not None and lp._objs.get(fd) is obj:
-        lp._discard(fd)
-    sock = getattr(obj, "socket", None)
-    if sock is not None:
-        try:
-            sock.close()
-        except Exception:
-            pass
-    try:
-        obj.connected = obj.accepting = False
-    except Exception:
-        pass
-
 
 class _Spare:
     """``Loop.spare_descriptor()``: the loop's reserved descriptor is free inside the block."""
@@ -1275,10 +492,6 @@ class _Spare:
         lp = self._loop
         if lp._acquired:
             lp._take_reserve()
-
-
-def _ignore_in_frame(signum: int, frame: Any) -> None:
-    """The Python-level handler: the work happens on the loop, woken through set_wakeup_fd."""
 
 
 def _after_fork_in_child() -> None:

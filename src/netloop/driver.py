@@ -1,0 +1,204 @@
+"""The pollers' driver: ``run``/``run_once`` wait on the loop's poller and hand the events to
+``Interest._dispatch``, then run the services (due timers, queued calls).
+
+``_pass`` is the hot path of a loop on its own poller: one flag test covers the rare set-up work
+(``_prepare``: kernel objects, map edits made behind the loop's back, asked channels, the poll
+timeout from the next timer), then one ``poll()`` and one ``_dispatch`` call. netloop.aio is
+the other driver of the same interest table and services: asyncio waits instead of ``poll()``.
+"""
+
+from __future__ import annotations
+
+from _thread import get_ident as _get_ident
+
+from .interest import Interest
+from .pollers import INVALID, SelectPoller
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, List, Optional, Tuple
+
+
+class PollDriver(Interest):
+    """Running the loop on its poller (a part of ``Loop``)."""
+
+    if TYPE_CHECKING:
+        _thread_id: Optional[int]
+        _stopping: bool
+        _find_closed: Optional[Callable[[], List[Tuple[int, int]]]]
+        _run_lock: Any
+
+    def run_once(self, timeout: Optional[float] = None) -> Optional[float]:
+        """Run one pass: poll (at most ``timeout`` seconds; None blocks until an event or the
+        next timer, 0 never blocks), dispatch the events, run due timers and queued calls.
+
+        Returns the delay until the next timer (0 if calls are queued), None if none is pending.
+        RuntimeError if the loop is running already (see ``run()``). A ``stop()`` asked for
+        before the call makes this pass not block, and is consumed by it.
+        """
+        lock = self._claim(False)
+        self._running += 1
+        try:
+            self._pass(timeout)
+        finally:
+            self._running -= 1
+            self._stopping = False
+            self._thread_id = None
+            lock.release()
+        if self._ready:
+            return 0.0
+        timers = self._timers
+        if timers._live:
+            deadline = timers.next_deadline()
+            if deadline is not None:
+                return max(0.0, deadline - self._clock())
+        return None
+
+    def _prepare(self, timeout: Optional[float]) -> Optional[float]:
+        """The slow half of a pass's set-up: kernel objects, map edits, asked channels, and
+        the poll timeout when timers or queued calls are pending."""
+        if not self._acquired:
+            self._acquire()
+        if len(self.map) != len(self._objs):
+            self._reconcile()
+        if self._asked and self._scan_asked:
+            self._scan()
+        elif self._to_ask:
+            self._ask_pending()
+        self._recompute_slow()
+        if self._ready or self._bad or self._stopping:
+            return 0  # a stop() asked for before or during set-up: this pass must not block
+        timers = self._timers
+        if timers._live:
+            deadline = timers.next_deadline()
+            if deadline is not None:
+                delay = deadline - self._clock()
+                if delay < 0:
+                    delay = 0
+                if timeout is None or delay < timeout:
+                    timeout = delay
+        if timeout is not None and timeout < 0:
+            timeout = 0
+        return timeout
+
+    def _pass(self, timeout: Optional[float]) -> None:
+        # The hot path. One flag test covers the rare set-up work; the events go to _dispatch
+        # (one call per pass, shared with netloop.aio's driver), which binds its locals once.
+        if self._slow or len(self.map) != len(self._objs) or self._ready or self._timers._live:
+            timeout = self._prepare(timeout)
+        elif timeout is not None and timeout < 0:
+            timeout = 0
+        try:
+            events = self._poller.poll(timeout)  # type: ignore[union-attr]
+        except OSError as err:
+            events = self._poll_failed(err)
+        if self._bad:
+            events = list(events)
+            events.extend((fd, INVALID) for fd in self._bad)
+            self._bad.clear()
+        if events:
+            self._dispatch(events)
+        if self._timers._live:
+            self._run_timers()
+        if self._ready:
+            self._run_ready()
+
+    def _poll_failed(self, err: OSError) -> List[Tuple[int, int]]:
+        # select() fails as a whole (EBADF) when one registered fd was closed behind its
+        # channel's back: find it, stop watching it, and report it as poll(2) would (POLLNVAL).
+        poller = self._poller
+        if isinstance(poller, SelectPoller):
+            bad = poller.find_bad()
+            if bad:
+                for fd in bad:  # logged when the INVALID event is dispatched
+                    poller.unregister(fd)
+                    self._masks.pop(fd, None)
+                return [(fd, INVALID) for fd in bad]
+        raise err
+
+    def run(self, timeout: Optional[float] = None, count: Optional[int] = None) -> None:
+        """Serve channels, timers and queued calls until none is left, ``stop()`` is called,
+        or ``count`` passes have run. ``timeout`` caps each pass's wait (None: no cap).
+
+        A loop runs in one place at a time: called while it runs (from one of its callbacks,
+        or from another thread), ``run()``, ``run_forever()`` and ``run_once()`` raise
+        RuntimeError, as asyncio does, rather than nest (a nested run would take the outer
+        run's ``stop()``). Schedule work with ``call_soon()`` instead. The legacy
+        ``loop()``/``asyncore.poll()`` may still be called from a handler: that runs nested
+        passes, as asyncore did.
+        """
+        self._run(timeout, count, forever=False)
+
+    def run_forever(self, timeout: Optional[float] = None) -> None:
+        """Like ``run()`` but only ``stop()`` ends it, even when nothing is registered."""
+        self._run(timeout, None, forever=True)
+
+    def _claim(self, legacy: bool) -> Any:
+        """Make this thread the one running the loop: the lock to release at the end of the
+        run; None for a legacy nested run (this thread runs the loop already); RuntimeError
+        when a run may not start."""
+        lock = self._run_lock
+        if lock.acquire(False):
+            self._thread_id = _get_ident()
+            return lock
+        owner = self._thread_id
+        if owner == _get_ident():
+            if legacy:
+                return None
+            raise RuntimeError("this loop is already running: a callback cannot run it again "
+                               "(schedule work with call_soon(), end the run with stop())")
+        raise RuntimeError("this loop is already running in another thread (%s); hand it work "
+                           "with call_soon_threadsafe()" % owner)
+
+    def _run(self, timeout: Optional[float], count: Optional[int], forever: bool,
+             channels_only: bool = False) -> None:
+        # channels_only: the legacy loop()/poll(), which may nest inside a handler. A nested
+        # run leaves the outer run's state (its thread, a stop() asked for) as it found it.
+        lock = self._claim(channels_only)
+        map = self.map
+        try:
+            while True:
+                if channels_only:
+                    if not map:
+                        break
+                elif not forever and not (map or self._timers or self._ready):
+                    break
+                if count is not None:
+                    if count <= 0:
+                        break
+                    count -= 1
+                self._running += 1
+                try:
+                    self._pass(timeout)
+                finally:
+                    self._running -= 1
+                if self._stopping:
+                    break
+        finally:
+            if lock is not None:
+                self._stopping = False
+                self._thread_id = None
+                lock.release()
+                if not self._running and not self.map:
+                    self._maybe_release()
+
+    def stop(self) -> None:
+        """Make ``run()``/``loop()`` return after the current pass. Safe from any thread and
+        from a signal handler; a loop blocked in poll wakes at once. Called while the loop is
+        not running (during start-up, say), the next run returns after one pass that does
+        not block. A stop() from another thread is never lost, even between two passes."""
+        self._stopping = True
+        # The next pass's set-up sees it (and polls without blocking), even if it lands after
+        # this pass's check: the flag is read at the start of every pass.
+        self._slow = True
+        if self._running:
+            # Also on the loop's own thread: a signal handler that calls stop() runs while poll
+            # is interrupted, and Python would resume the poll (PEP 475) without this byte.
+            self._wake()
+        else:
+            self._scheduled()
+
+    @property
+    def running(self) -> bool:
+        """True from the start to the end of a run (between its passes too)."""
+        return self._running > 0 or self._thread_id is not None

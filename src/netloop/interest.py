@@ -1,0 +1,555 @@
+"""Interest and dispatch: the part of a ``Loop`` that knows what each fd waits for, and the
+one path that routes readiness events to channels.
+
+The interest table (``_objs``/``_masks``/``_asked``) holds one registration per fd and changes
+the poller's only when a channel's answer changes (see reactor.py's docstring for the rules).
+``_dispatch(events)`` is the one dispatch path of every driver: the pollers' driver
+(driver.py) hands it what ``poll()`` returned, netloop.aio's asyncio driver each readiness
+callback. The poller it registers with is whatever the loop was given, so a driver that is not
+a kernel poller (asyncio's ``add_reader``/``add_writer``) reuses this table unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from errno import EBADF
+
+from .errors import DISCONNECTED, RERAISED
+from .pollers import (CLOSED_MASK, ERROR, HANGUP, INVALID, PRIORITY, READ, READ_MASK, WRITE,
+                      FDSetSizeError)
+from .services import Services, logger
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+
+    from .pollers import Poller
+    from .reactor import ChannelMap, Loop
+
+#: Reasons a channel does not read (bits of ``channel._nl_paused``; it reads when none holds):
+#: ``Loop.pause_reading()``; its output queue over the high watermark; end of input seen;
+#: a listener resting after accept() failed or a connection limit was reached.
+PAUSED_BY_USER = 1
+PAUSED_BY_QUEUE = 2
+PAUSED_AT_EOF = 4
+PAUSED_RESTING = 8
+
+
+class Interest(Services):
+    """Per-fd interest and event dispatch (a part of ``Loop``)."""
+
+    if TYPE_CHECKING:
+        # The loop's state, made by Loop.__init__ (reactor.py), and what the parts above
+        # this one provide.
+        map: ChannelMap
+        _objs: Dict[int, Any]
+        _masks: Dict[int, int]
+        _asked: Dict[int, Any]
+        _direct: Set[int]
+        _closed_fds: Set[int]
+        _bad: List[int]
+        _dispatching: bool
+        _accepted: Optional[Tuple[Any, Any]]
+        _scan_asked: bool
+        _slow: bool
+        _acquired: bool
+        _running: int
+        _poller: Optional[Poller]
+        _wake_fd: int
+        _hup_closes: bool
+        _alias: Dict[int, Any]
+        _to_ask: Set[int]
+        _fd_refusals: int
+        _stopping: bool
+        _contain: bool
+
+        def _maybe_release(self) -> None: ...
+
+    def _recompute_slow(self) -> None:
+        self._slow = (not self._acquired or (bool(self._asked) and self._scan_asked)
+                      or bool(self._to_ask) or bool(self._bad) or self._stopping)
+
+    def _add(self, key: Any, obj: Any) -> None:
+        """Register the channel the map holds under ``key``. Never calls its predicates."""
+        old = self._objs.get(key)
+        if old is not None:
+            if old is obj:
+                return
+            self._discard(key)
+            if type(key) is int:
+                self._retire_stale(key, old, obj)
+        self._objs[key] = obj
+        if type(key) is int:
+            fd = key
+            try:
+                obj._nl_loop = self
+            except AttributeError:
+                pass
+        else:
+            # A socket object as the key (select() took anything with fileno()), or None (a
+            # dispatcher with no socket: held, never watched). Such a map is usually made for
+            # one call; the channel's own loop, if it has one, keeps hearing from it.
+            found = _key_fd(key)
+            if found is None or found in self._objs:
+                return
+            fd = found
+            self._alias[fd] = key
+            if getattr(obj, "_nl_loop", None) is None:
+                try:
+                    obj._nl_loop = self
+                except AttributeError:
+                    pass
+        cls = type(obj)
+        if getattr(cls, "_nl_plain_read", False):
+            self._direct.add(fd)
+        else:
+            self._direct.discard(fd)
+        if getattr(cls, "_nl_known", False):
+            self._set_mask(fd, obj._nl_mask())
+        else:
+            # Asked at the start of the next pass, as asyncore asked, never here: the channel
+            # may be registering from inside its subclass's __init__, before that has set
+            # the state its readable()/writable() read.
+            self._asked[fd] = obj
+            self._to_ask.add(fd)
+            self._slow = True
+
+    def _retire_stale(self, fd: int, old: Any, new: Any) -> None:
+        """``new`` registers under ``fd`` while ``old`` still holds it: ``old``'s descriptor was
+        closed behind its back and the number reused (by accept(), say). Retire ``old``
+        without touching the descriptor, which is ``new``'s now."""
+        sock = getattr(old, "socket", None)
+        if sock is None or sock is getattr(new, "socket", None):
+            return  # a foreign object replaced by hand, or a socket handed over: not stale
+        try:
+            claimed = sock.fileno()
+        except Exception:
+            claimed = -1
+        if claimed not in (fd, -1):
+            return
+        logger.warning("netloop: fd %d was closed behind the back of its %s channel and now "
+                       "belongs to a new %s; retiring the old channel",
+                       fd, type(old).__name__, type(new).__name__)
+        # Detached, not closed: closing it (or its garbage collection) would close the new
+        # connection's descriptor.
+        _detach(sock)
+        try:
+            old._fileno = None
+        except AttributeError:
+            pass
+        self._ready.append((_close_retired, (old,)))
+        self._slow = True
+
+    def _discard(self, key: Any) -> None:
+        obj = self._objs.pop(key, None)
+        fd: int
+        if type(key) is int:
+            fd = key
+            if obj is None and fd in self._alias:  # a socket-keyed entry, named by its fd
+                key = self._alias.pop(fd)
+                obj = self._objs.pop(key, None)
+        else:
+            found: Optional[int] = None
+            for afd, akey in self._alias.items():
+                if akey is key:
+                    found = afd
+                    break
+            if found is None:  # None, or a key never watched
+                if obj is not None and getattr(obj, "_nl_loop", None) is self:
+                    obj._nl_loop = None
+                return
+            fd = found
+            del self._alias[fd]
+        if self._asked.pop(fd, None) is not None and not self._asked:
+            self._recompute_slow()
+        self._to_ask.discard(fd)
+        self._direct.discard(fd)
+        if self._masks.pop(fd, 0) and self._poller is not None:
+            self._poller.unregister(fd)
+        if self._dispatching:
+            self._closed_fds.add(fd)
+        if obj is not None and getattr(obj, "_nl_loop", None) is self:
+            try:
+                obj._nl_loop = None
+            except AttributeError:
+                pass
+        if not self.map and not self._running:
+            self._maybe_release()
+
+    def _update(self, obj: Any) -> None:  # obj: a registered channel
+        """A channel's interest may have changed: re-register it if it did.
+
+        A channel whose predicates are its own is not asked here (this runs inside connect(),
+        listen() and the like, maybe before its __init__ is done) but at the start of the
+        next pass.
+        """
+        fd = obj._fileno
+        if self._objs.get(fd) is not obj:
+            key = self._alias.get(fd) if fd is not None else None
+            if key is None or self._objs.get(key) is not obj:
+                return
+        if fd in self._asked:
+            self._to_ask.add(fd)
+            self._slow = True
+        else:
+            self._set_mask(fd, obj._nl_mask())  # type: ignore[union-attr]  # mypy narrows Any
+
+    def _reask(self, fd: int, obj: Any) -> None:
+        """Ask a channel's predicates now (after its own events) and re-register on change."""
+        key = self._alias.get(fd, fd) if self._alias else fd
+        if self._objs.get(key) is obj:
+            mask = self._ask(obj, self._masks.get(fd, 0))
+            if self._objs.get(key) is obj:
+                self._set_mask(fd, mask)
+
+    def _ask_pending(self) -> None:
+        """Ask the channels registered (or changed) since the last pass."""
+        fds = list(self._to_ask)
+        self._to_ask.clear()
+        asked = self._asked
+        for fd in fds:
+            obj = asked.get(fd)
+            if obj is not None:
+                self._reask(fd, obj)
+
+    def _ask(self, obj: Any, current: int) -> int:
+        try:
+            mask = READ_MASK if obj.readable() and not getattr(obj, "_nl_paused", 0) else 0
+            if obj.writable() and not getattr(obj, "accepting", False):
+                mask |= WRITE
+        except RERAISED:
+            raise
+        except BaseException as err:
+            _route_failure(obj, err, self)
+            return current
+        return mask
+
+    def _set_mask(self, fd: int, mask: int) -> None:
+        masks = self._masks
+        old = masks.get(fd, 0)
+        if mask == old:
+            return
+        poller = self._poller
+        assert poller is not None
+        try:
+            if not old:
+                poller.register(fd, mask)
+                if self._fd_refusals:
+                    self._end_fd_refusals(fd)
+            elif not mask:
+                poller.unregister(fd)
+            else:
+                poller.modify(fd, mask)
+        except FDSetSizeError as err:
+            self._refuse_fd(fd, err)
+            return
+        except (OSError, ValueError) as err:
+            # A descriptor closed behind the channel's back (poll would say POLLNVAL), or one
+            # the poller cannot watch (select's FD_SETSIZE: ValueError).
+            if getattr(err, "errno", None) != EBADF:  # else logged as closed, by _lost()
+                logger.warning("netloop: cannot watch fd %d (%s); closing its channel", fd, err)
+            masks.pop(fd, None)
+            self._bad.append(fd)
+            self._slow = True
+            return
+        if mask:
+            masks[fd] = mask
+        else:
+            del masks[fd]
+
+    def _refuse_fd(self, fd: int, err: FDSetSizeError) -> None:
+        # Past FD_SETSIZE every new connection is refused until lower descriptors are free
+        # again: a server under load would log one line per connection, so log the first
+        # refusal of an episode and count the rest. The channel is closed all the same.
+        if not self._fd_refusals:
+            logger.warning("netloop: cannot watch fd %d (%s); closing channels whose "
+                           "descriptors select() cannot watch until it can watch new ones "
+                           "again", fd, err)
+        self._fd_refusals += 1
+        self._masks.pop(fd, None)
+        self._bad.append(fd)
+        self._slow = True
+
+    def _end_fd_refusals(self, fd: int) -> None:
+        logger.warning("netloop: select() watches new descriptors again (fd %d); %d channel(s) "
+                       "closed because their descriptors were too large", fd, self._fd_refusals)
+        self._fd_refusals = 0
+
+    def _reconcile(self) -> None:
+        map = self.map
+        objs = self._objs
+        for key in [key for key, obj in objs.items() if map.get(key) is not obj]:
+            self._discard(key)
+        for key, obj in list(map.items()):
+            if objs.get(key) is not obj:
+                self._add(key, obj)
+
+    def _scan(self) -> None:
+        # Every pass for legacy code (asked channels, scan=True): keep the loop body lean.
+        objs = self._objs
+        masks = self._masks
+        if self._to_ask:
+            self._to_ask.clear()
+        if self._alias:
+            for fd, obj in list(self._asked.items()):
+                self._reask(fd, obj)
+            return
+        for fd, obj in list(self._asked.items()):
+            if objs.get(fd) is obj:
+                current = masks.get(fd, 0)
+                mask = self._ask(obj, current)
+                if mask != current and objs.get(fd) is obj:
+                    self._set_mask(fd, mask)
+
+    def pause_reading(self, channel: Any, delay: Optional[float] = None) -> None:
+        """Stop reading from ``channel`` (for ``delay`` seconds, or until ``resume_reading``).
+
+        Only read interest is taken away: a channel with queued output goes on writing it, so
+        pausing a channel never stops its queue from draining. This pause is the user's own
+        reason; reading paused by a full output queue (see ``BufferedDispatcher``'s
+        watermarks) or at end of input is counted apart, and the channel reads again only when
+        no reason holds.
+        """
+        _set_paused(channel, PAUSED_BY_USER, True, self)
+        if delay is not None:
+            self.call_later(delay, self.resume_reading, channel)
+
+    def resume_reading(self, channel: Any) -> None:
+        """End a ``pause_reading()``: the channel reads again unless another reason holds."""
+        _set_paused(channel, PAUSED_BY_USER, False, self)
+
+    def _dispatch(self, events: Any) -> None:
+        """Route readiness events ``[(fd, flags), ...]`` to the channels of the map.
+
+        The one dispatch path of every driver: ``_pass`` calls it with what the poller
+        returned, and a loop hosted by asyncio (``netloop.aio``) with each readiness callback.
+        """
+        get = self.map.get
+        closed = self._closed_fds
+        direct = self._direct
+        self._dispatching = True
+        try:
+            for fd, flags in events:
+                obj = get(fd)
+                if obj is None:
+                    if fd == self._wake_fd:
+                        self._on_wake()
+                        continue
+                    obj = self._aliased(fd)
+                    if obj is None:
+                        if fd in self._masks:
+                            # Removed from the map behind our back: stop watching it.
+                            self._discard(fd)
+                        continue
+                if closed and fd in closed:
+                    continue
+                if flags == READ:
+                    try:
+                        if fd in direct and obj.connected and not obj.accepting:
+                            obj.handle_read()
+                        else:
+                            obj.handle_read_event()
+                    except RERAISED:
+                        raise
+                    except BaseException as err:
+                        _route_failure(obj, err, self)
+                else:
+                    self._dispatch_flags(fd, obj, flags)
+        finally:
+            self._dispatching = False
+            self._accepted = None
+            self._accepted_by = None
+            if closed:
+                closed.clear()
+        if self._asked and not self._scan_asked:
+            asked = self._asked
+            for fd, _ in events:
+                obj = asked.get(fd)
+                if obj is not None:
+                    self._reask(fd, obj)
+
+    def _aliased(self, fd: int) -> Any:
+        """The channel a map keyed by socket objects holds for ``fd``, else None."""
+        key = self._alias.get(fd)
+        if key is None:
+            return None
+        obj = self.map.get(key)
+        if obj is None or self._objs.get(key) is not obj:
+            return None
+        return obj
+
+    def _lost(self, fd: int, obj: Any) -> None:
+        """The poller says ``fd`` is not open (POLLNVAL, EBADF): it was closed behind the
+        channel's back. Log it, and detach the channel's socket object so that closing the
+        channel cannot close whatever file takes that number next."""
+        try:
+            os.fstat(fd)
+        except OSError:
+            pass
+        else:
+            return  # open, but refused by the poller (select's FD_SETSIZE): logged then
+        logger.warning("netloop: fd %d was closed behind its channel's back (%s); closing "
+                       "the channel", fd, type(obj).__name__)
+        sock = getattr(obj, "socket", None)
+        if sock is not None:
+            _detach(sock)
+
+    def _dispatch_flags(self, fd: int, obj: Any, flags: int) -> None:
+        get: Callable[[Any], Any] = self.map.get
+        closed = self._closed_fds
+        if self._alias and fd in self._alias:
+            key = self._alias[fd]
+            get = lambda _fd: self.map.get(key)  # noqa: E731
+        try:
+            if flags & INVALID:
+                self._lost(fd, obj)
+            if flags & (ERROR | HANGUP) and not self._hup_closes:
+                # select() semantics: a hung-up socket is simply readable and writable.
+                flags = (flags | (self._masks.get(fd, 0) & (READ | WRITE))) & ~(ERROR | HANGUP)
+            if flags & READ:
+                obj.handle_read_event()
+                if get(fd) is not obj or fd in closed:
+                    return
+            if flags & WRITE:
+                obj.handle_write_event()
+                if get(fd) is not obj or fd in closed:
+                    return
+            if flags & PRIORITY:
+                obj.handle_expt_event()
+                if get(fd) is not obj or fd in closed:
+                    return
+            if flags & CLOSED_MASK:
+                obj.handle_close()
+        except RERAISED:
+            raise
+        except BaseException as err:
+            _route_failure(obj, err, self)
+
+
+def _key_fd(key: Any) -> Optional[int]:
+    """The descriptor of a map key that is not an int (a socket object), None if none."""
+    if key is None:
+        return None
+    try:
+        fd = key.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
+    return fd if type(fd) is int and fd >= 0 else None
+
+
+def _detach(sock: Any) -> None:
+    """Make a socket object forget its descriptor without closing it."""
+    detach = getattr(sock, "detach", None)
+    if detach is not None:
+        try:
+            detach()
+        except (OSError, ValueError):
+            pass
+
+
+def _close_retired(obj: Any) -> None:
+    """Tell a channel retired by the loop (its descriptor was lost) that it is closed."""
+    try:
+        obj.handle_close()
+    except RERAISED:
+        raise
+    except BaseException:
+        logger.error("netloop: exception closing retired channel %s", type(obj).__name__,
+                     exc_info=True)
+        try:
+            obj.close()
+        except Exception:
+            pass
+
+
+def _set_paused(channel: Any, reason: int, on: bool, lp: Optional[Interest] = None) -> None:
+    """Set or clear one reason of ``channel``'s read pause; tell its loop if that changes
+    whether it reads at all."""
+    old = getattr(channel, "_nl_paused", 0) or 0
+    new = (old | reason) if on else (old & ~reason)
+    if new == old:
+        return
+    channel._nl_paused = new
+    if bool(new) is not bool(old):
+        if lp is None:
+            lp = getattr(channel, "_nl_loop", None)
+        if lp is not None and lp._acquired and getattr(channel, "_fileno", None) is not None:
+            lp._update(channel)
+        if not new:
+            # A TLS socket may hold decrypted input that no readiness event will announce.
+            resumed = getattr(getattr(channel, "socket", None), "_nl_resumed", None)
+            if resumed is not None:
+                resumed()
+
+
+def _route_failure(obj: Any, err: BaseException, lp: Optional[Interest] = None) -> None:
+    """asyncore's rule for an exception out of a handler (called inside the ``except`` block,
+    so ``handle_error()`` still sees it): a disconnect closes the channel quietly, anything
+    else goes to ``handle_error()``.
+
+    A listener never "disconnects": on the core loop, an ENOTCONN or ECONNRESET out of its
+    handler concerns a client being set up (say ``getpeername()`` of one that reset before it
+    was served), so it is logged and the listener goes on (asyncore closed the listener, with
+    no log line). The default ``handle_accept()`` keeps such failures from the listener anyway.
+
+    If ``handle_close()`` or ``handle_error()`` raises in turn, the loop (unless it runs for
+    the asyncore drop-ins, which let it out) logs it with its traceback and closes and removes
+    the channel itself (``_abandon``): one channel's bug never ends the loop.
+    """
+    if lp is None:
+        lp = getattr(obj, "_nl_loop", None)
+    try:
+        if isinstance(err, OSError) and err.errno in DISCONNECTED:
+            if getattr(obj, "accepting", False) and (lp is None or lp._contain):
+                logger.warning("netloop: %s: a client went away while being set up (%s); "
+                               "still listening", _describe(obj), err)
+            else:
+                obj.handle_close()
+        else:
+            obj.handle_error()
+    except RERAISED:
+        raise
+    except BaseException:
+        if lp is not None and not lp._contain:
+            raise
+        _abandon(obj, lp)
+
+
+def _describe(obj: Any) -> str:
+    try:
+        return repr(obj)
+    except Exception:
+        return "<%s at %#x (repr failed)>" % (type(obj).__name__, id(obj))
+
+
+def _abandon(obj: Any, lp: Optional[Interest]) -> None:
+    """A channel whose fault handlers failed: log, close it, and make sure it is gone.
+
+    Called inside the ``except`` block of the failure, whose traceback is logged. The channel's
+    own ``close()`` is tried first; whatever it leaves (it may raise, or be overridden to do
+    nothing), the channel is taken out of its map and the loop, and its socket closed.
+    """
+    logger.error("netloop: %s: exception in handle_close()/handle_error(); closing the channel",
+                 _describe(obj), exc_info=True)
+    fd = getattr(obj, "_fileno", None)
+    try:
+        obj.close()
+    except RERAISED:
+        raise
+    except BaseException:
+        logger.error("netloop: %s: close() failed too", _describe(obj), exc_info=True)
+    for owner in (getattr(obj, "_map", None), lp.map if lp is not None else None):
+        if owner is not None and fd is not None and owner.get(fd) is obj:
+            del owner[fd]
+    if lp is not None and fd is not None and lp._objs.get(fd) is obj:
+        lp._discard(fd)
+    sock = getattr(obj, "socket", None)
+    if sock is not None:
+        try:
+            sock.close()
+        except Exception:
+            pass
+    try:
+        obj.connected = obj.accepting = False
+    except Exception:
+        pass
