@@ -118,6 +118,14 @@ def test_refused_connections_log_one_line_per_episode(filler: Filler,
             run_until(lp, lambda: all(closed_by_server(c) for c in refused), timeout=10)
             assert len(lines(caplog)) == 1, lines(caplog)
             assert "FD_SETSIZE" in lines(caplog)[0] and "epoll" in lines(caplog)[0]
+            # A channel registered again (its reading paused and resumed) is no new descriptor:
+            # the episode goes on.
+            lp.pause_reading(server)
+            lp.run_once(0)
+            lp.resume_reading(server)
+            refused = connect(5)
+            run_until(lp, lambda: all(closed_by_server(c) for c in refused), timeout=10)
+            assert len(lines(caplog)) == 1, lines(caplog)
 
             # Descriptors below the limit are free again: the next connection is served,
             # and one line says how many were refused meanwhile.
@@ -135,7 +143,7 @@ def test_refused_connections_log_one_line_per_episode(filler: Filler,
 
             run_until(lp, echoed)
             assert len(lines(caplog)) == 2, lines(caplog)
-            assert "again" in lines(caplog)[1] and "40 channel" in lines(caplog)[1]
+            assert "again" in lines(caplog)[1] and "45 channel" in lines(caplog)[1]
 
             # Episode 2 gets its own first line, and again only one.
             filler.fill()

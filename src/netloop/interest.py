@@ -106,6 +106,11 @@ class Interest(Services):
             self._direct.discard(fd)
         if getattr(cls, "_nl_known", False):
             self._set_mask(fd, obj._nl_mask())
+            if self._fd_refusals and fd in self._masks:
+                # A new channel is watched: select()'s refusals (see _refuse_fd) are over.
+                # (A channel that is asked registers at the next pass, among re-asked ones:
+                # the next new channel of a known class ends the episode instead.)
+                self._end_fd_refusals(fd)
         else:
             # Asked at the start of the next pass, as asyncore asked, never here: the channel
             # may be registering from inside its subclass's __init__, before that has set
@@ -234,8 +239,6 @@ class Interest(Services):
         try:
             if not old:
                 poller.register(fd, mask)
-                if self._fd_refusals:
-                    self._end_fd_refusals(fd)
             elif not mask:
                 poller.unregister(fd)
             else:
