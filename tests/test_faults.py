@@ -382,3 +382,45 @@ def test_fd_closed_behind_back_under_run_forever(poller_name, caplog):
             obj.close()
         lp.close()
     assert not runner.is_alive()
+
+
+def test_fd_reused_while_no_loop_watches_the_map(caplog):
+    """The same retirement when the map's loop holds no kernel objects at that moment (not
+    run yet, or released between runs): the new channel keeps its descriptor."""
+    lp = netloop.Loop()
+    closed: List[str] = []
+
+    class Tracked(Echo):
+        def handle_close(self) -> None:
+            closed.append("stale")
+            super().handle_close()
+
+    a, b = socket.socketpair()
+    e = f = None
+    try:
+        Tracked(a, map=lp.map)
+        fd = a.fileno()
+        os.close(fd)  # behind the channel's back, before any pass
+        e, f = socket.socketpair()
+        if e.fileno() != fd:
+            os.dup2(e.fileno(), fd)
+            e.close()
+            e = socket.socket(fileno=fd)
+        with caplog.at_level("WARNING", logger="netloop"):
+            fresh = Echo(e, map=lp.map)
+        assert any("closed behind" in r.getMessage() for r in caplog.records)
+        del a
+        gc.collect()  # the stale socket object, if it still owned fd, would close it now
+        os.fstat(fd)
+        f.sendall(b"ping")
+        f.setblocking(False)
+        got = bytearray()
+        run_until(lp, lambda: recv_some(f, got) or (got == b"ping" and bool(closed)))
+        assert lp.map[fd] is fresh and closed == ["stale"]
+    finally:
+        for obj in list(lp.map.values()):
+            obj.close()
+        lp.close()
+        for s in (b, f):
+            if s is not None:
+                s.close()

@@ -17,6 +17,9 @@ and event routing) with these differences, each deliberate:
 - ``recv()`` of a socket with nothing to read (a spurious wake-up) returns ``b''`` without
   closing, instead of raising into ``handle_error()``.
 - ``log_info()`` goes to the ``netloop`` logger; the asyncore facade prints, as asyncore did.
+- ``del_channel()`` removes the map's entry only if it is this channel's: a channel whose
+  descriptor was closed behind its back cannot remove the new channel that took the number.
+- ``map=`` may be a ``Loop`` (its map is used) wherever a map is taken.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from .errors import (ACCEPT_RESOURCE, ACCEPT_RETRY, DISCONNECTED, RERAISED, WOUL
                      compact_traceback, strerror)
 from .pollers import READ_MASK, WRITE
 from .reactor import (PAUSED_AT_EOF, PAUSED_RESTING, _abandon, _as_map, _describe, _lookup,
-                      _set_paused, socket_map)
+                      _set_paused, get_loop, socket_map)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -215,11 +218,18 @@ class Dispatcher:
         elif type(map) is not dict:
             map = _as_map(map)
         fd: Any = self._fileno  # None for a dispatcher with no socket, as in asyncore
+        if fd is None:
+            map[fd] = self  # type: ignore[index]  # asyncore kept it under None
+            return
+        old = map.get(fd)
         map[fd] = self
-        if fd is not None:
-            lp = _lookup(map)
-            if lp is not None and lp._acquired:
-                lp._add(fd, self)
+        lp = _lookup(map)
+        if lp is not None and lp._acquired:
+            lp._add(fd, self)  # retires a stale channel it had registered under fd
+        elif old is not None and old is not self:
+            # No loop watches the map now; still, a channel held there under this number lost
+            # its descriptor behind its back: retire it without closing the new one.
+            (lp if lp is not None else get_loop(map))._retire_stale(fd, old, self)
 
     def del_channel(self, map: Optional[ChannelMap] = None) -> None:
         """Take this channel out of ``map`` (default: its own map): the loop stops watching its
@@ -840,7 +850,6 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ timers of the channel
     def _loop_for_timers(self) -> Any:
-        from .reactor import get_loop
         lp = self._nl_loop
         return lp if lp is not None else get_loop(self._map)
 
