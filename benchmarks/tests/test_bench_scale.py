@@ -36,5 +36,8 @@ def test_bench_scale_quick(tmp_path):
         assert "| %s |" % name in proc.stdout
     import json
     records = json.loads(out.read_text())["records"]
-    assert all(r["ok"] and r["server_cpu_us_per_op"] > 0 for r in records), records
+    # CPU comes from /proc in clock ticks (10 ms): a 0.3 s smoke run at a few hundred requests
+    # per second can honestly read 0, so only its presence is checked here.
+    assert all(r["ok"] and r["rate"] > 0 and r["server_cpu_us_per_op"] is not None
+               for r in records), records
     assert [r["workers"] for r in records if r["server"] == "netloop-w2"] == [2]
