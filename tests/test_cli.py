@@ -133,3 +133,36 @@ def test_the_real_command_fails_with_one_line(args: List[str], busy_port: int) -
     assert result.returncode == 2
     assert result.stdout == ""
     one_line_error(result.stderr)
+
+
+def test_plain_echo_command_line_skips_argparse(monkeypatch, capsys):
+    # The command line the benchmarks run goes straight to echo(): argparse (and the shutil,
+    # bz2, lzma it imports) would cost the server about 1.5 MiB of memory for nothing.
+    calls: List[Tuple[object, ...]] = []
+    monkeypatch.setattr(cli, "echo", lambda *a, **k: calls.append(a + tuple(k.items())) or 0)
+    monkeypatch.setattr(cli, "_parser", lambda: pytest.fail("argparse parser built"))
+    argv = ["echo", "--host", "::1", "--port", "8", "--backend", "auto", "--kind", "chat"]
+    assert cli.main(argv) == 0
+    assert calls == [("::1", 8, "auto", "chat")]
+    for argv in (["echo"], ["echo", "--port", "0"]):
+        assert cli.main(argv) == 0
+    assert calls[1:] == [("127.0.0.1", 0, "auto", "dispatcher")] * 2
+
+
+@pytest.mark.parametrize("argv", [
+    ["echo", "--port", "70000"], ["echo", "--port", "x"], ["echo", "--backend", "nope"],
+    ["echo", "--kind", "nope"], ["echo", "--port"], ["echo", "--workers", "2"],
+    ["echo", "--port=0"], ["echo", "--help"], ["demo"],
+])
+def test_other_command_lines_still_go_through_argparse(argv):
+    assert cli._plain_echo(argv) is None
+
+
+def test_plain_echo_server_process_has_no_argparse():
+    code = ("import sys; from netloop import cli; "
+            "cli.echo = lambda *a: print(sorted({'argparse', 'shutil'} & set(sys.modules))) or 0; "
+            "sys.exit(cli.main(['echo', '--port', '0', '--backend', 'auto']))")
+    proc = subprocess.run([sys.executable, "-c", code], env=ENV, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

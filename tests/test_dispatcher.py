@@ -191,6 +191,28 @@ def test_accepted_socket_and_handler_address(loop, monkeypatch, family):
             os.rmdir(tmp)
 
 
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6])
+def test_accepted_connections_share_the_peer_host_string(loop, family):
+    # Each accept() answer holds a new host string; 10,000 idle connections from one host
+    # kept 10,000 copies (0.6 MB). Handlers of one host now share one string object.
+    if family == socket.AF_INET6 and not has_ipv6():
+        pytest.skip("no IPv6 loopback")
+    server = EchoServer(loop.map, family, None)
+    clients = [socket.socket(family) for _ in range(3)]
+    try:
+        for c in clients:
+            c.connect(server.address)
+        run_until(loop, lambda: len(server.channels) == 3)
+        addrs = sorted((h.addr for h in server.channels), key=lambda a: a[1])
+        assert addrs == sorted((c.getsockname() for c in clients), key=lambda a: a[1])
+        assert addrs[0][0] is addrs[1][0] is addrs[2][0]
+        assert all(type(a) is tuple and len(a) == (2 if family == socket.AF_INET else 4)
+                   for a in addrs)
+    finally:
+        for c in clients:
+            c.close()
+
+
 def _recv_nowait(sock: socket.socket) -> bytes:
     try:
         return sock.recv(100)

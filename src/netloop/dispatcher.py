@@ -67,6 +67,10 @@ ACCEPT_BACKOFF = 0.1
 #: default before the channel is closed: a silent peer cannot hold a channel forever.
 TLS_HANDSHAKE_TIMEOUT = 30.0
 
+# Peer host strings seen by accept(), shared between connections (bounded: cleared when full).
+_HOSTS: Dict[str, str] = {}
+_HOSTS_MAX = 4096
+
 # The C socket type's own family/type (socket.socket wraps them in enum conversions).
 _FAMILY = _socket.SocketType.family.__get__
 _TYPE = _socket.SocketType.type.__get__
@@ -385,6 +389,16 @@ class Dispatcher:
             self.log_info("accept() works again", "info")
             if self._nl_loop is not None:
                 self._nl_loop._take_reserve()  # if the episode cost the loop its reserve
+        if type(addr) is tuple:
+            # One string per peer host, shared by all its connections: the kernel's answer is a
+            # new ~60-byte string each time, kept for the connection's life (0.6 MB at 10,000).
+            host = addr[0]
+            shared = _HOSTS.get(host)
+            if shared is None:
+                if len(_HOSTS) >= _HOSTS_MAX:
+                    _HOSTS.clear()
+                _HOSTS[host] = shared = host
+            addr = (shared, addr[1]) if len(addr) == 2 else (shared,) + addr[1:]
         lp = self._nl_loop
         if lp is not None:
             # A handler made for conn in this pass takes addr from here, saving getpeername().
