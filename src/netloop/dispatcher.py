@@ -161,6 +161,7 @@ class Dispatcher:
         # they are read for every event.
         self.accepting = False
         self._nl_idle = None
+        self._nl_owner = None
         if sock:
             # The socket may come from a blocking source (accept() of a blocking listener).
             sock.setblocking(False)
@@ -801,11 +802,12 @@ class Dispatcher:
                 if not self.accepting:
                     break
             return
+        limited = self._nl_limited
         for _ in range(ACCEPT_BURST):
             pair = self.accept()
             if pair is None:
                 break
-            if self._nl_limited and not self._nl_admit(*pair):
+            if limited and not self._nl_admit(*pair):
                 continue
             try:
                 self.handle_accepted(*pair)
@@ -813,7 +815,7 @@ class Dispatcher:
                 raise
             except BaseException as err:
                 self._nl_setup_failed(pair[0], pair[1], err)
-            if self._nl_limited:
+            if limited:
                 self._nl_settle()
             if not self.accepting:
                 break
