@@ -3,6 +3,7 @@ a leak in every worker process (tests/conftest.py)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -10,8 +11,6 @@ import sys
 import types
 
 import pytest
-
-import conftest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src"))
@@ -52,6 +51,13 @@ def test_default_run_is_parallel() -> None:
     addopts = next(line for line in text.splitlines() if line.startswith("addopts"))
     assert "-n auto" in addopts
     assert '"pytest-xdist' in text.split("[project.optional-dependencies]")[1].split("\n")[1]
+
+    # By path: in a whole-suite run, ``import conftest`` may give benchmarks/tests' one.
+    spec = importlib.util.spec_from_file_location("tests_conftest",
+                                                  os.path.join(ROOT, "tests", "conftest.py"))
+    assert spec is not None and spec.loader is not None
+    conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conftest)
 
     def workers(*args: str) -> object:
         config = types.SimpleNamespace(args=list(args))
