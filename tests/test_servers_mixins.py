@@ -107,7 +107,11 @@ def test_finished_threads_are_not_kept():
         for _ in range(100):
             assert stream_roundtrip(socket.AF_INET, server.server_address, b"") == b"q"
             sizes.append(len(server._threads))
-    assert max(sizes) <= 3, sizes  # flat: only threads that may still be running
+    # Flat, not growing to 100: only threads that may still be running are kept. (Under load,
+    # with the suite's parallel workers, a few handlers that already answered are still
+    # finishing: 4 were seen, so the bound leaves room.)
+    assert max(sizes) <= 10, sizes
+    assert sizes[-1] <= 10 and sum(sizes[50:]) <= 10 * 50
 
 
 def test_threading_handler_exception_goes_to_handle_error():
