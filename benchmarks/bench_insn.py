@@ -187,10 +187,11 @@ class _Minimal:
         self.ep.close()
 
 
-def _netloop_server(handler):
-    """(channel map, one_pass, closer) for a netloop variant."""
+def _netloop_server(handler, channels=None):
+    """(channel map, loop, closer) for a netloop variant."""
     import netloop
-    channels = {}
+    if channels is None:
+        channels = {}
     lp = netloop.Loop(channels)
 
     def close() -> None:
@@ -306,13 +307,13 @@ def child(variant: str, warmup: int, rounds: int) -> dict:
 
 
 def _child_accept(kind: str, warmup: int, rounds: int) -> dict:
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1024)
-    listener.setblocking(False)
-    address = listener.getsockname()
     handler = _server_handler(kind)
     if handler is None:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1024)
+        listener.setblocking(False)
+        address = listener.getsockname()
         server = _Minimal()
         server.listener = listener
         import select
@@ -321,16 +322,20 @@ def _child_accept(kind: str, warmup: int, rounds: int) -> dict:
         open_conns = lambda: len(server.socks)  # noqa: E731
         close = server.close
     else:
-        from netloop.dispatcher import Dispatcher
-        channels, lp, close = _netloop_server(handler)
-
-        class Server(Dispatcher):
-            def handle_accepted(self, sock, addr):
-                handler(sock, map=channels) if kind == "cli" else handler(sock, channels)
-
-        Server(listener, map=channels).accepting = True
+        # The listeners the servers use: cli.EchoServer, servers.py's legacy EchoServer (on
+        # the asyncore facade's socket_map, as legacy code runs).
+        if kind == "cli":
+            channels, lp, close = _netloop_server(handler)
+            from netloop.cli import EchoServer
+            server = EchoServer("127.0.0.1", 0, channels)
+        else:
+            from servers import LEGACY_RECV, make_dispatcher_classes
+            from netloop import asyncore
+            channels, lp, close = _netloop_server(handler, asyncore.socket_map)
+            _, EchoServer = make_dispatcher_classes(asyncore, LEGACY_RECV)
+            server = EchoServer("127.0.0.1", 0)
+        address = server.socket.getsockname()
         lp.run_once(0)
-        lp._update(channels[listener.fileno()])
 
         def one_pass() -> None:
             lp._pass(0)
