@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import socket as _socket
+import time
 import weakref
 from errno import (EALREADY, EBADF, EINPROGRESS, EINVAL, EISCONN, ENOTCONN, EWOULDBLOCK,
                    errorcode)
@@ -51,7 +52,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("netloop")
 
 __all__ = ["Dispatcher", "known_interest", "ACCEPT_BURST", "ACCEPT_BACKOFF",
-           "TLS_HANDSHAKE_TIMEOUT"]
+           "ACCEPT_EPISODE_GAP", "TLS_HANDSHAKE_TIMEOUT"]
 
 _LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR,
            "debug": logging.DEBUG}
@@ -62,6 +63,9 @@ _LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ER
 ACCEPT_BURST = 32
 #: Seconds a listener rests after accept() failed for lack of descriptors or memory.
 ACCEPT_BACKOFF = 0.1
+#: Seconds accept() must have worked before a new failure counts as a new episode (and logs a
+#: new line): freed descriptors are often taken again at once by the backlog that waited.
+ACCEPT_EPISODE_GAP = 2.0
 
 #: Seconds ``start_tls()`` gives a handshake (and ``unwrap()`` a close_notify exchange) by
 #: default before the channel is closed: a silent peer cannot hold a channel forever.
@@ -126,6 +130,7 @@ class Dispatcher:
     _nl_plain_read = True     # handle_read_event is this class's own: the loop may skip it
     _nl_paused = 0                  # why reading is paused: reactor.PAUSED_* bits (0: reads)
     _nl_starved = False             # accept() is failing for lack of descriptors (logged once)
+    _nl_recovered = -1e9            # time.monotonic() when accept() last worked again
     #: On a listener: take pending connections only to close them while the process is out of
     #: descriptors (through the loop's reserved one), instead of leaving them in the backlog.
     shed_when_exhausted = False
@@ -386,6 +391,7 @@ class Dispatcher:
             raise
         if self._nl_starved:
             self._nl_starved = False
+            self._nl_recovered = time.monotonic()
             self.log_info("accept() works again", "info")
             if self._nl_loop is not None:
                 self._nl_loop._take_reserve()  # if the episode cost the loop its reserve
@@ -411,8 +417,11 @@ class Dispatcher:
         # without polling a level-triggered listener in a tight loop meanwhile. One line per
         # episode: a retry every ACCEPT_BACKOFF must not flood the log.
         lp = self._nl_loop
-        if not self._nl_starved:
-            self._nl_starved = True
+        first = not self._nl_starved
+        self._nl_starved = True
+        # A failure soon after accept() worked again continues the episode that had just ended
+        # (the descriptors freed were taken at once by the backlog that waited): no new line.
+        if first and time.monotonic() - self._nl_recovered >= ACCEPT_EPISODE_GAP:
             # Logged with the loop's reserved descriptor free, for handlers that need one.
             with lp.spare_descriptor() if lp is not None else _NO_SPARE:
                 self.log_info("accept() failed: %s; %s every %.1fs until it works"
