@@ -285,7 +285,8 @@ class AsyncioPoller:
 
     # ------------------------------------------------------------------ callbacks
     def _read_ready(self, events: Tuple[Tuple[int, int]]) -> None:
-        # events: ((fd, READ),), made once at registration (no tuples built per event)
+        # events: ((fd, READ),) or ((fd, WRITE),), made once at registration (no tuples built
+        # per event); the flag in them routes the event, so one callback serves both.
         if self._hold:
             return  # a driven run did its pass; level-triggered, this comes again
         lp = self._lp
@@ -298,19 +299,7 @@ class AsyncioPoller:
                 or len(lp.map) != len(lp._objs)):
             self._after(True)
 
-    def _write_ready(self, events: Tuple[Tuple[int, int]]) -> None:
-        # events: ((fd, WRITE),), made once at registration (no tuples built per event)
-        if self._hold:
-            return  # a driven run did its pass; level-triggered, this comes again
-        lp = self._lp
-        lp._running += 1
-        try:
-            lp._dispatch(events)
-        finally:
-            lp._running -= 1
-        if (lp._ready or lp._slow or lp._timers._live or self._driving or lp._stopping
-                or len(lp.map) != len(lp._objs)):
-            self._after(True)
+    _write_ready = _read_ready
 
     def _on_signal(self, signum: int) -> None:
         entry = self._lp._signal_handlers.get(signum)

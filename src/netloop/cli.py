@@ -384,13 +384,19 @@ def echo(host: str = "127.0.0.1", port: int = 0, backend: str = "auto",
     try:
         loop.run_forever()
     finally:
-        if hasattr(server, "server_close"):
-            server.server_close()
-        for obj in list(loop.map.values()):
-            obj.close()
-        loop.close()
+        _close_servers(loop, [server])
     print("netloop echo: stopped", flush=True)
     return 0
+
+
+def _close_servers(loop: Loop, servers: List[Any]) -> None:
+    """Close socketserver servers, every channel left in the loop's map, then the loop."""
+    for server in servers:
+        if hasattr(server, "server_close"):
+            server.server_close()
+    for obj in list(loop.map.values()):
+        obj.close()
+    loop.close()
 
 
 # ---------------------------------------------------------------- workers, activation, PROXY
@@ -541,12 +547,7 @@ def _echo_scaled(host: str, port: int, backend: str, kind: str, workers: Optiona
                      _address_text(sock.getsockname())), flush=True)
         loop.run_forever()
     finally:
-        for server in servers:
-            if hasattr(server, "server_close"):
-                server.server_close()
-        for obj in list(loop.map.values()):
-            obj.close()
-        loop.close()
+        _close_servers(loop, servers)
     print("netloop echo: stopped", flush=True)
     return 0
 
