@@ -238,6 +238,9 @@ def queue_over(ch: Any, size: int) -> None:
 @pytest.mark.parametrize("cls", [Hooked, HookedChat], ids=lambda c: c.__name__)
 def test_watermarks_pause_and_resume_reading(loop: netloop.Loop, cls: type) -> None:
     client, server_sock = tcp_pair()
+    # A fixed receive buffer: autotuning (tcp_rmem's maximum is 32 MiB here) could otherwise
+    # grow the window until the kernel absorbs a whole 16 MiB push, and the queue never fills.
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 * 1024)
     try:
         ch = cls(server_sock, map=loop.map)
         assert ch.get_write_buffer_limits() == (64 * 1024, 256 * 1024)
