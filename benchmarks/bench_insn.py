@@ -21,6 +21,8 @@ Variants (``--list``):
 
 - ``pp-*``: 100 socket pairs; a round is: each client sends 64 bytes, one server pass, each
   client reads its echo. Per request.
+- ``pp1-*``: the same with one socket pair: a pass per request, so the fixed cost of a pass
+  (its set-up, the poll call, the dispatch call) weighs as much as the request's own work.
 - ``bulk-*``: 10 connections (Unix socket pairs, which the kernel serves synchronously; loopback
   TCP with BENCH_INSN_TCP=1, whose counts vary by a few percent from run to run), each keeping
   256 KiB in flight in 64 KiB writes (the deep-window stream scenario); a round is: the
@@ -37,6 +39,13 @@ reads), ``*-cli`` the handler ``python -m netloop echo`` runs (``netloop.cli.Ech
 The baseline (``benchmarks/insn_baseline.json``) records the Python version it was measured
 with; counts from another build are not comparable, so ``--check`` then skips with a note.
 ``--check`` fails (exit 1) when a checked variant grew by more than ``--tolerance`` (10%).
+
+``BENCH_INSN_IDLE=N`` (pp and pp1 variants) also registers N idle socket pairs with the server
+before the measured rounds: their channels exist and are watched but never ready, as in the
+``pp100-idle10k`` scenario (N=10000 needs 20,000 descriptors; the child raises its limit). With
+``BENCH_INSN_NOFREEZE=1`` the objects made during set-up are not frozen out of the garbage
+collector, so a collection during the measured rounds traverses them as it would in a server
+(counts then depend on when the collector happens to run).
 """
 
 from __future__ import annotations
@@ -66,6 +75,9 @@ VARIANTS = {
     "pp-minimal": (30, 60),
     "pp-legacy": (30, 60),
     "pp-cli": (30, 60),
+    "pp1-minimal": (300, 3000),
+    "pp1-legacy": (300, 3000),
+    "pp1-cli": (300, 3000),
     "bulk-minimal": (40, 150),
     "bulk-legacy": (40, 150),
     "bulk-cli": (40, 150),
@@ -75,7 +87,7 @@ VARIANTS = {
 }
 #: What ``--check`` (the benchmark smoke) compares: the hot path of both server styles.
 CHECKED = ("pp-legacy", "pp-cli", "bulk-cli")
-UNITS = {"pp": "request", "bulk": "64 KiB", "accept": "connection"}
+UNITS = {"pp": "request", "pp1": "request", "bulk": "64 KiB", "accept": "connection"}
 
 PP_CONNS = 100
 BULK_CONNS = 10
@@ -223,11 +235,13 @@ def child(variant: str, warmup: int, rounds: int) -> dict:
     scenario, kind = variant.split("-", 1)
     if scenario == "accept":
         return _child_accept(kind, warmup, rounds)
-    if scenario == "pp":
-        pairs = [socket.socketpair() for _ in range(PP_CONNS)]
+    idle = []
+    if scenario in ("pp", "pp1"):
+        pairs = [socket.socketpair() for _ in range(PP_CONNS if scenario == "pp" else 1)]
         for a, b in pairs:
             a.setblocking(False)
             b.setblocking(False)
+        idle = _idle_pairs(int(os.environ.get("BENCH_INSN_IDLE", 0) or 0))
     elif os.environ.get("BENCH_INSN_TCP"):
         pairs = _tcp_pairs(BULK_CONNS)
     else:
@@ -240,12 +254,12 @@ def child(variant: str, warmup: int, rounds: int) -> dict:
     handler = _server_handler(kind)
     if handler is None:
         server = _Minimal(8192 if kind == "legacy" else 65536)
-        for s, _ in pairs:
+        for s, _ in pairs + idle:
             server.add(s)
         one_pass, close = server.one_pass, server.close
     else:
         channels, lp, close = _netloop_server(handler)
-        for s, _ in pairs:
+        for s, _ in pairs + idle:
             handler(s, map=channels) if kind == "cli" else handler(s, channels)
         lp.run_once(0)
 
@@ -253,7 +267,7 @@ def child(variant: str, warmup: int, rounds: int) -> dict:
             lp._pass(0)
     one_pass = _counted(one_pass)
     clients = [c for _, c in pairs]
-    if scenario == "pp":
+    if scenario in ("pp", "pp1"):
         def run(count: int) -> int:
             for _ in range(count):
                 for c in clients:
@@ -293,17 +307,58 @@ def child(variant: str, warmup: int, rounds: int) -> dict:
     # Objects made so far never reach a collection: the collector's work then depends on what
     # the measured rounds allocate, not on how big this script or the import graph is.
     gc.collect()
-    gc.freeze()
+    if not os.environ.get("BENCH_INSN_NOFREEZE"):
+        gc.freeze()
+    collections = _count_collections()
     os.getppid()  # callgrind dumps here: what follows is the measured part
     units = run(rounds)
     os.getppid()
     close()
-    for s, c in pairs:
+    for s, c in pairs + idle:
         c.close()
         s.close()
+    if collections:
+        # Which generations the collector ran during the measured rounds (stderr: the parent
+        # reads the last stdout line as the result).
+        print("gc collections during the measured rounds: %s" % collections, file=sys.stderr)
     if scenario == "bulk":
         return {"units": units / BULK_WRITE}
     return {"units": units}
+
+
+def _idle_pairs(n: int):
+    """``n`` socket pairs whose server sides are registered but never spoken to (both ends
+    live in this process: 2n descriptors, so fewer than asked if the limit is lower)."""
+    if not n:
+        return []
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 2 * n + 256
+    if soft < want:
+        try:  # above the hard limit too where allowed (root with CAP_SYS_RESOURCE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(want, hard)))
+        except (ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if want > limit:
+        n = (limit - 256) // 2
+        print("BENCH_INSN_IDLE: %d idle pairs (the descriptor limit is %d)" % (n, limit),
+              file=sys.stderr)
+    pairs = [socket.socketpair() for _ in range(n)]
+    for a, _ in pairs:
+        a.setblocking(False)
+    return pairs
+
+
+def _count_collections():
+    """A dict {generation: collections} filled while the measured rounds run."""
+    counts = {}
+
+    def callback(phase, info):
+        if phase == "start":
+            counts[info["generation"]] = counts.get(info["generation"], 0) + 1
+    gc.callbacks.append(callback)
+    return counts
 
 
 def _child_accept(kind: str, warmup: int, rounds: int) -> dict:
@@ -434,6 +489,11 @@ def measure(variant: str, python: str = sys.executable, timeout: float = 300,
             raise RuntimeError("%s failed (%d): %s" % (variant, proc.returncode,
                                                        proc.stderr[-2000:]))
         result = json.loads(proc.stdout.strip().splitlines()[-1])
+        for line in proc.stderr.splitlines():
+            if line.startswith("gc collections"):
+                result["gc"] = line.split(": ", 1)[1]
+            elif line.startswith("BENCH_INSN_IDLE"):
+                result["idle_note"] = line
         # Dumps: out.1 = start-up to the first getppid, out.2 = the measured rounds.
         parts = sorted(glob.glob(out + ".*"))
         measured = out + ".2"
@@ -535,8 +595,9 @@ def main(argv=None) -> int:
         r = measure(name, server_only=not opts.whole)
         figures[name] = round(r["insn"])
         if not opts.json:
-            print("%-15s %10.0f instructions per %s" % (name, r["insn"],
-                                                         UNITS[name.split("-")[0]]))
+            print("%-15s %10.0f instructions per %s%s" % (
+                name, r["insn"], UNITS[name.split("-")[0]],
+                "  (gc collections, by generation: %s)" % r["gc"] if r.get("gc") else ""))
             sys.stdout.flush()
     if opts.json:
         print(json.dumps(figures, indent=1))

@@ -317,6 +317,60 @@ def metric_of(scenario, result):
     return rate
 
 
+def interleave(cells, repeat, repeats):
+    """The order of the runs: [(repetition, scenario, server)].
+
+    Repetitions are the outer loop, so each server of a scenario runs once before any runs
+    again: a slow drift, or the loopback switching between its slow and fast modes (which
+    lasts from seconds to minutes), spreads over all servers instead of landing on one
+    server's repeats. Within a repetition the servers of a scenario take turns in a rotated
+    order (each repetition starts one server further on), so no server is always the first
+    after a change of scenario or always follows the same neighbour."""
+    by_scenario = {}
+    for n, s in cells:
+        by_scenario.setdefault(n, []).append(s)
+    schedule = []
+    for rep in range(repeat):
+        for n, servers in by_scenario.items():
+            if rep >= repeats(n):
+                continue
+            k = rep % len(servers)
+            schedule.extend((rep, n, s) for s in servers[k:] + servers[:k])
+    return schedule
+
+
+def cpu_split(scenario, result):
+    """(user, sys) of the server's CPU per unit of work (µs per request/line/connection; per
+    MB in stream mode), or (None, None). The kernel accounts the split by sampling at its
+    tick (utime/stime of /proc/PID/stat): over a 1.5 s run at 100% CPU it is good to a few
+    percent; the sum is exact."""
+    srv = (result or {}).get("server") or {}
+    u, s = srv.get("cpu_user_s"), srv.get("cpu_sys_s")
+    key = "cpu_us_per_mb" if scenario["mode"] == "stream" else "cpu_us_per_op"
+    total = srv.get(key)
+    if u is None or s is None or total is None or u + s <= 0:
+        return None, None
+    if key == "cpu_us_per_op":
+        total /= lines_per_msg(scenario)
+    return total * u / (u + s), total * s / (u + s)
+
+
+def client_us_per_op(scenario, result):
+    """The load generator's own busy CPU per request (per MB in stream mode): its half of
+    the kernel's loopback work, whatever the server. It moves with the loopback's slow and
+    fast modes, so it tells which mode a run fell into."""
+    r = result or {}
+    busy = (r.get("client") or {}).get("busy_util")
+    dur = r.get("duration_s")
+    if busy is None or not dur:
+        return None
+    if scenario["mode"] == "stream":
+        work = (r.get("bytes") or 0) / 1e6
+    else:
+        work = (r.get("requests") or 0) * lines_per_msg(scenario)
+    return busy * dur * 1e6 / work if work else None
+
+
 def run_one(loadgen, server, sc_name, sc, opts, cpus):
     host = opts.host
     cmd, fixed_port, env_extra = server.command(host)
@@ -407,6 +461,12 @@ def progress_line(i, total, rec, sc):
             if "cpu_us_per_op" in srvd:
                 msg += " srv %.1fus/op (%.0f%% cpu)" % (srvd["cpu_us_per_op"],
                                                         100 * srvd.get("cpu_util", 0))
+                user, system = cpu_split(sc, r)
+                if user is not None:
+                    msg += " usr %.1f sys %.1f" % (user, system)
+            cli_op = client_us_per_op(sc, r)
+            if cli_op is not None and sc["mode"] != "stream":
+                msg += " cli %.1fus/op" % cli_op
         msg += " cli %.0f%%" % (100 * (client_util(r) or 0))
         other = noise_of(r)
         if other:
@@ -437,6 +497,15 @@ def _sum_kinds(results):
             if v:
                 kinds[k] = kinds.get(k, 0) + v
     return kinds
+
+
+def best_split(scenario, results):
+    """(user, sys) of the run with the least server CPU per unit of work."""
+    splits = [cpu_split(scenario, x) for x in results]
+    splits = [sp for sp in splits if sp[0] is not None]
+    if not splits:
+        return None, None
+    return min(splits, key=lambda sp: sp[0] + sp[1])
 
 
 def summarise(runs, servers, scenarios):
@@ -473,6 +542,14 @@ def summarise(runs, servers, scenarios):
                      if x["server"].get("cpu_us_per_mb") is not None] or [None],
                     key=lambda v: float("inf") if v is None else v),
                 "server_cpu_util": _median([x["server"].get("cpu_util") for x in res]),
+                # user and kernel (sys) parts of the server's CPU per request (per MB in
+                # stream mode): medians of each, and the split of the best run (the run with
+                # the least CPU in all, as in the best-run table)
+                "server_user_us": _median([cpu_split(sc, x)[0] for x in res]),
+                "server_sys_us": _median([cpu_split(sc, x)[1] for x in res]),
+                "server_user_us_best": best_split(sc, res)[0],
+                "server_sys_us_best": best_split(sc, res)[1],
+                "client_us_per_op": _median([client_us_per_op(sc, x) for x in res]),
                 "client_cpu_util": _median([client_util(x) for x in res]),
                 "starved": _median([1.0 if starved(sc, x) else 0.0 for x in res]) == 1.0,
                 "other_cpu_util": _median([noise_of(x) for x in res]),
@@ -607,6 +684,22 @@ def render_markdown(meta, servers, scenarios, cells, primary_tag, ref=None):
         v = cell.get("server_cpu_us_per_op_min")
         return "-" if v is None else "%.1f" % v
 
+    def split(cell, sc):
+        if sc["metric"] == "rss_per_idle" or cell.get("server_user_us") is None:
+            return "-"
+        fmt = "%.0f" if sc["mode"] == "stream" else "%.1f"
+        txt = (fmt + " + " + fmt) % (cell["server_user_us"], cell["server_sys_us"])
+        if cell.get("server_user_us_best") is not None:
+            txt += (" (" + fmt + " + " + fmt + ")") % (cell["server_user_us_best"],
+                                                       cell["server_sys_us_best"])
+        return txt
+
+    def client(cell, sc):
+        v = cell.get("client_us_per_op")
+        if sc["metric"] == "rss_per_idle" or v is None:
+            return "-"
+        return ("%.0f" if sc["mode"] == "stream" else "%.1f") % v
+
     def memory(cell, sc):
         hwm = cell["vmhwm_kb"]
         txt = "-" if hwm is None else "%.1f MiB" % (hwm / 1024)
@@ -617,16 +710,25 @@ def render_markdown(meta, servers, scenarios, cells, primary_tag, ref=None):
     table("bytes", "Server CPU per request (µs; stream: µs per MB) [server CPU use]", cpu, False)
     table("bytes", "Server CPU per request, best run (µs): loopback has a slow and a fast "
           "mode, about 2 µs apart, that a run falls into whatever the server", cpu_best, False)
+    table("bytes", "Server CPU per request, user + sys (µs; stream: per MB): median of each "
+          "(best run's split): sys is kernel time, user what the server's own code costs",
+          split, False)
+    table("bytes", "Load generator CPU per request (µs; stream: per MB), median: its share of "
+          "the loopback's kernel work; it moves with the loopback's slow and fast modes",
+          client, False)
     table("bytes", "Server peak RSS (VmHWM)", memory, False)
     table("line", "Line echo (issue #3): throughput, median", headline, True)
     table("line", "Line echo: latency p50 / p99 (µs)", latency, False)
     table("line", "Line echo: server CPU per line (µs) [server CPU use]", cpu, False)
     table("line", "Line echo: server CPU per line, best run (µs)", cpu_best, False)
+    table("line", "Line echo: server CPU per line, user + sys (µs): median (best run)", split,
+          False)
     table("tls", "TLS echo (issue #14): throughput, median", headline, True)
     table("tls", "TLS echo: latency p50 / p99 (µs)", latency, False)
     table("tls", "TLS echo: server CPU per request / per MB / per handshake (µs) "
           "[server CPU use]", cpu, False)
     table("tls", "TLS echo: server CPU per request, best run (µs)", cpu_best, False)
+    table("tls", "TLS echo: server CPU, user + sys (µs): median (best run)", split, False)
     notes = []
     for key, cell in cells.items():
         srv_name, sc_name = key.split("|")
@@ -957,9 +1059,7 @@ def main(argv=None):
     i = 0
     skipped_budget = 0
     try:
-        # repeats outermost: slow drift spreads over all cells
-        schedule = [(rep, n, s) for rep in range(opts.repeat) for n, s in cells
-                    if rep < repeats(n)]
+        schedule = interleave(cells, opts.repeat, repeats)
         seen_wall = {}  # (server, scenario) -> wall seconds of its last run
 
         def expected(n, s):

@@ -149,6 +149,47 @@ def test_runner_quick_subset(loadgen, tmp_path):
     assert "minimal-epoll@" in md and "pp10" in md
 
 
+def test_runner_reports_user_and_sys_time(loadgen, tmp_path):
+    # Every cell carries the server's CPU per request split into user and kernel time (the
+    # load generator reads utime and stime apart); the parts add up to the total, and the
+    # Markdown has the split table.
+    out = tmp_path / "res"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(BENCH_DIR, "run.py"), "--quick", "--servers",
+         "minimal-epoll", "--scenarios", "pp10", "--duration", "0.5", "--warmup", "0.1",
+         "--repeat", "2", "--out", str(out), "--no-insn-check"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=100,
+    )
+    assert proc.returncode == 0, proc.stdout
+    data = json.loads((out / "results.json").read_text())
+    assert len(data["runs"]) == 2
+    cell = data["summary"]["minimal-epoll@%d.%d|pp10" % sys.version_info[:2]]
+    assert cell["server_user_us"] is not None and cell["server_sys_us"] is not None
+    best = cell["server_user_us_best"] + cell["server_sys_us_best"]
+    assert abs(best - cell["server_cpu_us_per_op_min"]) < 1e-6 * max(1.0, best)
+    assert cell["client_us_per_op"] > 0
+    md = (out / "results.md").read_text()
+    assert "user + sys" in md
+    assert "usr " in proc.stdout and " sys " in proc.stdout
+
+
+def test_runner_split_and_schedule():
+    import run
+    sc = dict(run.SCENARIOS["pp100"])
+    res = {"server": {"cpu_user_s": 1.0, "cpu_sys_s": 3.0, "cpu_us_per_op": 8.0}}
+    assert run.cpu_split(sc, res) == (2.0, 6.0)
+    assert run.cpu_split(sc, {"server": {}}) == (None, None)
+    stream = dict(run.SCENARIOS["stream256k"])
+    res = {"server": {"cpu_user_s": 1.0, "cpu_sys_s": 1.0, "cpu_us_per_mb": 500.0}}
+    assert run.cpu_split(stream, res) == (250.0, 250.0)
+    # repetitions outermost; within one, each scenario's servers in a rotated order
+    cells = [("a", "s1"), ("a", "s2"), ("a", "s3"), ("b", "s1")]
+    order = run.interleave(cells, 3, lambda n: 3 if n == "a" else 1)
+    assert order == [(0, "a", "s1"), (0, "a", "s2"), (0, "a", "s3"), (0, "b", "s1"),
+                     (1, "a", "s2"), (1, "a", "s3"), (1, "a", "s1"),
+                     (2, "a", "s3"), (2, "a", "s1"), (2, "a", "s2")]
+
+
 @pytest.mark.parametrize("script", ["bench_pass.py", "bench_accept.py"])
 def test_in_process_benches(script):
     env = dict(os.environ, ROUNDS="5", N="4", K="4")
@@ -281,6 +322,13 @@ def test_bench_insn_children_run():
                               stderr=subprocess.PIPE, text=True, env=env, timeout=60)
         assert proc.returncode == 0, (variant, proc.stderr)
         assert json.loads(proc.stdout.strip().splitlines()[-1])["units"] > 0, variant
+    # idle channels beside the busy one, the collector not frozen (BENCH_INSN_IDLE/NOFREEZE)
+    proc = subprocess.run([sys.executable, os.path.join(BENCH_DIR, "bench_insn.py"),
+                           "--child", "pp1-legacy", "2", "3"], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, timeout=60,
+                          env=dict(env, BENCH_INSN_IDLE="50", BENCH_INSN_NOFREEZE="1"))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["units"] == 3
 
 
 def test_bench_insn_baseline_file():
