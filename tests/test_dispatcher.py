@@ -338,3 +338,33 @@ def test_unconnected_socket_handed_over(loop):
         assert d.addr is None
     finally:
         d.close()
+
+
+def test_per_event_attributes_are_not_shadowed_by_class_attributes():
+    # The loop reads connected/accepting for every event, recv()/send() read socket, the idle
+    # timer and the send queue for every request. CPython 3.12+ never specializes a read of
+    # an instance attribute that a class attribute of the same name shadows (each such read
+    # takes the generic lookup), so the core classes keep these on the instance only; the
+    # asyncore facade keeps asyncore's class defaults for connected/accepting.
+    from netloop.buffered import BufferedDispatcher
+    for name in ("connected", "accepting", "socket", "_nl_idle"):
+        assert not any(name in vars(k) for k in netloop.Dispatcher.__mro__), name
+    assert not any("_outq" in vars(k) for k in BufferedDispatcher.__mro__)
+    assert netloop.asyncore.dispatcher.connected is False
+    assert netloop.asyncore.dispatcher.accepting is False
+
+
+def test_instance_attributes_without_a_socket():
+    class Preset(netloop.Dispatcher):
+        def __init__(self) -> None:
+            self.connected = True  # set before the base __init__: kept, as before
+            netloop.Dispatcher.__init__(self, map={})
+
+    d = netloop.Dispatcher(map={})
+    assert d.connected is False and d.accepting is False and d.socket is None
+    assert Preset().connected is True
+    # a channel whose __init__ never ran still has a repr (log lines use it)
+    bare = netloop.Dispatcher.__new__(netloop.Dispatcher)
+    assert "Dispatcher" in repr(bare)
+    q = netloop.BufferedDispatcher.__new__(netloop.BufferedDispatcher)
+    assert q.out_buffer == b""

@@ -158,6 +158,12 @@ loop.__doc__ = _reactor.loop.__doc__
 class dispatcher(_Dispatcher):
     """asyncore.dispatcher: netloop's ``Dispatcher`` with asyncore's printed logging."""
 
+    # asyncore's class defaults, which code may read from the class. (netloop's Dispatcher
+    # keeps these two on the instance only: on CPython 3.12+ a class attribute of the same
+    # name makes every read through an instance take the generic lookup.)
+    connected = False
+    accepting = False
+
     def _default_map(self) -> Any:
         return socket_map
 

@@ -40,9 +40,9 @@ SEND_CHUNKS = 64
 class BufferedDispatcher(Dispatcher, FlowControl):
     """``asyncore.dispatcher_with_send``: ``send()`` never blocks and never loses bytes."""
 
-    # Until __init__ runs (a subclass may touch the queue first): empty, and replaced by a
-    # deque on first use through _queue().
-    _outq: Any = ()
+    # An instance attribute only (see Dispatcher's class body on shadowing), set by __init__:
+    # empty, and replaced by a deque on first use through _queue().
+    _outq: Any
     _nl_sendmsg = True   # cleared for a socket whose sendmsg() refuses (TLS) or is missing
     _nl_close_when_sent = False  # end of input seen with output queued: close once it is sent
 
@@ -54,8 +54,8 @@ class BufferedDispatcher(Dispatcher, FlowControl):
         Dispatcher.__init__(self, sock, map)
 
     def _queue(self) -> Deque[Any]:
-        q = self._outq
-        if type(q) is not deque:  # a subclass touched out_buffer before calling __init__
+        q = getattr(self, "_outq", ())  # a subclass may touch out_buffer before __init__
+        if type(q) is not deque:
             q = self._outq = deque()
             self._out_pending = 0
         return q
@@ -63,7 +63,7 @@ class BufferedDispatcher(Dispatcher, FlowControl):
     @property
     def out_buffer(self) -> bytes:
         """The bytes not yet sent (a copy: read it for inspection, not in a hot loop)."""
-        return b"".join(self._outq)
+        return b"".join(getattr(self, "_outq", ()))
 
     @out_buffer.setter
     def out_buffer(self, value: Any) -> None:

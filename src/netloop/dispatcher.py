@@ -117,13 +117,18 @@ class Dispatcher:
     """
 
     debug = False
-    connected = False
-    accepting = False
+    # connected, accepting, socket: instance attributes only (set by __init__), read for
+    # every event. CPython 3.12+ never specializes a read of an instance attribute that a
+    # class attribute of the same name shadows (it takes the generic lookup, ~300
+    # instructions, where a specialized read costs ~10); 3.11 reads a class default through
+    # an instance the slow way too.
+    connected: bool
+    accepting: bool
     connecting = False
     closing = False
     addr: Any = None
     ignore_log_types = frozenset({"warning"})
-    socket: Any = None
+    socket: Any
     _fileno: Optional[int] = None
     _nl_loop: Any = None
     _nl_known = True
@@ -143,7 +148,7 @@ class Dispatcher:
     _nl_owner: Any = None           # on an accepted channel: the listener counting it
     _nl_owner_key = 0
     _nl_timers: Any = None          # this channel's own timers, cancelled on close
-    _nl_idle: Any = None            # the idle-timeout timer, when one is set
+    _nl_idle: Any                   # the idle-timeout timer, when one is set (instance only)
     _nl_idle_after = 0.0
     _nl_last = 0.0                  # loop time of the last byte in either direction
 
@@ -161,8 +166,8 @@ class Dispatcher:
             map = _as_map(map)  # a Loop stands for its map; anything else fails clearly
         self._map = map
         self._fileno = None
-        # Instance attributes, not only class defaults: CPython 3.11 reads these faster, and
-        # they are read for every event.
+        # Instance attributes only, with no class default (see the class body): read for
+        # every event.
         self.accepting = False
         self._nl_idle = None
         self._nl_owner = None
@@ -192,6 +197,10 @@ class Dispatcher:
                     raise
         else:
             self.socket = None
+            # (hasattr, not self.__dict__: reading __dict__ would slow every later attribute
+            # read of this instance on 3.11)
+            if not hasattr(self, "connected"):  # a subclass may have set it already
+                self.connected = False
 
     def _default_map(self) -> ChannelMap:
         """The map used when none is given (the facade answers with its ``socket_map``)."""
@@ -201,9 +210,10 @@ class Dispatcher:
         cls = self.__class__
         module = _REPR_MODULES.get(cls.__module__, cls.__module__)
         status = [module + "." + cls.__qualname__]
-        if self.accepting and self.addr:
+        # getattr: also for a channel whose __init__ failed or has not run (in a log line)
+        if getattr(self, "accepting", False) and self.addr:
             status.append("listening")
-        elif self.connected:
+        elif getattr(self, "connected", False):
             status.append("connected")
         if self.addr is not None:
             try:
