@@ -158,15 +158,18 @@ def poller_name(request: pytest.FixtureRequest) -> str:
 
 # The `loop` fixture of these modules also runs hosted by asyncio (netloop.aio), on asyncio's
 # default loop and on uvloop where it is installed: the same tests, a second driver.
+# "asyncio-each": asyncio's default loop with every channel's descriptor registered with it
+# (attach(nested=False), the way on platforms without epoll or kqueue); the others watch the
+# loop's own epoll/kqueue through asyncio where the platform has one.
 HOSTED_MODULES = {"test_dispatcher", "test_buffered", "test_chat_channel", "test_services",
                   "test_files", "test_smoke_core"}
 try:
     import uvloop
-    HOSTS = ["asyncio", "uvloop"]
+    HOSTS = ["asyncio", "asyncio-each", "uvloop"]
     # libuv opens a process-wide pipe pair with the first loop: take it now, not in a test.
     uvloop.new_event_loop().close()
 except ImportError:
-    HOSTS = ["asyncio"]
+    HOSTS = ["asyncio", "asyncio-each"]
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -188,7 +191,8 @@ def _hosted_loop(host: str) -> Iterator[netloop.Loop]:
     else:
         ev = asyncio.new_event_loop()
     lp = netloop.Loop()
-    handle = netloop.aio.attach(lp, event_loop=ev)
+    handle = netloop.aio.attach(lp, event_loop=ev,
+                                nested=False if host == "asyncio-each" else None)
     try:
         yield lp
         for obj in list(lp.map.values()):
@@ -217,7 +221,7 @@ def _hosted_loop(host: str) -> Iterator[netloop.Loop]:
 def loop(poller_name: str) -> Iterator[netloop.Loop]:
     """A private loop on each poller, closed after the test (its channels too). In the
     modules of HOSTED_MODULES also attached to an asyncio loop ("asyncio", "uvloop")."""
-    if poller_name in ("asyncio", "uvloop"):
+    if poller_name in HOSTS:
         yield from _hosted_loop(poller_name)
         return
     lp = netloop.Loop(poller=poller_name)

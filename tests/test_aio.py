@@ -33,7 +33,10 @@ from netloop import pollers
 
 # The asyncio hosts of tests/conftest.py (not imported from there: benchmarks/tests has a
 # conftest module too, and whichever is imported first owns the name).
-HOSTS = ["asyncio", "uvloop"] if importlib.util.find_spec("uvloop") else ["asyncio"]
+# "asyncio-each": every channel's descriptor registered with asyncio (attach(nested=False));
+# the others watch the loop's own epoll/kqueue through asyncio.
+HOSTS = (["asyncio", "asyncio-each", "uvloop"] if importlib.util.find_spec("uvloop")
+         else ["asyncio", "asyncio-each"])
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -52,8 +55,12 @@ def host(request: pytest.FixtureRequest) -> str:
     return request.param  # type: ignore[no-any-return]
 
 
+def nested(host: str) -> Any:
+    return False if host == "asyncio-each" else None
+
+
 def run(host: str, coro: Any, **kwargs: Any) -> Any:
-    return netloop.aio.run(coro, loop_factory=factory(host), **kwargs)
+    return netloop.aio.run(coro, loop_factory=factory(host), nested=nested(host), **kwargs)
 
 
 # ---------------------------------------------------------------- legacy channels
@@ -114,7 +121,7 @@ def test_run_main_serves_dispatchers_and_chat(host):
         w2.write(b"o\n")
         second = await r2.readline()
         lp = netloop.get_loop(m)
-        assert lp.poller.name == host
+        assert lp.poller.name == host.split("-")[0]
         for writer in (w, w2):
             writer.close()
             await writer.wait_closed()
@@ -336,9 +343,10 @@ def test_detach_releases_every_registration(host):
     try:
         selector = getattr(ev, "_selector", None)
         before = len(selector.get_map()) if selector is not None else 0
-        with netloop.aio.attach(m, event_loop=ev) as handle:
-            h2 = netloop.aio.attach(native, event_loop=ev)
-            assert handle.attached and lp.poller.name == host
+        with netloop.aio.attach(m, event_loop=ev, nested=nested(host)) as handle:
+            h2 = netloop.aio.attach(native, event_loop=ev, nested=nested(host))
+            assert handle.attached and lp.poller.name == host.split("-")[0]
+            assert handle.poller.nested is (host != "asyncio-each")
             c = socket.create_connection(("127.0.0.1", server.port))
             run_until(lp, lambda: len(server.accepted) == 1)  # run_once drives asyncio
             assert set(handle.poller._masks) >= {server._fileno, server.accepted[0]._fileno}
@@ -359,6 +367,48 @@ def test_detach_releases_every_registration(host):
         close_map(m)
         ev.close()
     assert signal.getsignal(signal.SIGUSR2) == signal.SIG_DFL
+
+
+def test_nested_watches_one_descriptor_and_delivers_out_of_band_data(host):
+    # Nested (the default here), asyncio watches the loop's own epoll: one registration for
+    # all channels, and out-of-band data reaches handle_expt() as on netloop's own loop.
+    # One by one, each channel's descriptor is asyncio's, and OOB data has no readiness there.
+    ev = factory(host)()
+    m: dict = {}
+    got: List[bytes] = []
+
+    class Oob(netloop.BufferedDispatcher):
+        def handle_expt(self) -> None:
+            got.append(self.socket.recv(1, socket.MSG_OOB))
+
+        def handle_read(self) -> None:
+            data = self.recv(100)
+            if data:
+                got.append(data)
+
+    srv = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(srv.getsockname())
+    conn, _ = srv.accept()
+    srv.close()
+    d = Oob(conn, map=m)
+    selector = getattr(ev, "_selector", None)
+    try:
+        with netloop.aio.attach(m, event_loop=ev, nested=nested(host)) as handle:
+            lp = handle.loop
+            assert handle.poller.nested is (host != "asyncio-each")
+            if selector is not None:
+                watched = {key.fd for key in selector.get_map().values()}
+                assert (d._fileno in watched) is (host == "asyncio-each")
+            client.send(b"in band")
+            run_until(lp, lambda: got == [b"in band"])
+            if host == "asyncio-each":
+                return
+            client.send(b"!", socket.MSG_OOB)
+            run_until(lp, lambda: got == [b"in band", b"!"])
+    finally:
+        d.close()
+        client.close()
+        ev.close()
 
 
 def test_socketserver_on_an_attached_map(host):
@@ -469,6 +519,9 @@ def test_migration_example_serves_real_clients():
 
 # ---------------------------------------------------------------- CPython's suites, hosted
 def _hosted_env(host: str) -> dict:
+    if host == "asyncio-each":
+        pytest.skip("NETLOOP_POLLER=asyncio watches the loop's own epoll/kqueue; the suites "
+                    "ran on per-descriptor registrations before nesting was the default")
     env = dict(os.environ, NETLOOP_POLLER=host)
     env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
     return env

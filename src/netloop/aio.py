@@ -21,14 +21,26 @@ legacy program (``netloop.aio.run()``), or runs a coroutine with the map attache
 
 How it works (a second driver of the same ``Loop``). A ``Loop`` keeps its channels' interest
 in one table and changes a registration only when a channel's interest changes; the poller it
-is given carries out those changes. Attaching gives the loop an ``AsyncioPoller``, whose
-``register``/``modify``/``unregister`` become ``add_reader``/``add_writer``/``remove_*`` on
-the asyncio loop, so it works with every selector-based asyncio loop and with uvloop. Each
-readiness callback hands its event to ``Loop._dispatch``, the function that dispatches the
-events of netloop's own pollers: the same routing, the same "closed earlier in this pass"
-checks, the same ``readable()``/``writable()`` handling. The loop's services stay its own and
-are driven by asyncio: the earliest netloop timer is one asyncio timer, the wake-up pipe (used
-by ``call_soon_threadsafe``) is one more reader, signal handlers added with
+is given carries out those changes. Attaching gives the loop an ``AsyncioPoller``, which
+carries them out in one of two ways:
+
+- Nested (the default where the platform has epoll or kqueue): the channels are registered
+  with a kernel poller of the loop's own, and asyncio watches that poller's one descriptor
+  (``add_reader``; a nested epoll or kqueue works with every selector-based asyncio loop and
+  with uvloop). When it is readable, the callback makes one pass exactly as netloop's own
+  driver does: ``poll(0)``, then ``Loop._dispatch`` for the whole batch. So a hosted read
+  costs what it costs on netloop's own loop (plus one asyncio callback per batch, not per
+  event), and out-of-band data reaches ``handle_expt_event`` as it does there.
+- One by one (``attach(nested=False)``, and the only way elsewhere): ``register``/``modify``/
+  ``unregister`` become ``add_reader``/``add_writer``/``remove_*`` for each channel's
+  descriptor, and each readiness callback hands its one event to ``Loop._dispatch``.
+  Out-of-band data is not delivered: asyncio has no such readiness.
+
+Either way the events go through ``Loop._dispatch``, the function that dispatches the events
+of netloop's own pollers: the same routing, the same "closed earlier in this pass" checks, the
+same ``readable()``/``writable()`` handling. The loop's services stay its own and are driven
+by asyncio: the earliest netloop timer is one asyncio timer, the wake-up pipe (used by
+``call_soon_threadsafe``) is one more descriptor watched, signal handlers added with
 ``Loop.add_signal_handler`` become asyncio's, and ``Loop.stop()`` resolves
 ``Attachment.stopped`` (which ``run()`` waits for).
 
@@ -38,7 +50,6 @@ callbacks (events, timers, queued calls), one asyncio iteration later, which is 
 own passes do. Asyncio code that changes what such a predicate answers (outside any netloop
 callback) should call ``Loop.call_soon`` with any function, or the channel's
 ``_update_interest()``; ``send()``/``push()`` and the other netloop calls need nothing.
-Out-of-band data (``handle_expt_event``) is not delivered: asyncio has no such readiness.
 
 While attached, ``Loop.run()``/``run_once()`` (and ``asyncore.loop()``, ``serve_forever()``)
 may still be called when the asyncio loop is not running: they run it until a netloop event
@@ -56,15 +67,20 @@ import sys
 import threading
 
 from . import reactor as _reactor
-from .pollers import INVALID, READ, WRITE
+from .pollers import _FACTORIES, INVALID, READ, WRITE, EpollPoller, KqueuePoller
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Awaitable, Callable, Dict, Optional, Tuple, Union
+    from typing import Any, Awaitable, Callable, Dict, Optional, Sequence, Tuple, Union
 
+    from .pollers import Poller
     from .reactor import ChannelMap, Loop
 
 __all__ = ["attach", "run", "Attachment", "AsyncioPoller"]
+
+# The kernel poller with a descriptor of its own that a nested attachment uses, if any.
+_NATIVE: Optional[Callable[[], Poller]] = (
+    EpollPoller if "epoll" in _FACTORIES else KqueuePoller if "kqueue" in _FACTORIES else None)
 
 
 class AsyncioPoller:
@@ -75,7 +91,8 @@ class AsyncioPoller:
     """
 
     def __init__(self, event_loop: Optional[asyncio.AbstractEventLoop] = None, *,
-                 factory: Optional[Callable[[], asyncio.AbstractEventLoop]] = None) -> None:
+                 factory: Optional[Callable[[], asyncio.AbstractEventLoop]] = None,
+                 nested: Optional[bool] = None) -> None:
         # Without event_loop: a private asyncio loop made by factory, which the netloop loop
         # drives from its own run()/run_once() and which close() closes (NETLOOP_POLLER=asyncio).
         self._own = event_loop is None
@@ -104,6 +121,19 @@ class AsyncioPoller:
         # Bound once: asyncio keeps these with every registration.
         self._read_cb = self._read_ready
         self._write_cb = self._write_ready
+        # Nested: the channels are registered with a kernel poller of the loop's own (epoll,
+        # kqueue), whose one descriptor asyncio watches (see the module docstring).
+        self._nested_auto = nested is None
+        self._want_nested = _NATIVE is not None if nested is None else bool(nested)
+        if self._want_nested and _NATIVE is None:
+            raise ValueError("nested=True needs epoll or kqueue, which this platform lacks")
+        self._native: Optional[Poller] = None
+        self._native_fd = -1
+
+    @property
+    def nested(self) -> bool:
+        """True while the channels are watched through one native poller's descriptor."""
+        return self._native is not None
 
     def bind(self, lp: Loop) -> None:
         """Called by the loop that takes this poller: events go to its ``_dispatch``."""
@@ -113,11 +143,37 @@ class AsyncioPoller:
             raise RuntimeError("a private AsyncioPoller cannot be used again once closed")
         self._lp = lp
         self._closed = False
+        if self._want_nested and self._native is None:
+            native = _NATIVE()  # type: ignore[misc]
+            try:
+                fd = native.fileno()
+                self.event_loop.add_reader(fd, self._batch_ready)
+            except (OSError, ValueError):
+                native.close()
+                if not self._nested_auto:
+                    raise
+                self._want_nested = False  # an event loop that cannot watch it: one by one
+            except BaseException:
+                native.close()
+                raise
+            else:
+                self._native = native
+                self._native_fd = fd
 
     # ------------------------------------------------------------------ the poller interface
     def register(self, fd: int, mask: int) -> None:
         if self._closed:
             raise ValueError("the asyncio attachment is closed")
+        native = self._native
+        if native is not None:
+            native.register(fd, mask)
+            self._masks[fd] = mask
+            if fd in getattr(native, "_always", ()):
+                # A regular file, which epoll refuses: the native poller reports it as always
+                # ready on every poll, but its descriptor never becomes readable for it.
+                self._always[fd] = mask
+                self._tick_always()
+            return
         ev = self.event_loop
         try:
             if mask & READ:
@@ -141,6 +197,13 @@ class AsyncioPoller:
         self._masks[fd] = mask
 
     def modify(self, fd: int, mask: int) -> None:
+        native = self._native
+        if native is not None:
+            native.modify(fd, mask)
+            self._masks[fd] = mask
+            if fd in self._always:
+                self._always[fd] = mask
+            return
         if fd in self._always:
             self._always[fd] = self._masks[fd] = mask
             return
@@ -160,6 +223,11 @@ class AsyncioPoller:
 
     def unregister(self, fd: int) -> None:
         old = self._masks.pop(fd, 0)
+        native = self._native
+        if native is not None:
+            self._always.pop(fd, None)
+            native.unregister(fd)
+            return
         if self._always.pop(fd, None) is not None:
             return
         ev = self.event_loop
@@ -182,6 +250,10 @@ class AsyncioPoller:
     def _always_ready(self) -> None:
         self._always_handle = None
         if self._hold or self._closed:
+            return
+        if self._native is not None:
+            self._batch_ready()  # the native poller reports the files with the sockets
+            self._tick_always()
             return
         events = [(fd, mask & (READ | WRITE)) for fd, mask in self._always.items()
                   if mask & (READ | WRITE)]
@@ -234,9 +306,12 @@ class AsyncioPoller:
         self._closed = True
         if os.getpid() != self._pid:
             # A forked child: the asyncio loop (and its epoll) is the parent's; touch nothing
-            # (a private loop's descriptors stay open in the child).
+            # (a private loop's descriptors stay open in the child). A native poller's
+            # registrations are shared with the parent too: only this process's copy of its
+            # descriptor is closed.
             self._masks.clear()
             self._always.clear()
+            self._close_native(False)
             return
         if self._always_handle is not None:
             self._always_handle.cancel()
@@ -244,6 +319,7 @@ class AsyncioPoller:
         ev = self.event_loop
         for fd in list(self._masks):
             self.unregister(fd)
+        self._close_native(True)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -258,6 +334,19 @@ class AsyncioPoller:
             if ev.is_running():
                 raise RuntimeError("cannot close a running asyncio loop")
             ev.close()
+
+    def _close_native(self, unwatch: bool) -> None:
+        native = self._native
+        if native is None:
+            return
+        self._native = None
+        if unwatch and not self.event_loop.is_closed():
+            self._remove(self.event_loop.remove_reader, self._native_fd)
+        self._native_fd = -1
+        try:
+            native.close()
+        except OSError:
+            pass  # kqueue descriptors are not inherited by a forked child
 
     # ------------------------------------------------------------------ hooks of the Loop
     def notify(self) -> None:
@@ -284,9 +373,10 @@ class AsyncioPoller:
                 pass  # the asyncio loop is closed, or not in the main thread any more
 
     # ------------------------------------------------------------------ callbacks
-    def _read_ready(self, events: Tuple[Tuple[int, int]]) -> None:
-        # events: ((fd, READ),) or ((fd, WRITE),), made once at registration (no tuples built
-        # per event); the flag in them routes the event, so one callback serves both.
+    def _read_ready(self, events: Sequence[Tuple[int, int]]) -> None:
+        # events: one by one, ((fd, READ),) or ((fd, WRITE),), made once at registration (no
+        # tuples built per event; the flag in them routes the event, so one callback serves
+        # both); nested, the batch the native poller returned.
         if self._hold:
             return  # a driven run did its pass; level-triggered, this comes again
         lp = self._lp
@@ -300,6 +390,15 @@ class AsyncioPoller:
             self._after(True)
 
     _write_ready = _read_ready
+
+    def _batch_ready(self) -> None:
+        # Nested: the native poller has events. One pass of them, as the loop's own driver
+        # makes it: poll without blocking, then _dispatch for the whole batch.
+        if self._hold or self._closed:
+            return
+        events = self._native.poll(0)  # type: ignore[union-attr]
+        if events:
+            self._read_ready(events)
 
     def _on_signal(self, signum: int) -> None:
         entry = self._lp._signal_handlers.get(signum)
@@ -430,7 +529,8 @@ class Attachment:
     it). Usable as a context manager (``with netloop.aio.attach(): ...``).
     """
 
-    def __init__(self, lp: Loop, event_loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, lp: Loop, event_loop: asyncio.AbstractEventLoop,
+                 nested: Optional[bool] = None) -> None:
         self.loop = lp
         self.event_loop = event_loop
         self.stopped: asyncio.Future[None] = event_loop.create_future()
@@ -443,7 +543,7 @@ class Attachment:
             lp.remove_signal_handler(signum)
         if lp._acquired:
             lp._release()  # the native poller and wake-up pipe: new ones come with the driver
-        self.poller = AsyncioPoller(event_loop)
+        self.poller = AsyncioPoller(event_loop, nested=nested)
         self.poller.on_stop = self._on_stop
         lp._poller_spec = self.poller
         lp._implicit = False  # never give the kernel objects back while attached
@@ -529,13 +629,18 @@ if hasattr(os, "register_at_fork"):
 
 
 def attach(target: Union[None, ChannelMap, Loop] = None, *,
-           event_loop: Optional[asyncio.AbstractEventLoop] = None) -> Attachment:
+           event_loop: Optional[asyncio.AbstractEventLoop] = None,
+           nested: Optional[bool] = None) -> Attachment:
     """Serve ``target`` from the running asyncio loop; returns a handle whose ``detach()``
     undoes it.
 
     ``target``: a channel map (the global ``socket_map`` when None) or a ``netloop.Loop``.
     ``event_loop``: the asyncio loop to use instead of the running one (for a loop that is
     not running yet; ``Loop.run_once()``/``run()`` then drive it).
+    ``nested``: watch the channels through one epoll/kqueue poller of the loop's own, whose
+    descriptor asyncio watches (True; the default where the platform has one), or register
+    each channel's descriptor with asyncio (False; the only way elsewhere). See the module
+    docstring.
     """
     if event_loop is None:
         event_loop = asyncio.get_running_loop()
@@ -550,12 +655,13 @@ def attach(target: Union[None, ChannelMap, Loop] = None, *,
         raise RuntimeError("%r is attached already (%r)" % (lp, current))
     if lp._running:
         raise RuntimeError("cannot attach a running loop: %r" % (lp,))
-    return Attachment(lp, event_loop)
+    return Attachment(lp, event_loop, nested)
 
 
 def run(main: Optional[Awaitable[Any]] = None, *, map: Union[None, ChannelMap, Loop] = None,
         debug: Optional[bool] = None,
-        loop_factory: Optional[Callable[[], asyncio.AbstractEventLoop]] = None) -> Any:
+        loop_factory: Optional[Callable[[], asyncio.AbstractEventLoop]] = None,
+        nested: Optional[bool] = None) -> Any:
     """Run asyncio with ``map`` attached: the drop-in successor of ``asyncore.loop()``.
 
     With ``main`` (a coroutine), run it to completion and return its result, as
@@ -564,10 +670,11 @@ def run(main: Optional[Awaitable[Any]] = None, *, map: Union[None, ChannelMap, L
     (a clean return), or SIGINT (``KeyboardInterrupt``, as ``asyncore.loop()`` raised).
     ``map``: a channel map or a ``Loop`` (the global ``socket_map`` when None).
     ``loop_factory``: makes the asyncio loop (e.g. ``uvloop.new_event_loop``).
+    ``nested``: as for ``attach()``.
     """
 
     async def serve() -> Any:
-        handle = attach(map)
+        handle = attach(map, nested=nested)
         term_installed = False
         try:
             if main is not None:
