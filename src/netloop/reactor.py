@@ -186,9 +186,24 @@ class Loop(PollDriver):
     their own events (False, cheaper when those predicates depend on the channel alone).
     """
 
-    _closed = False
-    _implicit = False
-    _acquired = False
+    # The loop's own state in slots. CPython keeps an instance's attributes in a compact
+    # shared-key layout only up to 29 names (per class); past that the instance gets a real
+    # dict, and on 3.11 every ``self._method()`` call on it is then looked up the slow way
+    # (LOAD_METHOD does not specialize): ~1,300 instructions per connection set up and torn
+    # down (bench_insn accept-cli). Slots keep every access specialized however many there
+    # are. Attributes set from outside (an assigned call_exception_handler, a test's
+    # monkeypatch) still go to the instance dict the base classes provide.
+    __slots__ = ("map", "_poller_spec", "_clock", "_scan_asked", "_poller", "_waker",
+                 "_wake_fd", "_objs", "_alias", "_to_ask", "_masks", "_asked", "_direct",
+                 "_closed_fds", "_bad", "_fd_refusals", "_dispatching", "_accepted",
+                 "_accepted_by", "_reserve", "_timers", "_ready", "_signal_handlers",
+                 "_old_wakeup_fd", "_stopping", "_running", "_thread_id", "_run_lock",
+                 "_acquired", "_implicit", "_closed", "_slow", "_notify", "_hup_closes",
+                 "_contain")
+    if TYPE_CHECKING:
+        _closed: bool
+        _implicit: bool
+        _acquired: bool
 
     def __init__(self, map: Optional[ChannelMap] = None,
                  poller: Union[None, str, Poller] = None, *,
