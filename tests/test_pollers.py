@@ -233,6 +233,25 @@ def test_epoll_regular_file_is_always_ready():
             p.close()
 
 
+def test_epoll_poll_is_an_instance_attribute_only():
+    # The loop reads poller.poll once per pass. EpollPoller stores the C epoll.poll (or its
+    # regular-file variant) on the instance; a method of the same name on the class would
+    # shadow it, and each read would take the interpreter's generic attribute lookup.
+    if "epoll" not in pollers.available():
+        pytest.skip("no epoll")
+    assert not any("poll" in vars(k) for k in pollers.EpollPoller.__mro__)
+    p = pollers.EpollPoller()
+    try:
+        assert p.poll == p._ep.poll
+        with tempfile.TemporaryFile() as f:
+            p.register(f.fileno(), READ_MASK)
+            assert p.poll == p._poll_with_files
+            p.unregister(f.fileno())
+        assert p.poll == p._ep.poll
+    finally:
+        p.close()
+
+
 def test_epoll_finds_fd_closed_behind_its_back(monkeypatch):
     """epoll drops a closed fd silently; find_closed() says POLLNVAL for it, once."""
     if "epoll" not in pollers.available():

@@ -28,7 +28,7 @@ from .base import ClosedFdSweep, INVALID, READ, READ_MASK, WRITE
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Dict, Optional
+    from typing import Callable, Dict, Optional
 
     from .base import Events
 
@@ -46,7 +46,7 @@ class EpollPoller(ClosedFdSweep):
         self._always: Dict[int, int] = {}
         # The loop calls self.poll once per pass: while no regular file is registered, that is
         # the C method itself (it takes None for "block"), saving a Python frame per pass.
-        self.poll = self._ep.poll  # type: ignore[method-assign]
+        self.poll = self._ep.poll
         self._masks: Dict[int, int] = {}  # what the kernel holds, for the closed-fd sweep
 
     def register(self, fd: int, mask: int) -> None:
@@ -55,7 +55,7 @@ class EpollPoller(ClosedFdSweep):
         except PermissionError:
             # A regular file (or a directory): never blocks, so always ready, as with poll.
             self._always[fd] = mask
-            self.poll = self._poll_with_files  # type: ignore[method-assign]
+            self.poll = self._poll_with_files
             return
         except FileExistsError:
             self._ep.modify(fd, mask)
@@ -74,7 +74,7 @@ class EpollPoller(ClosedFdSweep):
     def unregister(self, fd: int) -> None:
         if self._always.pop(fd, None) is not None:
             if not self._always:
-                self.poll = self._ep.poll  # type: ignore[method-assign]
+                self.poll = self._ep.poll
             return
         self._masks.pop(fd, None)
         try:
@@ -83,9 +83,10 @@ class EpollPoller(ClosedFdSweep):
             # Already closed (EBADF) or never registered (ENOENT): nothing to undo.
             pass
 
-    def poll(self, timeout: Optional[float]) -> Events:  # replaced per instance: __init__
-        events: Events = self._ep.poll(timeout)
-        return events
+    #: ``poll(timeout) -> events``: an instance attribute only, set by __init__ (no method of
+    #: the same name on the class, whose shadow would make each read of it the interpreter's
+    #: generic lookup): the C ``epoll.poll`` itself while no regular file is registered.
+    poll: Callable[[Optional[float]], Events]
 
     def _poll_with_files(self, timeout: Optional[float]) -> Events:
         events: Events = self._ep.poll(0)
@@ -116,5 +117,5 @@ class EpollPoller(ClosedFdSweep):
     def close(self) -> None:
         self._always.clear()
         self._masks.clear()
-        self.poll = self._ep.poll  # type: ignore[method-assign]
+        self.poll = self._ep.poll
         self._ep.close()
