@@ -46,6 +46,14 @@ Deliberate differences from socketserver, each for robustness:
   timed out (``ConnectionError``, ``TimeoutError``); other exceptions print as socketserver did.
 - A socket timeout of 0.0 on the server's socket (netloop makes TCP listeners non-blocking) does
   not count as a ``handle_request()`` timeout.
+
+Connection limits (``set_connection_limits()``, as on a ``Dispatcher`` listener). Each request
+taken counts from ``get_request()`` until its life ends: when ``process_request()`` returns for a
+synchronous server, when the handler's thread has finished (``ThreadingMixIn``), when the child
+process has been reaped (``ForkingMixIn``); a TLS request counts from its handshake on, a PROXY
+protocol request from the reading of its header on. A request over a limit is shut down at once
+(``shutdown_request()``, as a request ``verify_request()`` refuses, so a TCP client sees the
+connection closed), with one warning per episode of refusals on the ``netloop.servers`` logger.
 """
 
 from __future__ import annotations
@@ -59,7 +67,7 @@ import threading
 import traceback
 import weakref
 from time import monotonic as _time
-from typing import Any, Callable, List, Optional, TypeVar
+from typing import Any, Callable, Dict, List, Optional, TypeVar
 
 from ..dispatcher import ACCEPT_BACKOFF, ACCEPT_BURST, Dispatcher
 from ..errors import ACCEPT_RESOURCE, ACCEPT_RETRY, WOULD_BLOCK
@@ -72,6 +80,24 @@ __all__ = ["BaseServer"]
 logger = logging.getLogger("netloop.servers")
 
 _S = TypeVar("_S", bound="BaseServer")
+
+
+class _Ticket:
+    """One request counted against the server's connection limits, until released."""
+
+    __slots__ = ("host", "ref", "live")
+
+    def __init__(self, host: Any, ref: Any) -> None:
+        self.host = host
+        self.ref = ref      # weak reference to the request socket (None for datagrams)
+        self.live = True
+
+
+def _weak(request: Any) -> Any:
+    try:
+        return weakref.ref(request)
+    except TypeError:  # a datagram request: (data, socket)
+        return None
 
 if hasattr(selectors, "PollSelector"):
     _WaitSelector: Any = selectors.PollSelector
@@ -162,6 +188,13 @@ class BaseServer:
     #: On a shared loop, seconds between two ``service_actions()`` calls from a loop timer when
     #: the class overrides ``service_actions`` (None: only after bursts of requests).
     service_interval: Optional[float] = 0.5
+    #: The most requests served at once, in all and from one client address (None: no limit).
+    #: Set with ``set_connection_limits()``.
+    max_connections: Optional[int] = None
+    max_per_address: Optional[int] = None
+    _nl_limited = False       # a limit is set: requests are counted
+    _nl_refusing = False      # refusing over a limit (logged once per episode)
+    _nl_tickets: Optional[Dict[int, _Ticket]] = None  # id(request) -> its ticket, in the pipeline
 
     def __init__(self, server_address: Any, RequestHandlerClass: Callable[..., Any], *,
                  loop: Optional[Loop] = None, map: Optional[ChannelMap] = None) -> None:
@@ -389,6 +422,8 @@ class BaseServer:
                     continue
                 break
             self._nl_fail_streak = 0
+            if self._nl_limited and not self._nl_admit(request, client_address):
+                continue
             self._nl_process(request, client_address)
 
     def _nl_request_failed(self, err: OSError) -> bool:
@@ -444,21 +479,146 @@ class BaseServer:
     def _nl_process(self, request: Any, client_address: Any) -> None:
         """socketserver's handling of one request taken by ``get_request()``."""
         try:
-            accepted = self.verify_request(request, client_address)
-        except BaseException:
-            self.shutdown_request(request)
-            raise
-        if accepted:
             try:
-                self.process_request(request, client_address)
-            except Exception:
-                self.handle_error(request, client_address)
-                self.shutdown_request(request)
+                accepted = self.verify_request(request, client_address)
             except BaseException:
                 self.shutdown_request(request)
                 raise
-        else:
-            self.shutdown_request(request)
+            if accepted:
+                try:
+                    self.process_request(request, client_address)
+                except Exception:
+                    self.handle_error(request, client_address)
+                    self.shutdown_request(request)
+                except BaseException:
+                    self.shutdown_request(request)
+                    raise
+            else:
+                self.shutdown_request(request)
+        finally:
+            if self._nl_tickets:
+                # Not claimed by a mixin that serves it elsewhere: its life ends here.
+                self._nl_release(self._nl_claim(request))
+
+    # ------------------------------------------------------------------ connection limits
+    def set_connection_limits(self, max_connections: Optional[int] = None,
+                              max_per_address: Optional[int] = None) -> None:
+        """Limit the requests this server serves at once: in all (``max_connections``) and
+        from one client address (``max_per_address``; IP addresses only). None means no limit.
+
+        A request over a limit is taken and shut down at once (the client sees the connection
+        closed, not a hang), with one warning per episode of refusals. A request counts from
+        ``get_request()`` until its handler has finished: in its thread (``ThreadingMixIn``), in
+        its child process, once reaped (``ForkingMixIn``). Requests are counted only while a
+        limit is set.
+        """
+        for value in (max_connections, max_per_address):
+            if value is not None and value < 1:
+                raise ValueError("a connection limit must be at least 1 (or None)")
+        if self._nl_tickets is None:
+            self._nl_count_lock = threading.Lock()
+            self._nl_held = 0
+            self._nl_by_host: Dict[Any, int] = {}
+            self._nl_tickets = {}
+        self.max_connections = max_connections
+        self.max_per_address = max_per_address
+        self._nl_limited = max_connections is not None or max_per_address is not None
+
+    @property
+    def connection_count(self) -> int:
+        """Requests this server is serving (counted only while limits are set)."""
+        if self._nl_tickets is None:
+            return 0
+        self._nl_reclaim()
+        return self._nl_held
+
+    def _nl_admit(self, request: Any, client_address: Any) -> bool:
+        """Count a request taken, or refuse it (shut it down) if a limit is reached."""
+        addr = client_address
+        host = addr[0] if type(addr) is tuple and addr else None
+        if not self._nl_room(host):
+            self._nl_reclaim()
+            if not self._nl_room(host):
+                if not self._nl_refusing:
+                    self._nl_refusing = True
+                    logger.warning(
+                        "netloop: %s %s: connection limit reached (%d held, %d from %s; limits "
+                        "%s in all, %s per address): refusing new connections until some close",
+                        type(self).__name__, self._nl_where(), self._nl_held,
+                        self._nl_by_host.get(host, 0), host, self.max_connections,
+                        self.max_per_address)
+                try:
+                    self.shutdown_request(request)
+                except OSError:
+                    pass
+                return False
+        self._nl_refusing = False
+        tickets = self._nl_tickets
+        assert tickets is not None
+        old = tickets.get(id(request))
+        if old is not None:
+            self._nl_release(old)  # a closed request whose id was reused
+        with self._nl_count_lock:
+            self._nl_held += 1
+            self._nl_by_host[host] = self._nl_by_host.get(host, 0) + 1
+        tickets[id(request)] = _Ticket(host, _weak(request))
+        return True
+
+    def _nl_room(self, host: Any) -> bool:
+        limit = self.max_connections
+        if limit is not None and self._nl_held >= limit:
+            return False
+        limit = self.max_per_address
+        return limit is None or host is None or self._nl_by_host.get(host, 0) < limit
+
+    def _nl_claim(self, request: Any) -> Optional[_Ticket]:
+        """Take the ticket of ``request`` out of the pipeline (None if it has none): whoever
+        claims it releases it when the request's life ends."""
+        tickets = self._nl_tickets
+        if not tickets:
+            return None
+        return tickets.pop(id(request), None)
+
+    def _nl_pass_on(self, request: Any, ticket: Optional[_Ticket]) -> None:
+        """Put a claimed ticket back in the pipeline, for ``request`` (a TLS socket, say)."""
+        tickets = self._nl_tickets
+        if ticket is not None and tickets is not None:
+            ticket.ref = _weak(request)
+            tickets[id(request)] = ticket
+
+    def _nl_release(self, ticket: Optional[_Ticket]) -> None:
+        """The request of ``ticket`` has ended: it no longer counts (idempotent)."""
+        if ticket is None:
+            return
+        with self._nl_count_lock:
+            if not ticket.live:
+                return
+            ticket.live = False
+            self._nl_held -= 1
+            left = self._nl_by_host.get(ticket.host, 1) - 1
+            if left > 0:
+                self._nl_by_host[ticket.host] = left
+            else:
+                self._nl_by_host.pop(ticket.host, None)
+
+    def _nl_reclaim(self) -> None:
+        """Release what ended unseen: requests still in the pipeline whose socket was closed
+        (a PROXY header refused, a request closed by an override). ForkingMixIn reaps too."""
+        tickets = self._nl_tickets
+        if not tickets:
+            return
+        for key, ticket in list(tickets.items()):
+            ref = ticket.ref
+            if ref is None:
+                continue
+            sock = ref()
+            try:
+                closed = sock is None or sock.fileno() < 0
+            except (OSError, ValueError):
+                closed = True
+            if closed and tickets.get(key) is ticket:
+                tickets.pop(key, None)
+                self._nl_release(ticket)
 
     def _nl_raise_deferred(self) -> None:
         exc = self._nl_deferred
@@ -612,6 +772,8 @@ class BaseServer:
         try:
             request, client_address = self.get_request()
         except OSError:
+            return
+        if self._nl_limited and not self._nl_admit(request, client_address):
             return
         self._nl_process(request, client_address)
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Set
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Set
 
 __all__ = ["ThreadingMixIn"]
 
@@ -111,11 +111,27 @@ class ThreadingMixIn(_MixinBase):
         """Start a thread to handle the request."""
         if self.block_on_close:
             vars(self).setdefault("_threads", _Threads())
-        thread = threading.Thread(target=self.process_request_thread,
-                                  args=(request, client_address))
+        # Under connection limits the request counts until its thread is done with it.
+        ticket = self._nl_claim(request)
+        if ticket is None:
+            thread = threading.Thread(target=self.process_request_thread,
+                                      args=(request, client_address))
+        else:
+            thread = threading.Thread(target=self._nl_counted_thread,
+                                      args=(request, client_address, ticket))
         thread.daemon = self.daemon_threads
         self._threads.append(thread)
-        thread.start()
+        try:
+            thread.start()
+        except BaseException:
+            self._nl_release(ticket)
+            raise
+
+    def _nl_counted_thread(self, request: Any, client_address: Any, ticket: Any) -> None:
+        try:
+            self.process_request_thread(request, client_address)
+        finally:
+            self._nl_release(ticket)
 
     def server_close(self) -> None:
         super().server_close()
@@ -147,6 +163,12 @@ if hasattr(os, "fork"):
         active_children: Optional[Set[int]] = None
         max_children = 40
         block_on_close = True
+        _nl_children: Optional[Dict[int, Any]] = None  # pid -> connection-limit ticket
+
+        def _nl_forget_children(self) -> None:
+            counted = self._nl_children
+            while counted:
+                self._nl_release(counted.popitem()[1])
 
         def collect_children(self, *, blocking: bool = False) -> None:
             """Reap the children that have exited (all of them, waiting, if ``blocking``)."""
@@ -160,21 +182,36 @@ if hasattr(os, "fork"):
                 try:
                     pid, _ = os.waitpid(-1, 0)
                     children.discard(pid)
+                    if self._nl_children:
+                        self._nl_release(self._nl_children.pop(pid, None))
                 except ChildProcessError:
                     children.clear()  # no children left at all
+                    self._nl_forget_children()
                 except OSError:
                     break
-            flags = 0 if blocking else os.WNOHANG
+            self._nl_reap(0 if blocking else os.WNOHANG)
+
+        def _nl_reap(self, flags: int) -> None:
+            children = self.active_children
+            if children is None:
+                return
             for pid in list(children):
                 try:
                     done, _ = os.waitpid(pid, flags)
                 except ChildProcessError:
-                    children.discard(pid)  # reaped elsewhere
+                    done = pid  # reaped elsewhere
                 except OSError:
-                    pass
-                else:
-                    if done:
-                        children.discard(done)
+                    continue
+                if done:
+                    children.discard(done)
+                    counted = self._nl_children
+                    if counted:
+                        self._nl_release(counted.pop(done, None))
+
+        def _nl_reclaim(self) -> None:
+            # At a connection limit: children that have exited no longer count.
+            super()._nl_reclaim()
+            self._nl_reap(os.WNOHANG)
 
         def handle_timeout(self) -> None:
             """Reap children after ``timeout`` seconds without a request."""
@@ -191,12 +228,22 @@ if hasattr(os, "fork"):
                 # socketserver checked the limit only between two requests; a burst of
                 # requests (or handle_request() calls) must not overshoot it either.
                 self.collect_children()
+            # Under connection limits the request counts until its child has been reaped.
+            ticket = self._nl_claim(request)
             _flush_stdio()
-            pid = os.fork()
+            try:
+                pid = os.fork()
+            except BaseException:
+                self._nl_release(ticket)
+                raise
             if pid:
                 if self.active_children is None:
                     self.active_children = set()
                 self.active_children.add(pid)
+                if ticket is not None:
+                    if self._nl_children is None:
+                        self._nl_children = {}
+                    self._nl_children[pid] = ticket
                 self.close_request(request)
                 return
             # The child: handle the request and leave, whatever happens, without returning

@@ -27,10 +27,13 @@ __all__ = ["TLSMixIn"]
 class _Handshake(Dispatcher):
     """One accepted connection while its handshake runs on the server's loop."""
 
-    def __init__(self, server: "TLSMixIn", request: Any, client_address: Any) -> None:
+    def __init__(self, server: "TLSMixIn", request: Any, client_address: Any,
+                 ticket: Any) -> None:
         self._server = server
         self._timeout = request.gettimeout()
         self._done = False
+        # Under connection limits the handshake counts; the ticket follows the TLS socket.
+        self._ticket = ticket
         Dispatcher.__init__(self, request, server._nl_map)  # type: ignore[attr-defined]
         self.addr = client_address
         server._nl_tls_pending().add(self)
@@ -48,6 +51,8 @@ class _Handshake(Dispatcher):
         self.socket = None
         self.connected = False
         sslsock.settimeout(self._timeout)
+        ticket, self._ticket = self._ticket, None
+        server._nl_pass_on(sslsock, ticket)  # type: ignore[attr-defined]
         # socketserver's path for the request, now speaking TLS.
         super(TLSMixIn, server)._nl_process(sslsock, self.addr)  # type: ignore[misc]
 
@@ -65,7 +70,11 @@ class _Handshake(Dispatcher):
         if not self._done:
             self._done = True
             self._server._nl_tls_settled()
-            Dispatcher.close(self)
+            try:
+                Dispatcher.close(self)
+            finally:
+                ticket, self._ticket = self._ticket, None
+                self._server._nl_release(ticket)  # type: ignore[attr-defined]
 
 
 class TLSMixIn:
@@ -99,7 +108,12 @@ class TLSMixIn:
         if getattr(self, "_nl_budget", None) is not None:
             # handle_request(): the request counts once its handshake has settled.
             self._nl_events -= 1
-        _Handshake(self, request, client_address)
+        ticket = self._nl_claim(request)  # type: ignore[attr-defined]
+        try:
+            _Handshake(self, request, client_address, ticket)
+        except BaseException:
+            self._nl_release(ticket)  # type: ignore[attr-defined]
+            raise
 
     def _nl_tls_settled(self) -> None:
         if getattr(self, "_nl_budget", None) is not None:
