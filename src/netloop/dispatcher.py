@@ -36,7 +36,7 @@ from .errors import (ACCEPT_RESOURCE, ACCEPT_RETRY, DISCONNECTED, RERAISED, WOUL
                      compact_traceback, strerror)
 from .pollers import READ_MASK, WRITE
 from .reactor import (PAUSED_AT_EOF, PAUSED_RESTING, _abandon, _as_map, _describe, _lookup,
-                      _set_paused, get_loop, socket_map)
+                      _loops, _set_paused, get_loop, socket_map)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -74,9 +74,11 @@ TLS_HANDSHAKE_TIMEOUT = 30.0
 # The peer host string of the last connection accepted (see Dispatcher.accept).
 _LAST_HOST: List[Any] = [None]
 
-# The C socket type's own family/type (socket.socket wraps them in enum conversions).
+# The C socket type's own family/type (socket.socket wraps them in enum conversions), and
+# its close (socket.socket.close() reaches it through two Python calls).
 _FAMILY = _socket.SocketType.family.__get__
 _TYPE = _socket.SocketType.type.__get__
+_CLOSE = _socket.SocketType.close
 
 
 class _NoSpare:
@@ -133,6 +135,9 @@ class Dispatcher:
     _nl_loop: Any = None
     _nl_known = True
     _nl_plain_read = True     # handle_read_event is this class's own: the loop may skip it
+    # set_socket, add_channel and del_channel are this class's own: __init__ and close() do
+    # their work in line (one connection set up and torn down makes three calls fewer).
+    _nl_plain_map = True
     _nl_paused = 0                  # why reading is paused: reactor.PAUSED_* bits (0: reads)
     _nl_starved = False             # accept() is failing for lack of descriptors (logged once)
     _nl_recovered = -1e9            # time.monotonic() when accept() last worked again
@@ -157,6 +162,9 @@ class Dispatcher:
         cls._nl_known = (getattr(cls.readable, "_nl_known", False)
                          and getattr(cls.writable, "_nl_known", False))
         cls._nl_plain_read = cls.handle_read_event is Dispatcher.handle_read_event
+        cls._nl_plain_map = (cls.set_socket is Dispatcher.set_socket
+                             and cls.add_channel is Dispatcher.add_channel
+                             and cls.del_channel is Dispatcher.del_channel)
 
     def __init__(self, sock: Optional[_socket.socket] = None,
                  map: Optional[ChannelMap] = None) -> None:
@@ -165,7 +173,6 @@ class Dispatcher:
         elif type(map) is not dict:
             map = _as_map(map)  # a Loop stands for its map; anything else fails clearly
         self._map = map
-        self._fileno = None
         # Instance attributes only, with no class default (see the class body): read for
         # every event.
         self.accepting = False
@@ -175,8 +182,24 @@ class Dispatcher:
             # The socket may come from a blocking source (accept() of a blocking listener).
             sock.setblocking(False)
             self.connected = True
-            self.set_socket(sock, map)
-            lp = self._nl_loop
+            if self._nl_plain_map:
+                # set_socket(sock, map) and add_channel(map), in line (keep in step with them)
+                self.socket = sock
+                fd = self._fileno = sock.fileno()
+                old = map.get(fd)
+                map[fd] = self
+                ref = _loops.get(id(map))
+                lp: Any = ref() if ref is not None else None
+                if lp is not None and lp._acquired:
+                    lp._add(fd, self)  # sets self._nl_loop = lp
+                else:
+                    if old is not None and old is not self:
+                        (lp if lp is not None else get_loop(map))._retire_stale(fd, old, self)
+                    lp = None
+            else:
+                self._fileno = None
+                self.set_socket(sock, map)
+                lp = self._nl_loop
             accepted = lp._accepted if lp is not None else None
             if accepted is not None and accepted[0] is sock:
                 self.addr = accepted[1]  # what getpeername() would answer
@@ -196,6 +219,7 @@ class Dispatcher:
                     self.del_channel(map)
                     raise
         else:
+            self._fileno = None
             self.socket = None
             # (hasattr, not self.__dict__: reading __dict__ would slow every later attribute
             # read of this instance on 3.11)
@@ -638,13 +662,33 @@ class Dispatcher:
             owner._nl_release(self._nl_owner_key)
         self.connected = False
         self.accepting = False
-        self.connecting = False
+        if self.connecting:  # (a class default: storing it would add a key to every channel)
+            self.connecting = False
         if self._nl_paused:
             self._nl_paused = 0
-        self.del_channel()
-        if self.socket is not None:
+        if self._nl_plain_map:
+            # del_channel(), in line (keep in step with it)
+            fd: Any = self._fileno
+            map = self._map
+            if map.get(fd) is self:
+                del map[fd]
+            self._fileno = None
+            lp = self._nl_loop
+            if lp is None:
+                lp = _lookup(map)
+            if lp is not None and lp._acquired:
+                lp._discard(fd)
+        else:
+            self.del_channel()
+        sock = self.socket
+        if sock is not None:
             try:
-                self.socket.close()
+                if type(sock) is _socket.socket and sock._io_refs <= 0:  # type: ignore[attr-defined]
+                    # socket.socket.close(), without its two Python calls
+                    sock._closed = True  # type: ignore[attr-defined]
+                    _CLOSE(sock)
+                else:
+                    sock.close()
             except OSError as why:
                 if why.errno not in (ENOTCONN, EBADF):
                     raise

@@ -45,7 +45,7 @@ class Interest(Services):
         _objs: Dict[int, Any]
         _masks: Dict[int, int]
         _asked: Dict[int, Any]
-        _direct: Set[int]
+        _indirect: Set[int]
         _closed_fds: Set[int]
         _bad: List[int]
         _dispatching: bool
@@ -101,9 +101,10 @@ class Interest(Services):
                     pass
         cls = type(obj)
         if getattr(cls, "_nl_plain_read", False):
-            self._direct.add(fd)
+            if self._indirect:
+                self._indirect.discard(fd)
         else:
-            self._direct.discard(fd)
+            self._indirect.add(fd)
         if getattr(cls, "_nl_known", False):
             self._set_mask(fd, obj._nl_mask())
             if self._fd_refusals and fd in self._masks:
@@ -165,10 +166,12 @@ class Interest(Services):
                 return
             fd = found
             del self._alias[fd]
-        if self._asked.pop(fd, None) is not None and not self._asked:
+        if self._asked and self._asked.pop(fd, None) is not None and not self._asked:
             self._recompute_slow()
-        self._to_ask.discard(fd)
-        self._direct.discard(fd)
+        if self._to_ask:
+            self._to_ask.discard(fd)
+        if self._indirect:
+            self._indirect.discard(fd)
         if self._masks.pop(fd, 0) and self._poller is not None:
             self._poller.unregister(fd)
         if self._dispatching:
@@ -329,7 +332,7 @@ class Interest(Services):
         """
         get = self.map.get
         closed = self._closed_fds
-        direct = self._direct
+        indirect = self._indirect
         self._dispatching = True
         try:
             for fd, flags in events:
@@ -348,7 +351,7 @@ class Interest(Services):
                     continue
                 if flags == READ:
                     try:
-                        if fd in direct and obj.connected and not obj.accepting:
+                        if fd not in indirect and obj.connected and not obj.accepting:
                             obj.handle_read()
                         else:
                             obj.handle_read_event()

@@ -194,7 +194,7 @@ class Loop(PollDriver):
     # are. Attributes set from outside (an assigned call_exception_handler, a test's
     # monkeypatch) still go to the instance dict the base classes provide.
     __slots__ = ("map", "_poller_spec", "_clock", "_scan_asked", "_poller", "_waker",
-                 "_wake_fd", "_objs", "_alias", "_to_ask", "_masks", "_asked", "_direct",
+                 "_wake_fd", "_objs", "_alias", "_to_ask", "_masks", "_asked", "_indirect",
                  "_closed_fds", "_bad", "_fd_refusals", "_dispatching", "_accepted",
                  "_accepted_by", "_reserve", "_timers", "_ready", "_signal_handlers",
                  "_old_wakeup_fd", "_stopping", "_running", "_thread_id", "_run_lock",
@@ -238,9 +238,11 @@ class Loop(PollDriver):
         self._to_ask: Set[int] = set()
         self._masks: Dict[int, int] = {}     # fd -> mask registered with the poller (never 0)
         self._asked: Dict[int, Any] = {}     # fd -> channel whose interest is asked
-        # fds of channels whose class keeps Dispatcher.handle_read_event: for those the loop
-        # calls handle_read() itself when connected (the same routing, one call less).
-        self._direct: Set[int] = set()
+        # fds of channels whose read events must go through handle_read_event() (a class that
+        # overrides it, a foreign object, a TLS channel mid-handshake). For all others (the
+        # common case, so not stored: a set entry is ~50 bytes per connection) the loop calls
+        # handle_read() itself when connected: the same routing, one call less.
+        self._indirect: Set[int] = set()
         self._closed_fds: Set[int] = set()   # fds removed during the current dispatch
         self._bad: List[int] = []            # fds the poller refused as closed: report them
         # Channels select() refused (fd >= FD_SETSIZE) since the last one it took: one log line
@@ -339,7 +341,7 @@ class Loop(PollDriver):
         self._masks.clear()
         self._asked.clear()
         self._to_ask.clear()
-        self._direct.clear()
+        self._indirect.clear()
         self._bad.clear()
         if self._poller is not None:
             self._poller.close()
@@ -423,7 +425,7 @@ class Loop(PollDriver):
         self._masks.clear()
         self._asked.clear()
         self._to_ask.clear()
-        self._direct.clear()
+        self._indirect.clear()
         self._bad.clear()
         self._running = 0
         self._thread_id = None

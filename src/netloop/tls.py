@@ -324,10 +324,10 @@ class _State:
     def install(self) -> None:
         ch = self.ch
         lp = ch._nl_loop
-        if lp is not None:
+        if lp is not None and ch._fileno is not None:
             # The loop calls handle_read() itself for a connected channel of a plain class:
             # while a state lasts, its read events must come here.
-            lp._direct.discard(ch._fileno)
+            lp._indirect.add(ch._fileno)
         ch.handle_read_event = self.on_read
         ch.handle_write_event = self.on_write
         ch.readable = self.readable
@@ -343,7 +343,7 @@ class _State:
         lp = ch._nl_loop
         fd = ch._fileno
         if lp is not None and type(ch)._nl_plain_read and lp._objs.get(fd) is ch:
-            lp._direct.add(fd)
+            lp._indirect.discard(fd)
 
     def mask(self) -> int:
         return self.want

@@ -1,0 +1,196 @@
+"""What one connection costs: the state the loop and a channel keep for it, and the short paths
+that set it up and tear it down (issue #17's connection-rate and idle-memory targets).
+
+The fast paths do in line what overridable methods do; these tests pin that an override is
+still called, and that the saved state (slots, per-fd sets) stays as small as intended.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+from typing import Any, List
+
+import pytest
+
+import netloop
+import netloop.asyncore
+from coresupport import EchoServer
+from support import run_until
+
+
+class Plain(netloop.BufferedDispatcher):
+    def handle_read(self) -> None:
+        data = self.recv(65536)
+        if data:
+            self.send(data)
+
+    def handle_close(self) -> None:
+        self.close()
+
+
+class OwnRouting(Plain):
+    """Overrides handle_read_event: the loop must route every read through it."""
+
+    routed = 0
+
+    def handle_read_event(self) -> None:
+        type(self).routed += 1
+        super().handle_read_event()
+
+
+def _echo_once(lp: netloop.Loop, address: Any) -> socket.socket:
+    c = socket.create_connection(address[:2])
+    c.sendall(b"ping")
+    got = bytearray()
+    c.setblocking(False)
+
+    def echoed() -> bool:
+        try:
+            got.extend(c.recv(64))
+        except BlockingIOError:
+            pass
+        return bytes(got) == b"ping"
+    run_until(lp, echoed)
+    return c
+
+
+def test_loop_keeps_its_state_in_slots() -> None:
+    # Past 29 names CPython gives an instance a real dict, and 3.11 then looks every method
+    # call on it up the slow way: the loop's own state lives in slots, its dict stays empty,
+    # also after the legacy loop() (which sets its flags) and with signal handlers.
+    m: dict = {}
+    server = EchoServer(m, handler=Plain)
+    try:
+        netloop.asyncore.loop(timeout=0, map=m, count=1)
+        lp = netloop.get_loop(m)
+        lp.add_signal_handler(signal.SIGUSR2, lambda: None)
+        try:
+            lp.run_once(0)
+            assert vars(lp) == {}
+        finally:
+            lp.remove_signal_handler(signal.SIGUSR2)
+    finally:
+        server.close()
+        netloop.get_loop(m).close()
+
+
+def test_plain_channels_take_no_routing_entry(loop: netloop.Loop) -> None:
+    plain = EchoServer(loop, handler=Plain)
+    own = EchoServer(loop, handler=OwnRouting)
+    OwnRouting.routed = 0
+    clients: List[socket.socket] = []
+    try:
+        for _ in range(3):
+            clients.append(_echo_once(loop, plain.address))
+        # Plain channels are routed straight to handle_read(): nothing stored per fd.
+        assert len(plain.channels) == 3 and not loop._indirect
+        clients.append(_echo_once(loop, own.address))
+        fd = own.channels[0]._fileno
+        assert loop._indirect == {fd}
+        assert OwnRouting.routed >= 1  # its override saw the read
+        own.channels[0].close()
+        assert not loop._indirect  # dropped with the channel
+    finally:
+        for c in clients:
+            c.close()
+
+
+class Recording(Plain):
+    calls: List[str] = []
+
+    def set_socket(self, sock: Any, map: Any = None) -> None:
+        self.calls.append("set_socket")
+        super().set_socket(sock, map)
+
+    def add_channel(self, map: Any = None) -> None:
+        self.calls.append("add_channel")
+        super().add_channel(map)
+
+    def del_channel(self, map: Any = None) -> None:
+        self.calls.append("del_channel")
+        super().del_channel(map)
+
+
+def test_overridden_map_methods_are_still_called(loop: netloop.Loop) -> None:
+    # __init__ and close() do set_socket/add_channel/del_channel's work in line only for a
+    # class that keeps them; an override (legacy code has them) is called as before.
+    Recording.calls = []
+    a, b = socket.socketpair()
+    try:
+        ch = Recording(a, map=loop)
+        assert Recording.calls == ["set_socket", "add_channel"]
+        assert loop.map[a.fileno()] is ch
+        b.sendall(b"x")
+        run_until(loop, lambda: b"x" == _try_recv(b))
+        ch.close()
+        assert Recording.calls[-1] == "del_channel"
+        assert a.fileno() == -1 and not loop.map
+    finally:
+        a.close()
+        b.close()
+
+
+def _try_recv(s: socket.socket) -> bytes:
+    s.setblocking(False)
+    try:
+        return s.recv(16)
+    except BlockingIOError:
+        return b""
+
+
+def test_close_keeps_socket_semantics(loop: netloop.Loop) -> None:
+    # close() calls the C socket's close directly for a plain socket.socket, but a socket
+    # with a file made by makefile() stays open until that file closes, as socket.close()
+    # does; and the channel gains no attribute it did not have (connecting is a class
+    # default: storing it on each channel would cost memory per connection).
+    a, b = socket.socketpair()
+    f = None
+    try:
+        ch = Plain(a, map=loop)
+        f = a.makefile("rb")
+        ch.close()
+        assert a.fileno() >= 0  # the file still holds it
+        assert not loop.map and ch._fileno is None
+        f.close()
+        f = None
+        assert a.fileno() == -1
+        c, d = socket.socketpair()
+        ch2 = Plain(c, map=loop)
+        ch2.close()
+        assert c.fileno() == -1 and "[closed]" in repr(c)
+        assert "connecting" not in vars(ch2)
+        d.close()
+    finally:
+        if f is not None:
+            f.close()
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("kind", ["cli", "legacy"])
+def test_reset_before_served_closes_quietly(kind: str, caplog: Any) -> None:
+    # A client that connects and resets at once: the channel made for it (addr taken from
+    # accept(), registered in line) closes on its first read, and the listener goes on.
+    import struct
+    if kind == "cli":
+        from netloop.cli import EchoServer as CliServer
+        lp = netloop.Loop()
+        server: Any = CliServer("127.0.0.1", 0, lp.map)
+        address = server.address
+    else:
+        lp = netloop.Loop()
+        server = EchoServer(lp, handler=netloop.asyncore.dispatcher_with_send)
+        address = server.address
+    try:
+        for _ in range(5):
+            c = socket.create_connection(address[:2])
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            c.close()
+        run_until(lp, lambda: len(lp.map) == 1 and not lp._indirect
+                  and lp._objs.keys() == lp.map.keys() and len(lp._masks) == 1)
+        assert not [r for r in caplog.records if r.levelname in ("ERROR", "WARNING")]
+        assert server.accepting
+    finally:
+        server.close()
+        lp.close()
