@@ -27,7 +27,9 @@ Variants (``--list``):
   TCP with BENCH_INSN_TCP=1, whose counts vary by a few percent from run to run), each keeping
   256 KiB in flight in 64 KiB writes (the deep-window stream scenario); a round is: the
   clients top up their windows, one server pass, the clients read what came back. Per 64 KiB
-  echoed.
+  echoed. The server sides' send buffers are 1 MiB (``BENCH_INSN_SNDBUF``; 0: the system's
+  default), as loopback TCP autotunes them: a Unix socket's default (~208 KiB) cannot take
+  the echo of one 256 KiB read, and a server reading that much would measure its queue.
 - ``accept-*``: a round is 8 clients connecting, sending 64 bytes, reading the echo and
   resetting, with server passes until all are closed. Per connection.
 
@@ -93,6 +95,7 @@ PP_CONNS = 100
 BULK_CONNS = 10
 BULK_WINDOW = 256 * 1024
 BULK_WRITE = 64 * 1024
+BULK_SNDBUF = 1 << 20
 ACCEPT_CONNS = 8
 MESSAGE = b"x" * 64
 RESET = struct.pack("ii", 1, 0)
@@ -251,6 +254,14 @@ def child(variant: str, warmup: int, rounds: int) -> dict:
         for a, b in pairs:
             a.setblocking(False)
             b.setblocking(False)
+        # The server's send buffer as big as loopback TCP autotunes it (megabytes): a Unix
+        # socket's default (wmem_default, ~208 KiB, charged with overhead) cannot take the
+        # echo of one 256 KiB read, which the stream256k scenario's sockets always do.
+        # BENCH_INSN_SNDBUF=0 keeps the default (a peer slower than the server's reads).
+        sndbuf = int(os.environ.get("BENCH_INSN_SNDBUF", BULK_SNDBUF))
+        if sndbuf:
+            for s, _ in pairs:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
     handler = _server_handler(kind)
     if handler is None:
         server = _Minimal(8192 if kind == "legacy" else 65536)

@@ -25,6 +25,7 @@ and event routing) with these differences, each deliberate:
 from __future__ import annotations
 
 import logging
+import mmap as _mmap
 import os
 import socket as _socket
 import time
@@ -51,7 +52,7 @@ if TYPE_CHECKING:
 # descriptors, when an import (which opens files) would fail too.
 logger = logging.getLogger("netloop")
 
-__all__ = ["Dispatcher", "known_interest", "ACCEPT_BURST", "ACCEPT_BACKOFF",
+__all__ = ["Dispatcher", "known_interest", "READ_BUFFER_SIZE", "ACCEPT_BURST", "ACCEPT_BACKOFF",
            "ACCEPT_EPISODE_GAP", "TLS_HANDSHAKE_TIMEOUT"]
 
 _LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR,
@@ -70,6 +71,35 @@ ACCEPT_EPISODE_GAP = 2.0
 #: Seconds ``start_tls()`` gives a handshake (and ``unwrap()`` a close_notify exchange) by
 #: default before the channel is closed: a silent peer cannot hold a channel forever.
 TLS_HANDSHAKE_TIMEOUT = 30.0
+
+#: The size of each loop's shared read buffer: the most one ``recv_view()`` reads. 256 KiB, as
+#: uvloop reads: on a bulk stream one read and one send per 256 KiB instead of four of each
+#: (the cost of a system call is per call as much as per byte).
+READ_BUFFER_SIZE = 256 * 1024
+
+# The most recv_view() asks of recv() where it cannot read into the shared buffer: recv()
+# allocates the size it is given on every call, and 64 KiB stays under glibc's mmap threshold.
+_COPY_READ_SIZE = 65536
+_NO_VIEW = memoryview(b"")
+
+
+def _view_size(size: int) -> int:
+    if size < 1:
+        raise ValueError("recv_view() reads at least 1 byte, not %r" % (size,))
+    return size if size < READ_BUFFER_SIZE else READ_BUFFER_SIZE
+
+
+def _read_buffer() -> memoryview:
+    """A loop's shared read buffer (``Dispatcher.recv_view``), as a writable memoryview.
+
+    An anonymous private mapping, not a bytearray: its pages take memory only once a read
+    reaches them (a server of small messages touches one page, not 256 KiB), and after a
+    fork the child writes its own copy (MAP_PRIVATE; mmap's default would be shared).
+    """
+    if hasattr(_mmap, "MAP_PRIVATE"):
+        return memoryview(_mmap.mmap(-1, READ_BUFFER_SIZE, flags=_mmap.MAP_PRIVATE))
+    return memoryview(_mmap.mmap(-1, READ_BUFFER_SIZE))  # pragma: no cover (Windows)
+
 
 # The peer host string of the last connection accepted (see Dispatcher.accept).
 _LAST_HOST: List[Any] = [None]
@@ -633,6 +663,54 @@ class Dispatcher:
         if self._nl_idle is not None:
             self._nl_last = self._nl_idle._queue.clock()
         return data  # type: ignore[no-any-return]
+
+    def recv_view(self, buffer_size: Optional[int] = None) -> memoryview:
+        """Read into the loop's shared read buffer; a view of the bytes read.
+
+        The bulk-transfer form of ``recv()``: one buffer of ``READ_BUFFER_SIZE`` (256 KiB) per
+        loop is reused by every channel, so a read makes no new object of its size (``recv()``
+        allocates ``buffer_size`` bytes for each call, and above the C allocator's mmap
+        threshold, 128 KiB with glibc, that is a fresh mapping and its page faults per read).
+        ``buffer_size``: read at most this many bytes (at least 1; None, the default, and
+        anything larger mean the whole buffer).
+
+        **The view is valid only until the next ``recv_view()`` on the same loop** (by any
+        channel), that is, while the handler that read it runs: use it there, or copy it
+        (``bytes(view)``). ``BufferedDispatcher.send(view)`` is safe: what the socket does not
+        take at once is copied into the queue. ``push()`` of a chat channel, a list of your own
+        or anything else that keeps the object must be given ``bytes(view)``.
+
+        Returns an empty view where ``recv()`` returns ``b''``: nothing to read yet, the end
+        of input (``handle_read_eof()`` has been called) or a reset (``handle_close()`` has
+        been called). A socket without ``recv_into()``, or a channel not yet served by a loop,
+        reads with ``recv()``, at most 64 KiB (the view is then of bytes of its own).
+        """
+        try:
+            view: memoryview = self._nl_loop._read_view
+            if view is None:
+                view = self._nl_loop._read_view = _read_buffer()
+            if buffer_size is None:
+                got = self.socket.recv_into(view)
+            else:
+                got = self.socket.recv_into(view, _view_size(buffer_size))
+        except AttributeError:
+            # No loop yet (_nl_loop is None), or a socket with no recv_into() (a wrapper):
+            # read with recv() (which fails as it always did for a channel with no socket).
+            size = _COPY_READ_SIZE if buffer_size is None else _view_size(buffer_size)
+            return memoryview(self.recv(size if size < _COPY_READ_SIZE else _COPY_READ_SIZE))
+        except OSError as why:
+            if why.errno in DISCONNECTED:
+                self.handle_close()
+                return _NO_VIEW
+            if why.errno in WOULD_BLOCK or isinstance(why, BlockingIOError):
+                return _NO_VIEW
+            raise
+        if not got:
+            self._nl_read_eof()
+            return _NO_VIEW
+        if self._nl_idle is not None:
+            self._nl_last = self._nl_idle._queue.clock()
+        return view[:got]
 
     def _nl_read_eof(self) -> None:
         # End of input: tell the channel, and stop reading if it stays open (a socket at EOF

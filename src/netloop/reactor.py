@@ -199,7 +199,7 @@ class Loop(PollDriver):
                  "_accepted_by", "_reserve", "_timers", "_ready", "_signal_handlers",
                  "_old_wakeup_fd", "_stopping", "_running", "_thread_id", "_run_lock",
                  "_acquired", "_implicit", "_closed", "_slow", "_notify", "_hup_closes",
-                 "_contain")
+                 "_contain", "_read_view")
     if TYPE_CHECKING:
         _closed: bool
         _implicit: bool
@@ -255,6 +255,8 @@ class Loop(PollDriver):
         # The listener (with connection limits) that accepted _accepted's socket, if it counts
         # the connection: a dispatcher made for that socket reports its close to it.
         self._accepted_by: Any = None
+        # The shared read buffer of Dispatcher.recv_view() (a memoryview), made on first use.
+        self._read_view: Any = None
         # A descriptor held in reserve while the loop holds its kernel objects (see
         # spare_descriptor()): given up when the process runs out, to log or shed load.
         self._reserve = -1

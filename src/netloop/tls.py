@@ -130,6 +130,10 @@ class TLSSocket:
         self._blocked: Optional[_Blocked] = None
 
     def __getattr__(self, name: str) -> Any:
+        if name == "recv_into":
+            # Not the SSLSocket's (its errors are SSL exceptions, not a non-blocking socket's):
+            # without one, Dispatcher.recv_view() reads with recv() above, as TLS always did.
+            raise AttributeError(name)
         return getattr(self.ssl_socket, name)
 
     def __repr__(self) -> str:
@@ -308,6 +312,9 @@ class _Plain:
         return 0
 
     def recv(self, size: int, flags: int = 0) -> bytes:
+        raise BlockingIOError(errno.EAGAIN, "TLS handshake not started yet")
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
         raise BlockingIOError(errno.EAGAIN, "TLS handshake not started yet")
 
     def close(self) -> None:

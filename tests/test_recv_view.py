@@ -1,0 +1,332 @@
+"""``Dispatcher.recv_view()``: reads into the loop's one shared buffer, and the CLI echo on it.
+
+The contract under test: a view is of the loop's buffer (no object per read); what
+``BufferedDispatcher.send()`` queues of it is a copy, never a view of that buffer (the next
+read on the loop overwrites it); the end of input, a reset and "nothing yet" answer as
+``recv()`` does; sockets without ``recv_into()`` (TLS) and channels without a loop read with
+``recv()``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from typing import Any, List
+
+import pytest
+
+import netloop
+from netloop.cli import EchoHandler, EchoServer
+from netloop.dispatcher import READ_BUFFER_SIZE
+from coresupport import recv_some
+from support import run_until
+
+
+class Reader(netloop.Dispatcher):
+    """Keeps what each ``recv_view()`` answered (the views themselves, and copies)."""
+
+    def __init__(self, sock: Any, map: Any, size: Any = None) -> None:
+        super().__init__(sock, map=map)
+        self.size = size
+        self.views: List[memoryview] = []
+        self.copies: List[bytes] = []
+        self.eof = 0
+        self.closed = 0
+
+    def handle_read(self) -> None:
+        view = self.recv_view() if self.size is None else self.recv_view(self.size)
+        self.views.append(view)
+        self.copies.append(bytes(view))
+
+    def writable(self) -> bool:
+        return False
+
+    def handle_read_eof(self) -> None:
+        self.eof += 1
+        self.close()
+
+    def handle_close(self) -> None:
+        self.closed += 1
+        self.close()
+
+
+def _pair() -> Any:
+    a, b = socket.socketpair()
+    b.setblocking(False)
+    return a, b
+
+
+def test_views_are_of_the_loops_one_buffer(loop: netloop.Loop) -> None:
+    (a1, b1), (a2, b2) = _pair(), _pair()
+    r1, r2 = Reader(a1, loop.map), Reader(a2, loop.map)
+    try:
+        b1.send(b"first")
+        run_until(loop, lambda: r1.copies)
+        view = r1.views[0]
+        assert bytes(view) == b"first" and not view.readonly
+        shared = loop._read_view
+        assert view.obj is shared.obj and len(shared) == READ_BUFFER_SIZE
+        b2.send(b"SECOND")
+        run_until(loop, lambda: r2.copies)
+        assert r2.views[0].obj is shared.obj  # every channel of the loop reads into it
+        # The documented limit: a view lives until the next read on the loop.
+        assert bytes(view) == b"SECON"
+        assert r1.copies == [b"first"] and r2.copies == [b"SECOND"]
+    finally:
+        r1.close()
+        r2.close()
+        b1.close()
+        b2.close()
+
+
+def test_a_size_bounds_the_read(loop: netloop.Loop) -> None:
+    a, b = _pair()
+    r = Reader(a, loop.map, size=3)
+    try:
+        b.send(b"abcdefg")
+        run_until(loop, lambda: b"".join(r.copies) == b"abcdefg")
+        assert r.copies[0] == b"abc"
+        r.size = 10 * READ_BUFFER_SIZE  # more than the buffer: the buffer's size
+        big = os.urandom(100000)
+        b.sendall(big)
+        run_until(loop, lambda: sum(map(len, r.copies)) == 7 + len(big))
+        assert b"".join(r.copies)[7:] == big
+        with pytest.raises(ValueError):
+            r.recv_view(0)
+        with pytest.raises(ValueError):
+            r.recv_view(-1)
+    finally:
+        r.close()
+        b.close()
+
+
+def test_nothing_yet_end_of_input_and_reset(loop: netloop.Loop) -> None:
+    a, b = _pair()
+    r = Reader(a, loop.map)
+    try:
+        loop.run_once(0)
+        view = r.recv_view()  # a spurious wake-up: nothing to read, the channel stays
+        assert not view and len(view) == 0 and r.connected and not r.eof
+        b.close()
+        run_until(loop, lambda: r.eof)
+        assert r.views and not r.views[-1] and r.closed == 0
+    finally:
+        r.close()
+    # A reset (RST) closes through handle_close(), as recv() does.
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    conn, _ = listener.accept()
+    listener.close()
+    r = Reader(conn, loop.map)
+    try:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+        run_until(loop, lambda: r.closed or r.eof)
+        assert r.closed == 1 and not r.views[-1]
+    finally:
+        r.close()
+
+
+def test_idle_timer_sees_reads(loop: netloop.Loop) -> None:
+    a, b = _pair()
+    r = Reader(a, loop.map)
+    try:
+        r.set_idle_timeout(3600)
+        r._nl_last = -1.0
+        b.send(b"x")
+        run_until(loop, lambda: r.copies)
+        assert r._nl_last >= 0  # a read through the view counts as activity
+    finally:
+        r.close()
+        b.close()
+
+
+def test_without_a_loop_or_recv_into_it_reads_with_recv() -> None:
+    a, b = _pair()
+    own: dict = {}  # a map no loop serves yet: the channel has no loop to lend it a buffer
+    r = Reader(a, own)
+    try:
+        b.send(b"no loop")
+        view = r.recv_view()
+        assert bytes(view) == b"no loop" and isinstance(view.obj, bytes)
+    finally:
+        r.close()
+        b.close()
+
+    class Wrapped:
+        """A socket wrapper with recv() and no recv_into()."""
+
+        def __init__(self, sock: socket.socket) -> None:
+            self.sock = sock
+
+        def __getattr__(self, name: str) -> Any:
+            if name == "recv_into":
+                raise AttributeError(name)
+            return getattr(self.sock, name)
+
+    lp = netloop.Loop()
+    a, b = _pair()
+    r = Reader(a, lp.map)
+    try:
+        r.socket = Wrapped(a)
+        b.send(b"wrapped" * 20000)
+        run_until(lp, lambda: r.copies)
+        assert isinstance(r.views[0].obj, bytes) and len(r.copies[0]) <= 65536
+    finally:
+        r.close()
+        b.close()
+        lp.close()
+
+
+def test_echo_queues_copies_never_views_of_the_shared_buffer(loop: netloop.Loop) -> None:
+    """The peer does not read: what the socket does not take is queued, and must survive the
+    loop's next read (here: the buffer scribbled over) intact."""
+    a, b = _pair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    echo = EchoHandler(a, map=loop.map)
+    echo.set_write_buffer_limits(None)  # no pause: every read is echoed and queued
+    payload = os.urandom(600000)
+    sent = 0
+    try:
+        def feed() -> bool:
+            nonlocal sent
+            try:
+                sent += b.send(payload[sent:sent + 65536])
+            except BlockingIOError:
+                pass
+            return sent == len(payload) and echo.send_backlog > 300000
+        run_until(loop, feed, timeout=20)
+        shared = loop._read_view
+        assert shared is not None
+        for chunk in echo._outq:
+            assert not (isinstance(chunk, memoryview) and chunk.obj is shared.obj)
+        shared[:] = b"\xee" * len(shared)  # what the loop's next read would do
+        got = bytearray()
+
+        def drain() -> bool:
+            recv_some(b, got)
+            return len(got) == len(payload)
+        run_until(loop, drain, timeout=20)
+        assert got == payload
+    finally:
+        echo.close()
+        b.close()
+
+
+@pytest.mark.timeout(60)
+def test_cli_echo_streams_both_ways(loop: netloop.Loop) -> None:
+    """The CLI echo over TCP: several connections, each pushing 2 MiB while reading back."""
+    server = EchoServer("127.0.0.1", 0, loop.map)
+    clients = []
+    size = 2 << 20
+    try:
+        for i in range(4):
+            c = socket.create_connection(server.address)
+            c.setblocking(False)
+            clients.append([c, os.urandom(size), 0, bytearray()])
+
+        def step() -> bool:
+            done = True
+            for entry in clients:
+                c, data, off, got = entry
+                if off < size:
+                    try:
+                        entry[2] = off + c.send(data[off:off + 262144])
+                    except BlockingIOError:
+                        pass
+                recv_some(c, got)
+                done = done and len(got) == size
+            return done
+        run_until(loop, step, timeout=50, step=0.01)
+        for c, data, _, got in clients:
+            assert got == data
+    finally:
+        for entry in clients:
+            entry[0].close()
+        server.close()
+
+
+def test_echo_half_close_sends_everything_then_closes(loop: netloop.Loop) -> None:
+    a, b = _pair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    echo = EchoHandler(a, map=loop.map)
+    echo.set_write_buffer_limits(None)
+    payload = os.urandom(300000)
+    try:
+        b.setblocking(True)
+        b.settimeout(10)
+        sent = 0
+        while sent < len(payload):
+            b.setblocking(False)
+            try:
+                sent += b.send(payload[sent:sent + 65536])
+            except BlockingIOError:
+                pass
+            loop.run_once(0.01)
+        b.shutdown(socket.SHUT_WR)
+        run_until(loop, lambda: echo._nl_close_when_sent or not echo.connected, timeout=10)
+        got = bytearray()
+
+        def drain() -> bool:
+            try:
+                data = b.recv(65536)
+            except BlockingIOError:
+                return False
+            if not data:
+                return True
+            got.extend(data)
+            return False
+        run_until(loop, drain, timeout=20)
+        assert got == payload and not echo.connected
+    finally:
+        echo.close()
+        b.close()
+
+
+@pytest.mark.timeout(60)
+def test_cli_echo_over_tls_reads_with_recv(loop: netloop.Loop) -> None:
+    import ssl
+
+    import tlssupport
+    server = EchoServer("127.0.0.1", 0, loop.map)
+    server.tls_context = tlssupport.server_context()
+    raw = socket.create_connection(server.address)
+    raw.setblocking(False)
+    client = tlssupport.client_context().wrap_socket(raw, server_hostname="localhost",
+                                                     do_handshake_on_connect=False)
+    try:
+        def handshake() -> bool:
+            try:
+                client.do_handshake()
+                return True
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                return False
+        run_until(loop, handshake, timeout=20, step=0.01)
+        channel = [ch for ch in loop.map.values() if isinstance(ch, EchoHandler)][0]
+        assert not hasattr(channel.socket, "recv_into")  # TLS: recv_view() falls back
+        payload = os.urandom(1 << 20)
+        sent = 0
+        got = bytearray()
+
+        def step() -> bool:
+            nonlocal sent
+            if sent < len(payload):
+                try:
+                    sent += client.send(payload[sent:sent + 65536])
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    pass
+            while True:
+                try:
+                    data = client.recv(65536)
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    break
+                if not data:
+                    break
+                got.extend(data)
+            return len(got) == len(payload)
+        run_until(loop, step, timeout=50, step=0.005)
+        assert got == payload
+    finally:
+        client.close()
+        server.close()
