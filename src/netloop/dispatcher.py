@@ -162,7 +162,7 @@ class Dispatcher:
     ignore_log_types = frozenset({"warning"})
     socket: Any
     _fileno: Optional[int] = None
-    _nl_loop: Any = None
+    _nl_loop: Any                   # the loop serving the channel (instance only, as above)
     _nl_known = True
     _nl_plain_read = True     # handle_read_event is this class's own: the loop may skip it
     # set_socket, add_channel and del_channel are this class's own: __init__ and close() do
@@ -208,6 +208,7 @@ class Dispatcher:
         self.accepting = False
         self._nl_idle = None
         self._nl_owner = None
+        self._nl_loop = None  # set by the loop when it registers the channel (set_socket)
         if sock:
             # The socket may come from a blocking source (accept() of a blocking listener).
             sock.setblocking(False)
@@ -336,7 +337,10 @@ class Dispatcher:
 
     def _update_interest(self) -> None:
         """Tell the loop that ``readable()``/``writable()`` may answer differently now."""
-        lp = self._nl_loop
+        try:
+            lp = self._nl_loop
+        except AttributeError:
+            return  # before __init__ (old subclasses set out_buffer first): no loop to tell
         if lp is not None:
             lp._update(self)
 
