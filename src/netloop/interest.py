@@ -42,6 +42,7 @@ class Interest(Services):
         # The loop's state, made by Loop.__init__ (reactor.py), and what the parts above
         # this one provide.
         map: ChannelMap
+        _map_get: Callable[[Any], Any]
         _objs: Dict[int, Any]
         _masks: Dict[int, int]
         _asked: Dict[int, Any]
@@ -330,7 +331,7 @@ class Interest(Services):
         The one dispatch path of every driver: ``_pass`` calls it with what the poller
         returned, and a loop hosted by asyncio (``netloop.aio``) with each readiness callback.
         """
-        get = self.map.get
+        get = self._map_get
         closed = self._closed_fds
         indirect = self._indirect
         self._dispatching = True

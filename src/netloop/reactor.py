@@ -199,7 +199,7 @@ class Loop(PollDriver):
                  "_accepted_by", "_reserve", "_timers", "_ready", "_signal_handlers",
                  "_old_wakeup_fd", "_stopping", "_running", "_thread_id", "_run_lock",
                  "_acquired", "_implicit", "_closed", "_slow", "_notify", "_hup_closes",
-                 "_contain", "_read_view")
+                 "_contain", "_read_view", "_map_get")
     if TYPE_CHECKING:
         _closed: bool
         _implicit: bool
@@ -221,6 +221,7 @@ class Loop(PollDriver):
             else:
                 raise ValueError("this map is already served by %r; use get_loop(map)" % existing)
         self.map: ChannelMap = map
+        self._map_get = map.get  # bound once: _dispatch looks channels up with it every pass
         self._poller_spec = poller
         self._clock: Callable[[], float] = clock or time.monotonic
         self._scan_asked = scan
