@@ -223,7 +223,11 @@ class Interest(Services):
 
     def _ask(self, obj: Any, current: int) -> int:
         try:
-            mask = READ_MASK if obj.readable() and not getattr(obj, "_nl_paused", 0) else 0
+            # A read pause holds back application data, not the reads TLS makes for its own
+            # handshake, renegotiation or key update (_nl_own_reads, set while one runs): a
+            # pause, or a queue filled before the handshake ended, would stall it otherwise.
+            mask = READ_MASK if obj.readable() and (not getattr(obj, "_nl_paused", 0) or getattr(
+                obj, "_nl_own_reads", False)) else 0
             if obj.writable() and not getattr(obj, "accepting", False):
                 mask |= WRITE
         except RERAISED:

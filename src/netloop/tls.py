@@ -29,7 +29,19 @@ its errors are SSL exceptions, not errnos (translated); and bytes it has decrypt
 out make no readiness event, so after a read that leaves ``pending() > 0`` the read is
 dispatched again from the loop's ready queue instead of waiting on the socket (a classic hang).
 Renegotiation (TLS 1.2) and key updates (1.3) surface as want-write during a read or want-read
-during a write: the blocked direction gets the interest it needs until it can go on.
+during a write: the blocked direction gets the interest it needs until it can go on. What
+OpenSSL 3 does (tests/test_tls.py forces each case): a key update the peer asks for is answered
+at the next write, never inside a read, and so is a client's renegotiation asked by a server's
+HelloRequest (want-read during that write); a read wants to write when a server that allows
+client renegotiation (refused by default since OpenSSL 3) reads a ClientHello while its send
+buffer is full. A partial record left by a write that could not finish defers these until it is
+flushed. A read that had to wait for writability is finished when the socket becomes writable,
+even if reading was paused meanwhile (it began before the pause).
+
+Reading paused (``pause_reading()``, a full output queue) holds back application data only: the
+reads TLS makes for its own sake (handshake, unwrap, a write waiting on renegotiation) go on, for
+channels of every class. Holding them would stall a handshake into its timeout, and a channel
+whose queue filled before its handshake ended (paused by that queue) would never drain it.
 
 Failures of the handshake (verification, protocol, a peer that leaves or stays silent) log one
 line naming the peer and the reason, and close that channel through ``handle_close()``; the loop
@@ -66,7 +78,8 @@ _WantWrite = ssl.SSLWantWriteError
 _Ended = (ssl.SSLZeroReturnError, ssl.SSLEOFError)
 _SSLError = ssl.SSLError
 
-_INSTANCE_HOOKS = ("handle_read_event", "handle_write_event", "readable", "writable", "_nl_mask")
+_INSTANCE_HOOKS = ("handle_read_event", "handle_write_event", "readable", "writable", "_nl_mask",
+                   "_nl_own_reads")
 
 
 def _peer(ch: Any) -> str:
@@ -340,6 +353,7 @@ class _State:
         ch.readable = self.readable
         ch.writable = self.writable
         ch._nl_mask = self.mask
+        ch._nl_own_reads = True  # reads while paused, as self.mask does (see interest._ask)
         ch._update_interest()
 
     def release(self) -> None:
