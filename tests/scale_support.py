@@ -173,7 +173,7 @@ def echo_once(address: Tuple[str, int], payload: bytes = b"ping", source: str = 
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
 
