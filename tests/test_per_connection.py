@@ -194,3 +194,39 @@ def test_reset_before_served_closes_quietly(kind: str, caplog: Any) -> None:
     finally:
         server.close()
         lp.close()
+
+
+def test_loop_poller_keeps_no_registration_record(loop: netloop.Loop) -> None:
+    # An epoll poller keeps what is registered only for find_closed(), which a loop never
+    # calls: the loop's own does not (a dict entry per connection), and says so if asked.
+    from netloop import pollers
+    poller = loop.poller
+    if type(poller) is not pollers.EpollPoller:
+        pytest.skip("epoll only")
+    assert poller._masks is None
+    with pytest.raises(RuntimeError, match="track_closed"):
+        poller.find_closed()
+    mine = pollers.create("epoll")
+    try:
+        assert mine.find_closed() == []  # made directly: tracked, as before
+    finally:
+        mine.close()
+
+
+def test_idle_channel_stores_no_queue_count(loop: netloop.Loop) -> None:
+    # The send-queue count is stored with the queue, when a send leaves bytes behind: an
+    # echo channel whose sends the kernel takes whole keeps no such attribute.
+    server = EchoServer(loop, handler=Plain)
+    c = None
+    try:
+        c = _echo_once(loop, server.address)
+        (ch,) = server.channels
+        assert "_out_pending" not in vars(ch) and ch.send_backlog == 0
+        assert ch.get_write_buffer_size() == 0 and ch.out_buffer == b""
+        ch.out_buffer = b"abc"  # the legacy way to queue: the count comes with the queue
+        assert ch.send_backlog == 3
+        run_until(loop, lambda: ch.send_backlog == 0)
+    finally:
+        if c is not None:
+            c.close()
+        server.close()

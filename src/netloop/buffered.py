@@ -50,7 +50,8 @@ class BufferedDispatcher(Dispatcher, FlowControl):
         # No deque until a send leaves bytes behind: an empty one is ~600 bytes, and most
         # connections never need one (memory per idle connection matters at 10k+).
         self._outq = ()
-        self._out_pending = 0
+        # _out_pending (bytes queued) is set with the deque (_queue()) and read only while it
+        # holds something: not stored for channels that never queue (8 bytes each).
         Dispatcher.__init__(self, sock, map)
 
     def _queue(self) -> Deque[Any]:

@@ -307,7 +307,8 @@ class Loop(PollDriver):
             if current is not None and not current._closed and current._acquired:
                 raise RuntimeError("this map is now served by another loop")
             _register(self)
-        self._poller = create(self._poller_spec)
+        # Not tracking its registrations for find_closed(), which a loop never calls.
+        self._poller = create(self._poller_spec, track_closed=False)
         bind = getattr(self._poller, "bind", None)
         if bind is not None:
             # A driver that dispatches events itself (netloop.aio's AsyncioPoller) through

@@ -86,10 +86,18 @@ def best() -> Callable[[], Poller]:
     return next(iter(_FACTORIES.values()))
 
 
-def create(poller: Union[None, str, Poller] = None) -> Poller:
-    """A new poller: ``None`` for the best one, a name, or an instance used as it is."""
+def create(poller: Union[None, str, Poller] = None, *, track_closed: bool = True) -> Poller:
+    """A new poller: ``None`` for the best one, a name, or an instance used as it is.
+
+    ``track_closed=False``: a new epoll poller does not keep the record of its registrations
+    that ``find_closed()`` needs (a loop, which never sweeps, makes its own that way).
+    """
     if poller is None:
-        return best()()
-    if isinstance(poller, str):
-        return by_name(poller)()
-    return poller
+        factory = best()
+    elif isinstance(poller, str):
+        factory = by_name(poller)
+    else:
+        return poller
+    if factory is EpollPoller and not track_closed:
+        return EpollPoller(track_closed=False)
+    return factory()

@@ -66,16 +66,20 @@ SWEEP_INTERVAL = 1.0
 class ClosedFdSweep:
     """For pollers whose kernel drops a closed descriptor without a word (epoll, kqueue).
 
-    The subclass keeps ``_masks`` (what it registered) and ``_find_closed()`` (which of those
-    the kernel no longer has, as ``INVALID`` events, forgotten once reported). The loop calls
-    ``find_closed()`` after a poll that returned nothing; this rate-limits the O(registered)
-    check to once per ``SWEEP_INTERVAL``.
+    The subclass keeps ``_masks`` (what it registered; None if it was made not to track, as
+    a loop makes its own epoll poller) and ``_find_closed()`` (which of those the kernel no
+    longer has, as ``INVALID`` events, forgotten once reported). ``find_closed()`` runs that
+    check at most once per ``SWEEP_INTERVAL``; a loop never calls it (see the module doc).
     """
 
-    _masks: Dict[int, int]
+    _masks: Optional[Dict[int, int]]
     _next_sweep = 0.0
 
     def find_closed(self) -> Events:
+        """Registered fds the kernel dropped because they were closed, as ``INVALID``."""
+        if self._masks is None:
+            raise RuntimeError("this poller does not track its registrations "
+                               "(made with track_closed=False)")
         if not self._masks:
             return []
         now = monotonic()

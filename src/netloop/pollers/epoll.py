@@ -39,7 +39,10 @@ _EPOLL = getattr(_select, "epoll", None)
 class EpollPoller(ClosedFdSweep):
     name = "epoll"
 
-    def __init__(self) -> None:
+    def __init__(self, track_closed: bool = True) -> None:
+        """``track_closed``: remember what is registered, for ``find_closed()``. A loop does
+        not sweep (see pollers.base), so the pollers it makes for itself pass False and save a
+        dict entry per connection (and its upkeep on every register and unregister)."""
         if _EPOLL is None:
             raise OSError(errno.ENOSYS, "epoll is not available on this platform")
         self._ep = _EPOLL()
@@ -47,7 +50,8 @@ class EpollPoller(ClosedFdSweep):
         # The loop calls self.poll once per pass: while no regular file is registered, that is
         # the C method itself (it takes None for "block"), saving a Python frame per pass.
         self.poll = self._ep.poll
-        self._masks: Dict[int, int] = {}  # what the kernel holds, for the closed-fd sweep
+        # What the kernel holds, for the closed-fd sweep (None: not tracked).
+        self._masks: Optional[Dict[int, int]] = {} if track_closed else None
 
     def register(self, fd: int, mask: int) -> None:
         try:
@@ -59,7 +63,9 @@ class EpollPoller(ClosedFdSweep):
             return
         except FileExistsError:
             self._ep.modify(fd, mask)
-        self._masks[fd] = mask
+        masks = self._masks
+        if masks is not None:
+            masks[fd] = mask
 
     def modify(self, fd: int, mask: int) -> None:
         if fd in self._always:
@@ -69,14 +75,18 @@ class EpollPoller(ClosedFdSweep):
             self._ep.modify(fd, mask)
         except FileNotFoundError:
             self._ep.register(fd, mask)
-        self._masks[fd] = mask
+        masks = self._masks
+        if masks is not None:
+            masks[fd] = mask
 
     def unregister(self, fd: int) -> None:
-        if self._always.pop(fd, None) is not None:
+        if self._always and self._always.pop(fd, None) is not None:
             if not self._always:
                 self.poll = self._ep.poll
             return
-        self._masks.pop(fd, None)
+        masks = self._masks
+        if masks is not None:
+            masks.pop(fd, None)
         try:
             self._ep.unregister(fd)
         except (FileNotFoundError, OSError, ValueError):
@@ -101,14 +111,16 @@ class EpollPoller(ClosedFdSweep):
         here too (the loop drops its own record and never unregisters it).
         """
         modify = self._ep.modify
+        masks = self._masks
+        assert masks is not None  # find_closed() refuses an untracked poller
         closed = []
-        for fd, mask in self._masks.items():
+        for fd, mask in masks.items():
             try:
                 modify(fd, mask)
             except OSError:
                 closed.append((fd, INVALID))
         for fd, _ in closed:
-            del self._masks[fd]
+            del masks[fd]
         return closed
 
     def fileno(self) -> int:
@@ -116,6 +128,7 @@ class EpollPoller(ClosedFdSweep):
 
     def close(self) -> None:
         self._always.clear()
-        self._masks.clear()
+        if self._masks is not None:
+            self._masks.clear()
         self.poll = self._ep.poll
         self._ep.close()
