@@ -230,3 +230,36 @@ def test_idle_channel_stores_no_queue_count(loop: netloop.Loop) -> None:
         if c is not None:
             c.close()
         server.close()
+
+
+def test_accept_makes_an_ordinary_socket(loop: netloop.Loop) -> None:
+    # accept() builds the socket object without socket.socket.__init__'s Python frame: what
+    # it gives must be the socket socket.accept() gives (type, enums, timeout, makefile).
+    listener = netloop.Dispatcher(map=loop)
+    listener.create_socket(socket.AF_INET)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    c = socket.create_connection(listener.socket.getsockname())
+    conn = None
+    try:
+        pair = None
+        for _ in range(200):
+            pair = listener.accept()
+            if pair is not None:
+                break
+        assert pair is not None
+        conn, addr = pair
+        assert type(conn) is socket.socket and addr == c.getsockname()
+        assert conn.family is socket.AF_INET and conn.type is socket.SOCK_STREAM
+        assert conn.gettimeout() == socket.getdefaulttimeout()
+        assert conn.getpeername() == c.getsockname()
+        c.sendall(b"line\n")
+        with conn.makefile("rb") as f:
+            assert f.readline() == b"line\n"
+        conn.close()
+        assert conn.fileno() == -1 and "[closed]" in repr(conn)
+    finally:
+        if conn is not None:
+            conn.close()
+        c.close()
+        listener.close()

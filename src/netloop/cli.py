@@ -81,7 +81,7 @@ class EchoServer(Dispatcher):
         self.address = self.socket.getsockname()[:2]
 
     def handle_accepted(self, sock: socket.socket, addr: Any) -> None:
-        handler = self.handler_class(sock, map=self._map)
+        handler = self.handler_class(sock, self._map)  # positional: no keyword dict per call
         if self.tls_context is not None:
             handler.start_tls(self.tls_context, server_side=True)
 

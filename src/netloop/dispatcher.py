@@ -109,6 +109,8 @@ _LAST_HOST: List[Any] = [None]
 _FAMILY = _socket.SocketType.family.__get__
 _TYPE = _socket.SocketType.type.__get__
 _CLOSE = _socket.SocketType.close
+_NEW_SOCKET = _socket.SocketType.__new__
+_INIT_SOCKET = _socket.SocketType.__init__
 
 
 class _NoSpare:
@@ -168,7 +170,9 @@ class Dispatcher:
     # set_socket, add_channel and del_channel are this class's own: __init__ and close() do
     # their work in line (one connection set up and torn down makes three calls fewer).
     _nl_plain_map = True
-    _nl_paused = 0                  # why reading is paused: reactor.PAUSED_* bits (0: reads)
+    # Why reading is paused: reactor.PAUSED_* bits (0: reads). An instance attribute only, set
+    # by __init__ (read at every registration and close: a class default is read the slow way).
+    _nl_paused: int
     _nl_starved = False             # accept() is failing for lack of descriptors (logged once)
     _nl_recovered = -1e9            # time.monotonic() when accept() last worked again
     #: On a listener: take pending connections only to close them while the process is out of
@@ -180,7 +184,7 @@ class Dispatcher:
     max_per_address: Optional[int] = None
     _nl_limited = False             # a listener with a connection limit
     _nl_refusing = False            # refusing over a limit (logged once per episode)
-    _nl_owner: Any = None           # on an accepted channel: the listener counting it
+    _nl_owner: Any                  # on an accepted channel: the listener counting it (instance only)
     _nl_owner_key = 0
     _nl_timers: Any = None          # this channel's own timers, cancelled on close
     _nl_idle: Any                   # the idle-timeout timer, when one is set (instance only)
@@ -208,6 +212,7 @@ class Dispatcher:
         self.accepting = False
         self._nl_idle = None
         self._nl_owner = None
+        self._nl_paused = 0
         self._nl_loop = None  # set by the loop when it registers the channel (set_socket)
         if sock:
             # The socket may come from a blocking source (accept() of a blocking listener).
@@ -445,7 +450,13 @@ class Dispatcher:
                 # (the same socket results: a non-blocking listener gives the new socket the
                 # default timeout, as socket.accept() does).
                 fd, addr = sock._accept()  # type: ignore[attr-defined]
-                conn = _socket.socket(_FAMILY(sock), _TYPE(sock), sock.proto, fileno=fd)
+                # socket.socket(family, type, proto, fileno=fd), without the Python frame of
+                # its __init__ and the keyword argument: the C initializer, then the two
+                # attributes that __init__ sets (the same on 3.9 to 3.13).
+                conn = _NEW_SOCKET(_socket.socket)
+                _INIT_SOCKET(conn, _FAMILY(sock), _TYPE(sock), sock.proto, fd)
+                conn._io_refs = 0  # type: ignore[attr-defined]
+                conn._closed = False  # type: ignore[attr-defined]
             else:
                 conn, addr = sock.accept()
         except TypeError:
@@ -933,21 +944,23 @@ class Dispatcher:
         # per connection under a connect storm, and the bound keeps other channels served.
         # A failure in handle_accepted() belongs to that connection (see _nl_setup_failed),
         # except for the asyncore drop-in loop, which let it reach the listener as asyncore.
+        # (_nl_limited is read once per burst, and the pair passed as two arguments rather than
+        # *pair: each is a few hundred instructions per connection on 3.11.)
         lp = self._nl_loop
+        limited = self._nl_limited
         if lp is not None and not lp._contain:
             for _ in range(ACCEPT_BURST):
                 pair = self.accept()
                 if pair is None:
                     break
-                if self._nl_limited and not self._nl_admit(*pair):
+                if limited and not self._nl_admit(*pair):
                     continue
-                self.handle_accepted(*pair)
-                if self._nl_limited:
+                self.handle_accepted(pair[0], pair[1])
+                if limited:
                     self._nl_settle()
                 if not self.accepting:
                     break
             return
-        limited = self._nl_limited
         for _ in range(ACCEPT_BURST):
             pair = self.accept()
             if pair is None:
@@ -955,7 +968,7 @@ class Dispatcher:
             if limited and not self._nl_admit(*pair):
                 continue
             try:
-                self.handle_accepted(*pair)
+                self.handle_accepted(pair[0], pair[1])
             except RERAISED:
                 raise
             except BaseException as err:

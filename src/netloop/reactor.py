@@ -169,9 +169,9 @@ def _release_abandoned() -> None:
     if _getrefcount is None:  # pragma: no cover - not CPython: keep them
         return
     for lp in list(_active):
-        # 2: the loop's attribute and getrefcount's own argument.
+        # 3: the loop's attribute, its bound map.get (_map_get) and getrefcount's argument.
         if (lp._implicit and not lp._running and lp._thread_id is None
-                and not lp._signal_handlers and _getrefcount(lp.map) <= 2):
+                and not lp._signal_handlers and _getrefcount(lp.map) <= 3):
             lp._release()
 
 
