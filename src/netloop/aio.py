@@ -67,7 +67,7 @@ import sys
 import threading
 
 from . import reactor as _reactor
-from .pollers import _FACTORIES, INVALID, READ, WRITE, EpollPoller, KqueuePoller
+from .pollers import _FACTORIES, INVALID, READ, WRITE, create
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -79,8 +79,8 @@ if TYPE_CHECKING:
 __all__ = ["attach", "run", "Attachment", "AsyncioPoller"]
 
 # The kernel poller with a descriptor of its own that a nested attachment uses, if any.
-_NATIVE: Optional[Callable[[], Poller]] = (
-    EpollPoller if "epoll" in _FACTORIES else KqueuePoller if "kqueue" in _FACTORIES else None)
+_NATIVE: Optional[str] = ("epoll" if "epoll" in _FACTORIES
+                          else "kqueue" if "kqueue" in _FACTORIES else None)
 
 
 class AsyncioPoller:
@@ -144,7 +144,8 @@ class AsyncioPoller:
         self._lp = lp
         self._closed = False
         if self._want_nested and self._native is None:
-            native = _NATIVE()  # type: ignore[misc]
+            # As a loop makes its own: no record of the registrations for find_closed().
+            native = create(_NATIVE, track_closed=False)
             try:
                 fd = native.fileno()
                 self.event_loop.add_reader(fd, self._batch_ready)
