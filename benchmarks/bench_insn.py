@@ -30,6 +30,10 @@ Variants (``--list``):
   echoed. The server sides' send buffers are 1 MiB (``BENCH_INSN_SNDBUF``; 0: the system's
   default), as loopback TCP autotunes them: a Unix socket's default (~208 KiB) cannot take
   the echo of one 256 KiB read, and a server reading that much would measure its queue.
+- ``rr1m-*``: 10 connections (Unix socket pairs, 1 MiB send buffers both sides), each sending a
+  1 MiB request in 64 KiB writes and reading the whole echo before the next (the rr1m
+  scenario); a round is: the clients send what their sockets take, one server pass, the
+  clients read. Per request (2 MiB through the server).
 - ``accept-*``: a round is 8 clients connecting, sending 64 bytes, reading the echo and
   resetting, with server passes until all are closed. Per connection.
 
@@ -83,19 +87,24 @@ VARIANTS = {
     "bulk-minimal": (40, 150),
     "bulk-legacy": (40, 150),
     "bulk-cli": (40, 150),
+    "rr1m-minimal": (20, 100),
+    "rr1m-legacy": (20, 100),
+    "rr1m-cli": (20, 100),
     "accept-minimal": (10, 40),
     "accept-legacy": (10, 40),
     "accept-cli": (10, 40),
 }
 #: What ``--check`` (the benchmark smoke) compares: the hot path of both server styles.
 CHECKED = ("pp-legacy", "pp-cli", "bulk-cli")
-UNITS = {"pp": "request", "pp1": "request", "bulk": "64 KiB", "accept": "connection"}
+UNITS = {"pp": "request", "pp1": "request", "bulk": "64 KiB", "rr1m": "1 MiB request",
+         "accept": "connection"}
 
 PP_CONNS = 100
 BULK_CONNS = 10
 BULK_WINDOW = 256 * 1024
 BULK_WRITE = 64 * 1024
 BULK_SNDBUF = 1 << 20
+RR_SIZE = 1 << 20
 ACCEPT_CONNS = 8
 MESSAGE = b"x" * 64
 RESET = struct.pack("ii", 1, 0)
@@ -260,8 +269,10 @@ def child(variant: str, warmup: int, rounds: int) -> dict:
         # BENCH_INSN_SNDBUF=0 keeps the default (a peer slower than the server's reads).
         sndbuf = int(os.environ.get("BENCH_INSN_SNDBUF", BULK_SNDBUF))
         if sndbuf:
-            for s, _ in pairs:
+            for s, c in pairs:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+                if scenario == "rr1m":  # the client puts its whole request in flight
+                    c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
     handler = _server_handler(kind)
     if handler is None:
         server = _Minimal(8192 if kind == "legacy" else 65536)
@@ -287,6 +298,35 @@ def child(variant: str, warmup: int, rounds: int) -> dict:
                 for c in clients:
                     c.recv(65536)
             return count * len(clients)
+    elif scenario == "rr1m":
+        # Each client sends a 1 MiB request in 64 KiB writes, reads the whole echo, then
+        # sends the next one (the rr1m scenario). Per request: 2 MiB through the server.
+        chunk = memoryview(bytes(range(256)) * (BULK_WRITE // 256))
+        to_send = [RR_SIZE] * len(clients)
+        to_recv = [RR_SIZE] * len(clients)
+        echoed = [0]
+
+        def run(count: int) -> int:
+            start = echoed[0]
+            for _ in range(count):
+                for i, c in enumerate(clients):
+                    while to_send[i]:
+                        try:
+                            to_send[i] -= c.send(chunk[:min(BULK_WRITE, to_send[i])])
+                        except BlockingIOError:
+                            break
+                one_pass()
+                for i, c in enumerate(clients):
+                    while True:
+                        try:
+                            got = len(c.recv(262144))
+                        except BlockingIOError:
+                            break
+                        to_recv[i] -= got
+                        echoed[0] += got
+                        if not to_recv[i]:
+                            to_send[i] = to_recv[i] = RR_SIZE
+            return echoed[0] - start
     else:
         payload = bytes(range(256)) * (BULK_WRITE // 256)
         drain = int(os.environ.get("BENCH_INSN_DRAIN", 1 << 30))
@@ -334,6 +374,8 @@ def child(variant: str, warmup: int, rounds: int) -> dict:
         print("gc collections during the measured rounds: %s" % collections, file=sys.stderr)
     if scenario == "bulk":
         return {"units": units / BULK_WRITE}
+    if scenario == "rr1m":
+        return {"units": units / RR_SIZE}
     return {"units": units}
 
 
