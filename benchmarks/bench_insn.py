@@ -27,9 +27,7 @@ Variants (``--list``):
   TCP with BENCH_INSN_TCP=1, whose counts vary by a few percent from run to run), each keeping
   256 KiB in flight in 64 KiB writes (the deep-window stream scenario); a round is: the
   clients top up their windows, one server pass, the clients read what came back. Per 64 KiB
-  echoed. The server sides' send buffers are 1 MiB (``BENCH_INSN_SNDBUF``; 0: the system's
-  default), as loopback TCP autotunes them: a Unix socket's default (~208 KiB) cannot take
-  the echo of one 256 KiB read, and a server reading that much would measure its queue.
+  echoed. ``BENCH_INSN_SNDBUF=N`` sets the server sides' send buffers (default: the system's).
 - ``rr1m-*``: 10 connections (Unix socket pairs, 1 MiB send buffers both sides), each sending a
   1 MiB request in 64 KiB writes and reading the whole echo before the next (the rr1m
   scenario); a round is: the clients send what their sockets take, one server pass, the
@@ -103,8 +101,8 @@ PP_CONNS = 100
 BULK_CONNS = 10
 BULK_WINDOW = 256 * 1024
 BULK_WRITE = 64 * 1024
-BULK_SNDBUF = 1 << 20
 RR_SIZE = 1 << 20
+RR_SNDBUF = 1 << 20
 ACCEPT_CONNS = 8
 MESSAGE = b"x" * 64
 RESET = struct.pack("ii", 1, 0)
@@ -263,11 +261,11 @@ def child(variant: str, warmup: int, rounds: int) -> dict:
         for a, b in pairs:
             a.setblocking(False)
             b.setblocking(False)
-        # The server's send buffer as big as loopback TCP autotunes it (megabytes): a Unix
-        # socket's default (wmem_default, ~208 KiB, charged with overhead) cannot take the
-        # echo of one 256 KiB read, which the stream256k scenario's sockets always do.
-        # BENCH_INSN_SNDBUF=0 keeps the default (a peer slower than the server's reads).
-        sndbuf = int(os.environ.get("BENCH_INSN_SNDBUF", BULK_SNDBUF))
+        # BENCH_INSN_SNDBUF: the send buffers of the server sides (and, for rr1m, of the
+        # clients, which put a whole 1 MiB request in flight as loopback TCP's autotuned
+        # buffers let them); 0, the default for bulk, keeps the system's (~208 KiB).
+        sndbuf = int(os.environ.get("BENCH_INSN_SNDBUF",
+                                    RR_SNDBUF if scenario == "rr1m" else 0))
         if sndbuf:
             for s, c in pairs:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)

@@ -48,8 +48,8 @@ class UsageError(Exception):
 class EchoHandler(BufferedDispatcher):
     """Sends back every byte it receives.
 
-    It reads into the loop's shared 256 KiB buffer (``recv_view()``) and sends from it: on a
-    bulk stream that is one read and one send per 256 KiB, with no object made for the bytes.
+    It reads into the loop's shared 128 KiB buffer (``recv_view()``) and sends from it: on a
+    bulk stream that is one read and one send per 128 KiB, with no object made for the bytes.
     What the socket does not take at once is copied into the output queue (by ``send()``).
     """
 

@@ -72,10 +72,13 @@ ACCEPT_EPISODE_GAP = 2.0
 #: default before the channel is closed: a silent peer cannot hold a channel forever.
 TLS_HANDSHAKE_TIMEOUT = 30.0
 
-#: The size of each loop's shared read buffer: the most one ``recv_view()`` reads. 256 KiB, as
-#: uvloop reads: on a bulk stream one read and one send per 256 KiB instead of four of each
-#: (the cost of a system call is per call as much as per byte).
-READ_BUFFER_SIZE = 256 * 1024
+#: The size of each loop's shared read buffer: the most one ``recv_view()`` reads. 128 KiB: on a
+#: bulk stream one read and one send per 128 KiB instead of two of each per 64 KiB-read pair
+#: (a system call costs per call as much as per byte), and the echo of one read still fits a
+#: default Unix socket buffer (~208 KiB), so an echo rarely leaves a tail to copy; 256 KiB
+#: (uvloop's size) saved no CPU time measurable here on loopback TCP, and through such a
+#: buffer cost 9x the user-space instructions (tails copied and queued every read).
+READ_BUFFER_SIZE = 128 * 1024
 
 # The most recv_view() asks of recv() where it cannot read into the shared buffer: recv()
 # allocates the size it is given on every call, and 64 KiB stays under glibc's mmap threshold.
@@ -682,7 +685,7 @@ class Dispatcher:
     def recv_view(self, buffer_size: Optional[int] = None) -> memoryview:
         """Read into the loop's shared read buffer; a view of the bytes read.
 
-        The bulk-transfer form of ``recv()``: one buffer of ``READ_BUFFER_SIZE`` (256 KiB) per
+        The bulk-transfer form of ``recv()``: one buffer of ``READ_BUFFER_SIZE`` (128 KiB) per
         loop is reused by every channel, so a read makes no new object of its size (``recv()``
         allocates ``buffer_size`` bytes for each call, and above the C allocator's mmap
         threshold, 128 KiB with glibc, that is a fresh mapping and its page faults per read).

@@ -14,8 +14,9 @@ classes set ``write_high_water = None`` (no limit), keeping asyncore's unbounded
 
 The defaults, 256 KiB high and 64 KiB low: over loopback and LANs the kernel's own send buffer
 (autotuned to megabytes on Linux) takes most bursts, so the queue only fills for a peer that
-reads slower than the channel is fed; 256 KiB is four of the 64 KiB reads an echo or chat
-channel makes per event, so a burst does not flap reading on and off, and it bounds a stalled
+reads slower than the channel is fed; 256 KiB is four of the 64 KiB reads a chat channel
+makes per event (two ``recv_view()`` reads of the CLI echo), so a burst does not flap reading
+on and off, and it bounds a stalled
 peer's cost at about a quarter of a MiB of queue (plus one read) rather than whatever it is
 sent. Resuming at 64 KiB rather than at empty keeps a read's worth of data queued while the
 peer catches up, so a fast peer never waits on the channel's next read. (asyncio's defaults
