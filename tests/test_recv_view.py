@@ -3,8 +3,8 @@
 The contract under test: a view is of the loop's buffer (no object per read); what
 ``BufferedDispatcher.send()`` queues of it is a copy, never a view of that buffer (the next
 read on the loop overwrites it); the end of input, a reset and "nothing yet" answer as
-``recv()`` does; sockets without ``recv_into()`` (TLS) and channels without a loop read with
-``recv()``.
+``recv()`` does; TLS reads through ``TLSSocket.recv_into()`` (its ``recv()``, copied); sockets
+without ``recv_into()`` and channels without a loop read with ``recv()``.
 """
 
 from __future__ import annotations
@@ -285,9 +285,10 @@ def test_echo_half_close_sends_everything_then_closes(loop: netloop.Loop) -> Non
 
 
 @pytest.mark.timeout(60)
-def test_cli_echo_over_tls_reads_with_recv(loop: netloop.Loop) -> None:
+def test_cli_echo_over_tls(loop: netloop.Loop) -> None:
     import ssl
 
+    import netloop.tls
     import tlssupport
     server = EchoServer("127.0.0.1", 0, loop.map)
     server.tls_context = tlssupport.server_context()
@@ -304,7 +305,7 @@ def test_cli_echo_over_tls_reads_with_recv(loop: netloop.Loop) -> None:
                 return False
         run_until(loop, handshake, timeout=20, step=0.01)
         channel = [ch for ch in loop.map.values() if isinstance(ch, EchoHandler)][0]
-        assert not hasattr(channel.socket, "recv_into")  # TLS: recv_view() falls back
+        assert isinstance(channel.socket, netloop.tls.TLSSocket)
         payload = os.urandom(1 << 20)
         sent = 0
         got = bytearray()

@@ -700,8 +700,9 @@ class Dispatcher:
 
         Returns an empty view where ``recv()`` returns ``b''``: nothing to read yet, the end
         of input (``handle_read_eof()`` has been called) or a reset (``handle_close()`` has
-        been called). A socket without ``recv_into()``, or a channel not yet served by a loop,
-        reads with ``recv()``, at most 64 KiB (the view is then of bytes of its own).
+        been called). A TLS channel reads at most 64 KiB (``TLSSocket.recv_into()``). A socket
+        without ``recv_into()``, or a channel not yet served by a loop, reads with ``recv()``,
+        at most 64 KiB (the view is then of bytes of its own).
         """
         try:
             view: memoryview = self._nl_loop._read_view
