@@ -34,6 +34,11 @@ Variants (``--list``):
   clients read. Per request (2 MiB through the server).
 - ``accept-*``: a round is 8 clients connecting, sending 64 bytes, reading the echo and
   resetting, with server passes until all are closed. Per connection.
+- ``accept-cli-v1`` / ``-v2``: the same against the listener of ``python -m netloop echo
+  --proxy-protocol`` (``cli._make_echo_on``), each client sending a PROXY header (v1 text, v2
+  binary) before its 64 bytes; ``-v1late`` / ``-v2late``: the server accepts before the header
+  arrives (a pass between connect and send), as when a balancer's header follows its connect;
+  ``accept-cli-adopted``: that listener without the PROXY protocol (the CLI's scaled path).
 
 ``*-minimal`` is a hand-written epoll loop (the floor), ``*-legacy`` the legacy
 ``dispatcher_with_send`` echo of ``benchmarks/servers.py`` on ``netloop.asyncore`` (8 KiB
@@ -91,6 +96,11 @@ VARIANTS = {
     "accept-minimal": (10, 40),
     "accept-legacy": (10, 40),
     "accept-cli": (10, 40),
+    "accept-cli-adopted": (10, 40),
+    "accept-cli-v1": (10, 40),
+    "accept-cli-v2": (10, 40),
+    "accept-cli-v1late": (10, 40),
+    "accept-cli-v2late": (10, 40),
 }
 #: What ``--check`` (the benchmark smoke) compares: the hot path of both server styles.
 CHECKED = ("pp-legacy", "pp-cli", "bulk-cli")
@@ -413,7 +423,9 @@ def _count_collections():
 
 
 def _child_accept(kind: str, warmup: int, rounds: int) -> dict:
+    kind, _, proxy = kind.partition("-")
     handler = _server_handler(kind)
+    header = b""
     if handler is None:
         listener = socket.socket()
         listener.bind(("127.0.0.1", 0))
@@ -430,7 +442,23 @@ def _child_accept(kind: str, warmup: int, rounds: int) -> dict:
     else:
         # The listeners the servers use: cli.EchoServer, servers.py's legacy EchoServer (on
         # the asyncore facade's socket_map, as legacy code runs).
-        if kind == "cli":
+        if kind == "cli" and proxy:
+            # The listener of `python -m netloop echo --proxy-protocol` (the scaled path).
+            channels, lp, close = _netloop_server(handler)
+            from netloop import cli
+            from netloop.proxy import format_v1, format_v2
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(1024)
+            server = cli._make_echo_on("dispatcher", sock, lp, proxy != "adopted", False)
+            if proxy != "adopted":
+                fmt = format_v1 if proxy.startswith("v1") else format_v2
+                header = fmt(("192.0.2.1", 40000), ("192.0.2.2", 80))
+            # The passes run as inside run_forever(): a timer scheduled then (the header's
+            # deadline) needs no wake-up through the loop's pipe, which it would get from a
+            # loop that is not running.
+            lp._running += 1
+        elif kind == "cli":
             channels, lp, close = _netloop_server(handler)
             from netloop.cli import EchoServer
             server = EchoServer("127.0.0.1", 0, channels)
@@ -447,6 +475,7 @@ def _child_accept(kind: str, warmup: int, rounds: int) -> dict:
             lp._pass(0)
         open_conns = lambda: len(channels) - 1  # noqa: E731
     one_pass = _counted(one_pass)
+    late = proxy.endswith("late")
 
     def run(count: int) -> int:
         for _ in range(count):
@@ -456,8 +485,10 @@ def _child_accept(kind: str, warmup: int, rounds: int) -> dict:
                 c.setblocking(False)
                 c.connect_ex(address)
                 clients.append(c)
+            if late:
+                one_pass()  # accepted before the header arrives
             for c in clients:
-                c.send(MESSAGE)
+                c.send(header + MESSAGE)
             waiting = clients
             for _ in range(1000):
                 if not waiting:

@@ -400,3 +400,81 @@ def test_header_present_at_accept_is_read_at_once(loop):
             delivered[0][0].close()
     finally:
         listener.close()
+
+
+# ------------------------------------------------------- accept deferred, per-connection cost
+needs_defer = pytest.mark.skipif(not hasattr(socket, "TCP_DEFER_ACCEPT"),
+                                 reason="TCP_DEFER_ACCEPT is Linux's")
+
+
+def _deferring(sock: socket.socket) -> int:
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT)
+
+
+@needs_defer
+def test_listener_takes_connections_once_their_header_is_there(loop):
+    # Accepted before its header, a connection needed a channel and a timer of its own until
+    # the header came; with TCP_DEFER_ACCEPT the kernel hands it over with the header.
+    server = _Server(loop)
+    with _client(server.address) as c:
+        c.sendall(format_v1(("192.0.2.5", 1000), ("192.0.2.1", 80)) + b"one")
+        assert _read_until(loop, c, 3) == b"one"
+    assert _deferring(server.socket) > 0
+    with _client(server.address) as silent:
+        for _ in range(5):
+            loop.run_once(0.01)
+        assert server.peers[1:] == [] and len(loop.map) == 1  # connected, not handed over yet
+        silent.sendall(format_v2(("192.0.2.6", 2000), ("192.0.2.1", 80)) + b"two")
+        assert _read_until(loop, silent, 3) == b"two"
+    assert [p[0] for p in server.peers] == [("192.0.2.5", 1000), ("192.0.2.6", 2000)]
+    # Turned off, the listener stops deferring: a client may wait for the server to speak.
+    server.proxy_protocol = False
+    with _client(server.address) as c:
+        c.sendall(b"plain")
+        assert _read_until(loop, c, 5) == b"plain"
+    assert _deferring(server.socket) == 0
+
+
+@needs_defer
+def test_socketserver_mixin_defers_accept(loop):
+    class Server(proxy.ProxyProtocolServerMixIn, ss.TCPServer):
+        pass
+
+    server = Server(("127.0.0.1", 0), ss.StreamRequestHandler, loop=loop)
+    try:
+        assert _deferring(server.socket) > 0
+    finally:
+        server.server_close()
+
+
+def test_listener_connection_limits_count_from_accept(loop, caplog):
+    server = _Server(loop)
+    server.set_connection_limits(max_connections=1)
+    with _client(server.address) as first:
+        first.sendall(format_v1(("192.0.2.5", 1000), ("192.0.2.1", 80)) + b"one")
+        assert _read_until(loop, first, 3) == b"one"
+        with caplog.at_level(logging.WARNING, logger="netloop"):
+            with _client(server.address) as second:
+                second.sendall(format_v1(("192.0.2.6", 1000), ("192.0.2.1", 80)) + b"two")
+                assert _closed(loop, second)
+        assert "connection limit reached" in caplog.text
+        assert server.connection_count == 1
+    run_until(loop, lambda: server.connection_count == 0)
+    with _client(server.address) as third:
+        third.sendall(format_v2(("192.0.2.7", 1000), ("192.0.2.1", 80)) + b"three")
+        assert _read_until(loop, third, 5) == b"three"
+
+
+def test_remembered_addresses_never_cross_families():
+    # The fast path remembers the last addresses it read per version and family: the same
+    # bytes under another family are still checked (and refused), and IPv6 is still rewritten
+    # in canonical form.
+    v4 = parse_header(b"PROXY TCP4 1.2.3.4 5.6.7.8 10 20\r\n")
+    assert v4.source == ("1.2.3.4", 10) and v4.destination == ("5.6.7.8", 20)
+    with pytest.raises(ProxyProtocolError):
+        parse_header(b"PROXY TCP6 1.2.3.4 5.6.7.8 10 20\r\n")
+    for _ in range(2):
+        v6 = parse_header(b"PROXY TCP6 2001:DB8:0:0::7 ::1 10 20\r\n")
+        assert v6.source == ("2001:db8::7", 10, 0, 0) and v6.destination == ("::1", 20, 0, 0)
+    for src in (("192.0.2.1", 1), ("192.0.2.2", 2), ("192.0.2.1", 3)):
+        assert parse_header(format_v2(src, ("192.0.2.9", 80))).source == src

@@ -47,7 +47,7 @@ from .header import (DEFAULT_MAX_HEADER, V1_MAX_LENGTH, V2_SIGNATURE, ProxyHeade
 __all__ = [
     "ProxyHeader", "ProxyProtocolError", "parse_header", "read_proxy_header",
     "ProxyProtocolListener", "ProxyProtocolServerMixIn", "V2_SIGNATURE", "V1_MAX_LENGTH",
-    "DEFAULT_MAX_HEADER", "DEFAULT_TIMEOUT", "format_v1", "format_v2",
+    "DEFAULT_MAX_HEADER", "DEFAULT_TIMEOUT", "format_v1", "format_v2", "defer_accept",
 ]
 
 logger = logging.getLogger("netloop.proxy")
@@ -184,6 +184,30 @@ def _hand_over(sock: socket.socket, address: Any, map: Any,
             lp._accepted = None
 
 
+def defer_accept(sock: Any, seconds: float) -> bool:
+    """Have the kernel hand the listener ``sock`` a connection only once its first bytes are
+    there (Linux ``TCP_DEFER_ACCEPT``; up to about ``seconds``, after which it is handed over
+    anyway); ``seconds`` 0 turns it off. True if set.
+
+    The PROXY mix-ins set it while ``proxy_protocol`` holds (a balancer writes its header as
+    soon as it is connected), so the header is almost always read at accept time: a connection
+    accepted before its header had to be watched by a channel of its own until it came (with a
+    timer for ``proxy_header_timeout``), which cost more than the rest of the connection's
+    set-up. They clear it when ``proxy_protocol`` is turned off: with it, a client that waits
+    for the server to speak first would wait for the timeout. Elsewhere it does nothing.
+    """
+    option = getattr(socket, "TCP_DEFER_ACCEPT", None)
+    if option is None or sock is None:
+        return False
+    try:
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return False
+        sock.setsockopt(socket.IPPROTO_TCP, option, max(0, int(seconds + 0.999)))
+    except (OSError, ValueError):
+        return False  # not a TCP socket, or closed
+    return True
+
+
 def read_proxy_header(sock: socket.socket, peer: Any, map: Any,
                       deliver: Callable[[socket.socket, Any], Any], *,
                       timeout: float = DEFAULT_TIMEOUT,
@@ -246,15 +270,30 @@ class ProxyProtocolListener:
     proxy_max_header: int = DEFAULT_MAX_HEADER
     _map: Any
     accepting: bool
+    _nl_limited: bool
+    _nl_deferring: Any = None   # TCP_DEFER_ACCEPT as last set on the socket (None: not yet)
 
     def handle_accept(self) -> None:
-        """Accept a bounded burst of connections, each through ``proxy_accepted()``."""
+        """Accept a bounded burst of connections, each through ``proxy_accepted()``.
+
+        Connection limits (``set_connection_limits()``) hold as in ``Dispatcher``: a
+        connection counts from ``accept()``, its header reading included.
+        """
+        if self._nl_deferring is not self.proxy_protocol:
+            self._nl_deferring = self.proxy_protocol
+            defer_accept(getattr(self, "socket", None),
+                         self.proxy_header_timeout if self.proxy_protocol else 0)
         accept = self.accept  # type: ignore[attr-defined]
+        limited = self._nl_limited
         for _ in range(ACCEPT_BURST):
             pair = accept()
             if pair is None:
                 break
+            if limited and not self._nl_admit(*pair):  # type: ignore[attr-defined]
+                continue
             self.proxy_accepted(*pair)
+            if limited:
+                self._nl_settle()  # type: ignore[attr-defined]
             if not self.accepting:
                 break
 
@@ -284,8 +323,23 @@ class ProxyProtocolServerMixIn:
     proxy_header_timeout: float = DEFAULT_TIMEOUT
     proxy_max_header: int = DEFAULT_MAX_HEADER
     _nl_map: Any
+    _nl_deferring: Any = None   # TCP_DEFER_ACCEPT as last set on the socket (None: not yet)
+
+    def server_activate(self) -> None:
+        """socketserver's activation, then ``TCP_DEFER_ACCEPT`` (see ``defer_accept``)."""
+        super().server_activate()  # type: ignore[misc]
+        self._nl_sync_defer()
+
+    def _nl_sync_defer(self) -> None:
+        if self._nl_deferring is not self.proxy_protocol:
+            self._nl_deferring = self.proxy_protocol
+            sock = getattr(self, "socket", None)
+            if sock is not None:
+                defer_accept(sock, self.proxy_header_timeout if self.proxy_protocol else 0)
 
     def _nl_process(self, request: Any, client_address: Any) -> None:
+        if self._nl_deferring is not self.proxy_protocol:
+            self._nl_sync_defer()
         process = super()._nl_process  # type: ignore[misc]
         if not self.proxy_protocol:
             process(request, client_address)
