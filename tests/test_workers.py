@@ -77,6 +77,32 @@ def test_stop_signal_is_graceful_within_grace_and_leaves_no_orphan(signum):
         assert not [pid for pid in workers if alive(pid)]
 
 
+def test_stop_serves_connections_waiting_in_the_backlog():
+    # Connections the kernel completed but the worker had not accepted yet when it was told to
+    # stop: closing its listener would reset them (their clients already sent a request).
+    # They are taken before the close and served within the grace period.
+    with Proc(netloop_argv("echo", "--workers", "1", "--grace", "5")) as proc:
+        address = proc.address()
+        (worker,) = _workers(proc, 1)
+        os.kill(worker, signal.SIGSTOP)
+        clients = []
+        try:
+            proc.signal(signal.SIGTERM)  # the supervisor tells the (stopped) worker to stop
+            proc.wait_line(r"SIGTERM: stopping the workers gracefully")
+            # Queued in the worker's backlog after its stop message: it sees the message first.
+            for i in range(3):
+                c = socket.create_connection(address, timeout=10)
+                c.sendall(b"waiting %d" % i)
+                clients.append(c)
+        finally:
+            os.kill(worker, signal.SIGCONT)
+        for i, c in enumerate(clients):
+            with c:
+                assert c.recv(100) == b"waiting %d" % i
+        assert proc.popen.wait(10) == 0
+        assert "still open after" not in proc.output()
+
+
 def _refused(address: tuple) -> bool:
     try:
         socket.create_connection(address, timeout=2).close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import socket
 import threading
 from typing import Any, Callable, List, Optional
@@ -19,6 +20,9 @@ MSG_READY = b"R"
 MSG_STOP = b"S"
 
 _current: Optional["Worker"] = None
+
+#: At most this many accept bursts (of ``ACCEPT_BURST``) for the backlog of a stopping worker.
+_BACKLOG_BURSTS = 32
 
 
 def current_worker() -> Optional["Worker"]:
@@ -113,6 +117,10 @@ class Worker:
         lp = self.loop
         for obj in list(lp.map.values()):
             if obj not in self._keep and getattr(obj, "accepting", False):
+                # Closing a listener resets the connections waiting in its backlog: their
+                # clients were told "connected" by the kernel. Take them first (they are
+                # served during the grace period); one arriving after the close is refused.
+                self._take_backlog(obj)
                 try:
                     obj.close()
                 except Exception:
@@ -126,6 +134,26 @@ class Worker:
                 logger.exception("netloop: worker %d: stop callback %r failed", self.index, fn)
         deadline = lp.time() + self.grace
         lp.call_soon(self._drain, deadline)
+
+    def _take_backlog(self, listener: Any) -> None:
+        """Accept what waits in ``listener``'s backlog now, in bursts, as its own readiness
+        events would (bounded: a flood cannot keep a stopping worker accepting)."""
+        fd = getattr(listener, "_fileno", None)
+        if fd is None:
+            return
+        waiting = select.poll()
+        waiting.register(fd, select.POLLIN)
+        for _ in range(_BACKLOG_BURSTS):
+            try:
+                if not waiting.poll(0):
+                    return
+                listener.handle_read_event()
+            except Exception:
+                logger.exception("netloop: worker %d: taking the backlog of %r", self.index,
+                                 listener)
+                return
+            if getattr(listener, "_fileno", None) != fd:
+                return  # closed meanwhile
 
     def _open(self) -> List[Any]:
         return [obj for obj in self.loop.map.values() if obj not in self._keep]
