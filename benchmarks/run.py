@@ -466,7 +466,7 @@ def progress_line(i, total, rec, sc):
                     msg += " usr %.1f sys %.1f" % (user, system)
             cli_op = client_us_per_op(sc, r)
             if cli_op is not None and sc["mode"] != "stream":
-                msg += " cli %.1fus/op" % cli_op
+                msg += " lg %.1fus/op" % cli_op
         msg += " cli %.0f%%" % (100 * (client_util(r) or 0))
         other = noise_of(r)
         if other:
