@@ -362,7 +362,7 @@ def client_us_per_op(scenario, result):
     r = result or {}
     busy = (r.get("client") or {}).get("busy_util")
     dur = r.get("duration_s")
-    if busy is None or not dur:
+    if not busy or not dur:  # 0: descheduled while it spun (a loaded machine): unknown
         return None
     if scenario["mode"] == "stream":
         work = (r.get("bytes") or 0) / 1e6
