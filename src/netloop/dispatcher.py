@@ -35,6 +35,7 @@ from errno import (EALREADY, EBADF, EINPROGRESS, EINVAL, EISCONN, ENOTCONN, EWOU
 
 from .errors import (ACCEPT_RESOURCE, ACCEPT_RETRY, DISCONNECTED, RERAISED, WOULD_BLOCK,
                      compact_traceback, strerror)
+from .limits import HostTally, check_limits
 from .pollers import READ_MASK, WRITE
 from .reactor import (PAUSED_AT_EOF, PAUSED_RESTING, _abandon, _as_map, _describe, _lookup,
                       _loops, _set_paused, get_loop, socket_map)
@@ -546,15 +547,13 @@ class Dispatcher:
         connection counts from ``accept()`` until the dispatcher made for it in
         ``handle_accepted()`` closes; a socket handed elsewhere counts until it is closed.
         """
-        for value in (max_connections, max_per_address):
-            if value is not None and value < 1:
-                raise ValueError("a connection limit must be at least 1 (or None)")
+        limited = check_limits(max_connections, max_per_address)
         self.max_connections = max_connections
         self.max_per_address = max_per_address
-        self._nl_limited = max_connections is not None or max_per_address is not None
+        self._nl_limited = limited
         if self.__dict__.get("_nl_held") is None:
             self._nl_held: Dict[int, Any] = {}       # id(socket) -> client host
-            self._nl_by_host: Dict[Any, int] = {}    # client host -> connections held
+            self._nl_tally = HostTally()             # connections held, in all and per host
             self._nl_loose: Dict[int, Any] = {}      # id -> weakref: sockets not made channels
             self._nl_pending: Any = None
 
@@ -569,16 +568,14 @@ class Dispatcher:
 
     def _nl_admit(self, conn: Any, addr: Any) -> bool:
         host = addr[0] if type(addr) is tuple and addr else None
-        if not self._nl_room(host):
+        tally = self._nl_tally
+        if not tally.room(host, self.max_connections, self.max_per_address):
             self._nl_prune()
-            if not self._nl_room(host):
+            if not tally.room(host, self.max_connections, self.max_per_address):
                 if not self._nl_refusing:
                     self._nl_refusing = True
-                    logger.warning(
-                        "netloop: %s: connection limit reached (%d held, %s from %s; limits "
-                        "%s in all, %s per address): refusing new connections until some close",
-                        _describe(self), len(self._nl_held), self._nl_by_host.get(host, 0),
-                        host, self.max_connections, self.max_per_address)
+                    logger.warning(tally.refusal(_describe(self), host, self.max_connections,
+                                                 self.max_per_address))
                 try:
                     conn.close()
                 except OSError:
@@ -587,19 +584,12 @@ class Dispatcher:
         self._nl_refusing = False
         key = id(conn)
         self._nl_held[key] = host
-        self._nl_by_host[host] = self._nl_by_host.get(host, 0) + 1
+        tally.add(host)
         self._nl_pending = (key, weakref.ref(conn))
         lp = self._nl_loop
         if lp is not None:
             lp._accepted_by = self
         return True
-
-    def _nl_room(self, host: Any) -> bool:
-        limit = self.max_connections
-        if limit is not None and len(self._nl_held) >= limit:
-            return False
-        limit = self.max_per_address
-        return limit is None or host is None or self._nl_by_host.get(host, 0) < limit
 
     def _nl_adopt(self, channel: Dispatcher, sock: Any) -> None:
         # The dispatcher made for a counted connection: it reports its close (exactly).
@@ -624,12 +614,7 @@ class Dispatcher:
         held = self.__dict__.get("_nl_held")
         if held is None or key not in held:
             return
-        host = held.pop(key)
-        left = self._nl_by_host.get(host, 1) - 1
-        if left > 0:
-            self._nl_by_host[host] = left
-        else:
-            self._nl_by_host.pop(host, None)
+        self._nl_tally.remove(held.pop(key))
         self._nl_loose.pop(key, None)
 
     def _nl_prune(self) -> None:

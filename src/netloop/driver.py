@@ -25,7 +25,6 @@ class PollDriver(Interest):
     if TYPE_CHECKING:
         _thread_id: Optional[int]
         _stopping: bool
-        _find_closed: Optional[Callable[[], List[Tuple[int, int]]]]
         _run_lock: Any
 
     def run_once(self, timeout: Optional[float] = None) -> Optional[float]:

@@ -3,10 +3,10 @@
 EV_EOF on a filter maps to HANGUP, and a non-zero ``fflags`` with EV_EOF carries the socket
 error, mapped to ERROR, so the loop sees what poll(2) would report.
 
-As with epoll, closing a registered fd deletes its filters silently: after a poll that came back
-empty the loop calls ``find_closed()``, which at most once per ``SWEEP_INTERVAL`` reports the
-registered fds that are no longer open as ``INVALID`` (poll's POLLNVAL). Unlike epoll it cannot
-tell a number reused by another file.
+As with epoll, closing a registered fd deletes its filters silently. A loop learns of it when the
+number is registered again (see interest.py); ``find_closed()``, for a caller that sweeps, reports
+at most once per ``SWEEP_INTERVAL`` the registered fds that are no longer open as ``INVALID``
+(poll's POLLNVAL). Unlike epoll it cannot tell a number reused by another file.
 """
 
 from __future__ import annotations

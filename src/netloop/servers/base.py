@@ -71,6 +71,7 @@ from typing import Any, Callable, Dict, List, Optional, TypeVar
 
 from ..dispatcher import ACCEPT_BACKOFF, ACCEPT_BURST, Dispatcher
 from ..errors import ACCEPT_RESOURCE, ACCEPT_RETRY, WOULD_BLOCK
+from ..limits import HostTally, check_limits
 from ..reactor import ChannelMap, Loop
 from ..reactor import get_loop as _map_loop
 from ..timers import TimerHandle
@@ -512,17 +513,14 @@ class BaseServer:
         its child process, once reaped (``ForkingMixIn``). Requests are counted only while a
         limit is set.
         """
-        for value in (max_connections, max_per_address):
-            if value is not None and value < 1:
-                raise ValueError("a connection limit must be at least 1 (or None)")
+        limited = check_limits(max_connections, max_per_address)
         if self._nl_tickets is None:
             self._nl_count_lock = threading.Lock()
-            self._nl_held = 0
-            self._nl_by_host: Dict[Any, int] = {}
+            self._nl_tally = HostTally()  # requests held, in all and per host (under the lock)
             self._nl_tickets = {}
         self.max_connections = max_connections
         self.max_per_address = max_per_address
-        self._nl_limited = max_connections is not None or max_per_address is not None
+        self._nl_limited = limited
 
     @property
     def connection_count(self) -> int:
@@ -530,23 +528,21 @@ class BaseServer:
         if self._nl_tickets is None:
             return 0
         self._nl_reclaim()
-        return self._nl_held
+        return self._nl_tally.total
 
     def _nl_admit(self, request: Any, client_address: Any) -> bool:
         """Count a request taken, or refuse it (shut it down) if a limit is reached."""
         addr = client_address
         host = addr[0] if type(addr) is tuple and addr else None
-        if not self._nl_room(host):
+        tally = self._nl_tally
+        if not tally.room(host, self.max_connections, self.max_per_address):
             self._nl_reclaim()
-            if not self._nl_room(host):
+            if not tally.room(host, self.max_connections, self.max_per_address):
                 if not self._nl_refusing:
                     self._nl_refusing = True
-                    logger.warning(
-                        "netloop: %s %s: connection limit reached (%d held, %d from %s; limits "
-                        "%s in all, %s per address): refusing new connections until some close",
-                        type(self).__name__, self._nl_where(), self._nl_held,
-                        self._nl_by_host.get(host, 0), host, self.max_connections,
-                        self.max_per_address)
+                    logger.warning(tally.refusal(
+                        "%s %s" % (type(self).__name__, self._nl_where()), host,
+                        self.max_connections, self.max_per_address))
                 try:
                     self.shutdown_request(request)
                 except OSError:
@@ -559,17 +555,9 @@ class BaseServer:
         if old is not None:
             self._nl_release(old)  # a closed request whose id was reused
         with self._nl_count_lock:
-            self._nl_held += 1
-            self._nl_by_host[host] = self._nl_by_host.get(host, 0) + 1
+            tally.add(host)
         tickets[id(request)] = _Ticket(host, _weak(request))
         return True
-
-    def _nl_room(self, host: Any) -> bool:
-        limit = self.max_connections
-        if limit is not None and self._nl_held >= limit:
-            return False
-        limit = self.max_per_address
-        return limit is None or host is None or self._nl_by_host.get(host, 0) < limit
 
     def _nl_claim(self, request: Any) -> Optional[_Ticket]:
         """Take the ticket of ``request`` out of the pipeline (None if it has none): whoever
@@ -594,12 +582,7 @@ class BaseServer:
             if not ticket.live:
                 return
             ticket.live = False
-            self._nl_held -= 1
-            left = self._nl_by_host.get(ticket.host, 1) - 1
-            if left > 0:
-                self._nl_by_host[ticket.host] = left
-            else:
-                self._nl_by_host.pop(ticket.host, None)
+            self._nl_tally.remove(ticket.host)
 
     def _nl_reclaim(self) -> None:
         """Release what ended unseen: requests still in the pipeline whose socket was closed
