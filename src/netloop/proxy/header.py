@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import socket
 import struct
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 __all__ = ["ProxyHeader", "ProxyProtocolError", "parse_header", "format_v1", "format_v2",
            "V2_SIGNATURE", "V1_MAX_LENGTH", "DEFAULT_MAX_HEADER"]
@@ -93,6 +93,18 @@ class ProxyHeader(NamedTuple):
         return self.command == "PROXY" and self.source is not None
 
 
+def _remembered(last: List[Any], i: int, af: int, raw: bytes,
+                convert: Callable[[int, bytes], str]) -> str:
+    """``convert(af, raw)``, unless ``raw`` is what slot ``i`` of ``last`` saw the last time
+    (a balancer relays the same few addresses over and over): then the text made then."""
+    seen = last[i]
+    if raw == seen[0]:
+        return seen[1]  # type: ignore[no-any-return]
+    text = convert(af, raw)
+    last[i] = (raw, text)
+    return text
+
+
 # What ProxyHeader._make() calls, without the Python frame of the class's own __new__ (2,000
 # instructions of a parse's 13,000): the fast paths give all eight fields in order.
 _new_tuple = tuple.__new__
@@ -117,20 +129,8 @@ def parse_header(data: bytes, max_size: int = DEFAULT_MAX_HEADER) -> Optional[Pr
             if body_len >= addr.size and len(data) >= length:
                 src, dst, sport, dport = addr.unpack_from(data, _V2_FIXED)
                 last = _LAST[2, af]
-                seen = last[0]
-                if src == seen[0]:
-                    src_text = seen[1]
-                else:
-                    src_text = _ntop(af, src)
-                    last[0] = (src, src_text)
-                seen = last[1]
-                if dst == seen[0]:
-                    dst_text = seen[1]
-                else:
-                    dst_text = _ntop(af, dst)
-                    last[1] = (dst, dst_text)
-                source: Any = (src_text, sport)
-                destination: Any = (dst_text, dport)
+                source: Any = (_remembered(last, 0, af, src, _ntop), sport)
+                destination: Any = (_remembered(last, 1, af, dst, _ntop), dport)
                 if af != _INET:
                     source += (0, 0)
                     destination += (0, 0)
@@ -146,20 +146,9 @@ def parse_header(data: bytes, max_size: int = DEFAULT_MAX_HEADER) -> Optional[Pr
             if len(fields) == 4:
                 af = _V1_TCP[data[:11]]
                 last = _LAST[1, af]
-                raw_src, raw_dst = fields[0], fields[1]
                 try:
-                    seen = last[0]
-                    if raw_src == seen[0]:
-                        src = seen[1]
-                    else:
-                        src = _v1_text(af, raw_src)
-                        last[0] = (raw_src, src)
-                    seen = last[1]
-                    if raw_dst == seen[0]:
-                        dst = seen[1]
-                    else:
-                        dst = _v1_text(af, raw_dst)
-                        last[1] = (raw_dst, dst)
+                    src = _remembered(last, 0, af, fields[0], _v1_text)
+                    dst = _remembered(last, 1, af, fields[1], _v1_text)
                 except (UnicodeDecodeError, OSError, ValueError):
                     return _parse_v1(data)  # the careful path says what is wrong
                 sport, dport = fields[2], fields[3]
