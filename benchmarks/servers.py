@@ -575,14 +575,7 @@ class _Args:
 def main(argv=None):
     args = _plain_args(sys.argv[1:] if argv is None else argv)
     if args is not None:
-        apply_limits(args.cpu, args.nofile)
-        if args.kind not in ("asyncio", "asyncio-streams", "uvloop", "uvloop-streams"):
-            install_stop_handlers()
-        try:
-            SERVE[args.kind](args)
-        except Stop:
-            pass
-        return 0
+        return _serve(args)
     import argparse
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -609,6 +602,10 @@ def main(argv=None):
         ap.error("--recv-size must be <= %d" % MAX_RECV)
     if args.tls_cert and args.kind not in ("asyncio", "asyncio-streams", "uvloop"):
         ap.error("--tls-cert: only the asyncio, asyncio-streams and uvloop kinds here")
+    return _serve(args)
+
+
+def _serve(args):
     apply_limits(args.cpu, args.nofile)
     if args.kind not in ("asyncio", "asyncio-streams", "uvloop", "uvloop-streams"):
         install_stop_handlers()
