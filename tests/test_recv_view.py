@@ -331,3 +331,114 @@ def test_cli_echo_over_tls(loop: netloop.Loop) -> None:
     finally:
         client.close()
         server.close()
+
+
+class CountingEcho(EchoHandler):
+    """The CLI echo, counting its closes and errors (its handle_read() is EchoHandler's own:
+    recv_view() and send() in line)."""
+
+    def __init__(self, sock: Any, map: Any) -> None:
+        super().__init__(sock, map)
+        self.closes = 0
+        self.errors = 0
+
+    def handle_close(self) -> None:
+        self.closes += 1
+        super().handle_close()
+
+    def handle_error(self) -> None:
+        self.errors += 1
+        super().handle_error()
+
+
+def test_echo_reads_in_line_only_for_classes_that_keep_recv_view_and_send(
+        loop: netloop.Loop) -> None:
+    """The in-line read must not go round a subclass's own send() or recv_view()."""
+    assert CountingEcho.handle_read is EchoHandler.handle_read
+    sends: List[bytes] = []
+
+    class Logged(EchoHandler):
+        def send(self, data: Any) -> None:
+            sends.append(bytes(data))
+            super().send(data)
+
+    class Deeper(Logged):
+        pass
+
+    class OwnRead(Logged):
+        def handle_read(self) -> None:
+            EchoHandler.handle_read(self)
+
+    assert Logged.handle_read is not EchoHandler.handle_read
+    assert Deeper.handle_read is Logged.handle_read
+    assert OwnRead.handle_read is not Logged.handle_read
+    for cls in (Logged, Deeper):
+        a, b = _pair()
+        echo = cls(a, loop.map)
+        try:
+            for i in range(3):  # the first read on a loop makes its buffer; then in line
+                b.send(b"ping %d" % i)
+                got = bytearray()
+                run_until(loop, lambda: recv_some(b, got) or got == b"ping %d" % i)
+        finally:
+            echo.close()
+            b.close()
+    assert sends == [b"ping 0", b"ping 1", b"ping 2"] * 2
+
+
+def test_echo_in_line_read_closes_quietly_on_a_reset(loop: netloop.Loop) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    conn, _ = listener.accept()
+    listener.close()
+    warm_a, warm_b = _pair()
+    warm = CountingEcho(warm_a, loop.map)  # makes the loop's read buffer: the next read is in line
+    echo = CountingEcho(conn, loop.map)
+    try:
+        warm_b.send(b"x")
+        run_until(loop, lambda: loop._read_view is not None)
+        client.send(b"data the server never reads")
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+        run_until(loop, lambda: echo.closes)
+        assert echo.closes == 1 and echo.errors == 0 and not echo.connected
+        assert echo not in loop.map.values() and warm.connected
+    finally:
+        echo.close()
+        warm.close()
+        warm_b.close()
+
+
+def test_echo_in_line_send_to_a_vanished_peer_closes_quietly(loop: netloop.Loop) -> None:
+    """Data read, then the send fails (EPIPE: the peer closed after sending)."""
+    a, b = _pair()
+    echo = CountingEcho(a, loop.map)
+    try:
+        b.send(b"first")
+        got = bytearray()
+        run_until(loop, lambda: recv_some(b, got) or got == b"first")
+        assert loop._read_view is not None
+        b.send(b"last words")
+        b.close()
+        run_until(loop, lambda: echo.closes)
+        assert echo.closes == 1 and echo.errors == 0 and echo not in loop.map.values()
+    finally:
+        echo.close()
+
+
+def test_echo_in_line_read_counts_as_activity(loop: netloop.Loop) -> None:
+    a, b = _pair()
+    echo = CountingEcho(a, loop.map)
+    try:
+        b.send(b"warm")
+        got = bytearray()
+        run_until(loop, lambda: recv_some(b, got) or got == b"warm")
+        echo.set_idle_timeout(3600)
+        echo._nl_last = -1.0
+        b.send(b"x")
+        got.clear()
+        run_until(loop, lambda: recv_some(b, got) or got == b"x")
+        assert echo._nl_last >= 0
+    finally:
+        echo.close()
+        b.close()

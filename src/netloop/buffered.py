@@ -21,7 +21,6 @@ from collections import deque
 from itertools import islice
 
 from .dispatcher import Dispatcher, known_interest
-from .errors import DISCONNECTED, WOULD_BLOCK
 from .outqueue import FlowControl, consume, tail
 from .pollers import READ_MASK, WRITE
 
@@ -122,22 +121,23 @@ class BufferedDispatcher(Dispatcher, FlowControl):
         try:
             sent = self.socket.send(data)
         except OSError as why:
-            if why.errno in WOULD_BLOCK or isinstance(why, BlockingIOError):
-                sent = 0
-            elif why.errno in DISCONNECTED:
-                self.handle_close()
+            if self._nl_send_failed(why):
                 return
-            else:
-                raise
+            sent = 0
         if self._nl_idle is not None and sent:
             self._nl_last = self._nl_idle._queue.clock()
         size = len(data)
         if sent < size:
-            q = self._queue()
-            q.append(tail(data, sent))
-            self._out_pending = size - sent
-            self._update_interest()
-            self._nl_queued_more(size - sent)
+            self._nl_queue_rest(data, sent, size)
+
+    def _nl_queue_rest(self, data: Any, sent: int, size: int) -> None:
+        # The socket took ``sent`` of the ``size`` bytes of ``data`` with nothing queued
+        # before: queue the rest (a copy where ``data`` may change) and watch for writability.
+        q = self._queue()
+        q.append(tail(data, sent))
+        self._out_pending = size - sent
+        self._update_interest()
+        self._nl_queued_more(size - sent)
 
     def initiate_send(self) -> None:
         """Send as much of the queue as the socket takes now."""
@@ -156,12 +156,8 @@ class BufferedDispatcher(Dispatcher, FlowControl):
             else:
                 sent = sock.send(q[0])
         except OSError as why:
-            if why.errno in WOULD_BLOCK or isinstance(why, BlockingIOError):
-                return
-            if why.errno in DISCONNECTED:
-                self.handle_close()
-                return
-            raise
+            self._nl_send_failed(why)
+            return
         self._out_pending -= sent
         if self._nl_idle is not None and sent:
             self._nl_last = self._nl_idle._queue.clock()

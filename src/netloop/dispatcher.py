@@ -636,12 +636,8 @@ class Dispatcher:
                 self._nl_last = self._nl_idle._queue.clock()
             return sent  # type: ignore[no-any-return]
         except OSError as why:
-            if why.errno in WOULD_BLOCK or isinstance(why, BlockingIOError):
-                return 0
-            if why.errno in DISCONNECTED:
-                self.handle_close()
-                return 0
-            raise
+            self._nl_send_failed(why)
+            return 0
 
     def recv(self, buffer_size: int) -> bytes:
         """Read up to ``buffer_size`` bytes.
@@ -653,12 +649,8 @@ class Dispatcher:
         try:
             data = self.socket.recv(buffer_size)
         except OSError as why:
-            if why.errno in DISCONNECTED:
-                self.handle_close()
-                return b""
-            if why.errno in WOULD_BLOCK or isinstance(why, BlockingIOError):
-                return b""
-            raise
+            self._nl_read_failed(why)
+            return b""
         if not data:
             # A readable socket that gives 0 bytes: the peer closed its side.
             self._nl_read_eof()
@@ -703,18 +695,34 @@ class Dispatcher:
             size = _COPY_READ_SIZE if buffer_size is None else _view_size(buffer_size)
             return memoryview(self.recv(size if size < _COPY_READ_SIZE else _COPY_READ_SIZE))
         except OSError as why:
-            if why.errno in DISCONNECTED:
-                self.handle_close()
-                return _NO_VIEW
-            if why.errno in WOULD_BLOCK or isinstance(why, BlockingIOError):
-                return _NO_VIEW
-            raise
+            self._nl_read_failed(why)
+            return _NO_VIEW
         if not got:
             self._nl_read_eof()
             return _NO_VIEW
         if self._nl_idle is not None:
             self._nl_last = self._nl_idle._queue.clock()
         return view[:got]
+
+    def _nl_read_failed(self, why: OSError) -> None:
+        # A read raised ``why`` (called in its except clause): a reset or abort closes the
+        # channel (handle_close()), "would block" means nothing to read yet, anything else
+        # propagates. Shared by recv(), recv_view() and handlers that read in line.
+        if why.errno in DISCONNECTED:
+            self.handle_close()
+        elif not (why.errno in WOULD_BLOCK or isinstance(why, BlockingIOError)):
+            raise
+
+    def _nl_send_failed(self, why: OSError) -> bool:
+        # A send raised ``why`` (called in its except clause): True when the peer is gone
+        # (handle_close() has been called), False when the socket would block (nothing was
+        # taken); anything else propagates.
+        if why.errno in WOULD_BLOCK or isinstance(why, BlockingIOError):
+            return False
+        if why.errno in DISCONNECTED:
+            self.handle_close()
+            return True
+        raise
 
     def _nl_read_eof(self) -> None:
         # End of input: tell the channel, and stop reading if it stays open (a socket at EOF
