@@ -263,3 +263,60 @@ def test_accept_makes_an_ordinary_socket(loop: netloop.Loop) -> None:
             conn.close()
         c.close()
         listener.close()
+
+
+def _reset_peer_of(loop: netloop.Loop, make: Any) -> Any:
+    """A channel made by ``make(sock)`` for an accepted TCP connection whose client then
+    resets it (SO_LINGER 0): epoll and poll report the channel readable, in error and hung up
+    at once, which the loop routes through a short path."""
+    import struct
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    c = socket.create_connection(listener.getsockname())
+    try:
+        s, _ = listener.accept()
+    finally:
+        listener.close()
+    ch = make(s)
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()
+    return ch
+
+
+class Counting(Plain):
+    def __init__(self, sock: Any, map: Any, read_first: bool = True) -> None:
+        self.reads = self.closes = 0
+        self.read_first = read_first
+        Plain.__init__(self, sock, map=map)
+
+    def handle_read(self) -> None:
+        self.reads += 1
+        if self.read_first or self.reads > 1:
+            Plain.handle_read(self)
+
+    def handle_close(self) -> None:
+        self.closes += 1
+        self.close()
+
+
+def test_reset_closes_a_channel_once(loop: netloop.Loop, caplog: Any) -> None:
+    # The read reports the reset and closes the channel: the hang-up that came with it is not
+    # reported again to the closed channel.
+    ch = _reset_peer_of(loop, lambda s: Counting(s, loop))
+    run_until(loop, lambda: ch.closes > 0)
+    loop.run_once(0)
+    assert ch.closes == 1 and ch.reads == 1 and not loop.map and ch.socket.fileno() == -1
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "WARNING")]
+
+
+def test_reset_reaches_a_channel_its_read_left_open(loop: netloop.Loop, caplog: Any) -> None:
+    # A handle_read() that does not read when the peer resets: the channel is still told of
+    # the hang-up (handle_close()) in the same pass where the poller reports one (select
+    # reports the socket readable only: there the next read finds the reset).
+    ch = _reset_peer_of(loop, lambda s: Counting(s, loop, read_first=False))
+    run_until(loop, lambda: ch.closes > 0)
+    loop.run_once(0)
+    assert ch.closes == 1 and not loop.map
+    assert ch.reads == (2 if loop.poller.name == "select" else 1)
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "WARNING")]

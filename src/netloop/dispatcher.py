@@ -750,10 +750,13 @@ class Dispatcher:
         if self._nl_owner is not None:
             owner, self._nl_owner = self._nl_owner, None
             owner._nl_release(self._nl_owner_key)
+        # connecting: a class default, stored only by connect() (storing it here would add a
+        # key to every channel), and read only where a connect() may be in progress (a class
+        # default is read the slow way on 3.11).
+        if not self.connected and self.connecting:
+            self.connecting = False
         self.connected = False
         self.accepting = False
-        if self.connecting:  # (a class default: storing it would add a key to every channel)
-            self.connecting = False
         if self._nl_paused:
             self._nl_paused = 0
         if self._nl_plain_map:
