@@ -7,6 +7,7 @@ still called, and that the saved state (slots, per-fd sets) stays as small as in
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 from typing import Any, List
@@ -320,3 +321,40 @@ def test_reset_reaches_a_channel_its_read_left_open(loop: netloop.Loop, caplog: 
     assert ch.closes == 1 and not loop.map
     assert ch.reads == (2 if loop.poller.name == "select" else 1)
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "WARNING")]
+
+
+def test_registration_fast_path_falls_back_to_the_poller(loop: netloop.Loop) -> None:
+    # A new channel is registered, and a closed one forgotten, through the epoll object's own
+    # C calls; a regular file (which epoll refuses) and a descriptor registered twice go
+    # through the poller's register()/unregister(), which know those cases.
+    import tempfile
+    loop.run_once(0)  # the loop takes its poller
+    poller = loop.poller
+    with tempfile.TemporaryFile() as f:
+        f.write(b"data")
+        f.flush()
+        ch = netloop.FileDispatcher(f.fileno(), map=loop)
+        fd = ch._fileno
+        assert loop._masks.get(fd)
+        if type(poller).__name__ == "EpollPoller":
+            assert fd in poller._always
+        ch.close()
+        assert fd not in loop._masks and not getattr(poller, "_always", None)
+    a, b = socket.socketpair()
+    twin = a.dup()
+    try:
+        if type(poller).__name__ == "EpollPoller":
+            poller.register(twin.fileno(), netloop.pollers.READ)
+            twin_fd = twin.fileno()
+            twin.close()  # its registration outlives it: the file is still open (as a)
+            d = os.dup2(a.fileno(), twin_fd)  # the number names that file again: EEXIST
+            twin = socket.socket(fileno=d)
+        ch2 = Plain(twin, map=loop)
+        b.sendall(b"ping")
+        run_until(loop, lambda: _try_recv(b) == b"ping")
+        ch2.close()
+        assert not loop.map and not loop._masks.get(twin.fileno())
+    finally:
+        twin.close()
+        a.close()
+        b.close()

@@ -60,6 +60,8 @@ class Interest(Services):
         _running: int
         _poller: Optional[Poller]
         _wake_fd: int
+        _kernel_register: Callable[[int, int], None]
+        _kernel_unregister: Callable[[int], None]
         _hup_closes: bool
         _alias: Dict[int, Any]
         _to_ask: Set[int]
@@ -119,13 +121,14 @@ class Interest(Services):
             mask = obj._nl_mask()
             masks = self._masks
             if mask and fd not in masks:
-                # A new descriptor, the usual case: _set_mask's work in line.
+                # A new descriptor, the usual case: _set_mask's work in line, through the
+                # poller's C call where it has one; anything unusual goes through _set_mask.
                 try:
-                    self._poller.register(fd, mask)  # type: ignore[union-attr]
+                    self._kernel_register(fd, mask)
                 except FDSetSizeError as err:
                     self._refuse_fd(fd, err)
-                except (OSError, ValueError) as err:
-                    self._cannot_watch(fd, err)
+                except (OSError, ValueError):
+                    self._set_mask(fd, mask)
                 else:
                     masks[fd] = mask
             else:
@@ -196,7 +199,10 @@ class Interest(Services):
         if self._indirect:
             self._indirect.discard(fd)
         if self._masks.pop(fd, 0) and self._poller is not None:
-            self._poller.unregister(fd)
+            try:
+                self._kernel_unregister(fd)
+            except (OSError, ValueError):
+                self._poller.unregister(fd)  # a regular file, or an fd closed already
         if self._dispatching:
             self._closed_fds.add(fd)
         if obj is not None:
@@ -278,21 +284,18 @@ class Interest(Services):
             self._refuse_fd(fd, err)
             return
         except (OSError, ValueError) as err:
-            self._cannot_watch(fd, err)
+            # A descriptor closed behind the channel's back (poll would say POLLNVAL), or one
+            # the poller cannot watch (select's FD_SETSIZE: ValueError).
+            if getattr(err, "errno", None) != EBADF:  # else logged as closed, by _lost()
+                logger.warning("netloop: cannot watch fd %d (%s); closing its channel", fd, err)
+            masks.pop(fd, None)
+            self._bad.append(fd)
+            self._slow = True
             return
         if mask:
             masks[fd] = mask
         else:
             del masks[fd]
-
-    def _cannot_watch(self, fd: int, err: Exception) -> None:
-        # A descriptor closed behind the channel's back (poll would say POLLNVAL), or one the
-        # poller cannot watch (select's FD_SETSIZE: ValueError): its channel is closed.
-        if getattr(err, "errno", None) != EBADF:  # else logged as closed, by _lost()
-            logger.warning("netloop: cannot watch fd %d (%s); closing its channel", fd, err)
-        self._masks.pop(fd, None)
-        self._bad.append(fd)
-        self._slow = True
 
     def _refuse_fd(self, fd: int, err: FDSetSizeError) -> None:
         # Past FD_SETSIZE every new connection is refused until lower descriptors are free

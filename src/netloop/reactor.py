@@ -199,7 +199,8 @@ class Loop(PollDriver):
                  "_accepted_by", "_reserve", "_timers", "_ready", "_signal_handlers",
                  "_old_wakeup_fd", "_stopping", "_running", "_thread_id", "_run_lock",
                  "_acquired", "_implicit", "_closed", "_slow", "_notify", "_hup_closes",
-                 "_contain", "_read_view", "_map_get")
+                 "_contain", "_read_view", "_map_get", "_kernel_register",
+                 "_kernel_unregister")
     if TYPE_CHECKING:
         _closed: bool
         _implicit: bool
@@ -226,6 +227,10 @@ class Loop(PollDriver):
         self._clock: Callable[[], float] = clock or time.monotonic
         self._scan_asked = scan
         self._poller: Optional[Poller] = None
+        # The poller's kernel_register/kernel_unregister, or its register/unregister (see
+        # pollers.base): set with the poller.
+        self._kernel_register: Any = None
+        self._kernel_unregister: Any = None
         self._waker: Optional[Waker] = None
         self._wake_fd = -1
         self._objs: Dict[Any, Any] = {}      # map key -> channel as registered
@@ -308,7 +313,9 @@ class Loop(PollDriver):
                 raise RuntimeError("this map is now served by another loop")
             _register(self)
         # Not tracking its registrations for find_closed(), which a loop never calls.
-        self._poller = create(self._poller_spec, track_closed=False)
+        self._poller = poller = create(self._poller_spec, track_closed=False)
+        self._kernel_register = getattr(poller, "kernel_register", poller.register)
+        self._kernel_unregister = getattr(poller, "kernel_unregister", poller.unregister)
         bind = getattr(self._poller, "bind", None)
         if bind is not None:
             # A driver that dispatches events itself (netloop.aio's AsyncioPoller) through
@@ -349,7 +356,7 @@ class Loop(PollDriver):
         self._bad.clear()
         if self._poller is not None:
             self._poller.close()
-            self._poller = None
+            self._poller = self._kernel_register = self._kernel_unregister = None
         if self._waker is not None:
             self._waker.close()
             self._waker = None
@@ -415,7 +422,7 @@ class Loop(PollDriver):
                     closer.close()  # closes this process's descriptor copies only
                 except OSError:
                     pass  # kqueue descriptors are not inherited by a child
-        self._poller = None
+        self._poller = self._kernel_register = self._kernel_unregister = None
         self._waker = None
         self._wake_fd = -1
         self._give_up_reserve()  # the child's own copy; the parent keeps its own

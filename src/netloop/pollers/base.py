@@ -10,6 +10,11 @@ Pollers whose kernel object forgets a closed fd without a word (epoll, kqueue) a
 ``find_closed() -> Events``, an O(registered) check that reports such fds as ``INVALID`` (poll's
 POLLNVAL), each once, at most once per ``SWEEP_INTERVAL``. The loop does not call it (its cost
 grew with idle connections); it finds a lost descriptor when the number is registered again.
+
+A poller may also offer ``kernel_register(fd, mask)`` and ``kernel_unregister(fd)``: the same
+as ``register``/``unregister`` in the usual case (a socket, registered once), as C calls; in any
+other case they may raise, and the caller then calls ``register``/``unregister``. The loop
+uses them for each connection it registers and forgets.
 """
 
 from __future__ import annotations

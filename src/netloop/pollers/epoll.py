@@ -52,6 +52,14 @@ class EpollPoller(ClosedFdSweep):
         self.poll = self._ep.poll
         # What the kernel holds, for the closed-fd sweep (None: not tracked).
         self._masks: Optional[Dict[int, int]] = {} if track_closed else None
+        # For a poller that does not track (a loop's own): the kernel object's register and
+        # unregister, without a Python frame. They raise where register()/unregister() take
+        # care of the case (a regular file, an fd registered twice or closed already): the
+        # loop then calls those (see pollers.base).
+        self.kernel_register: Callable[[int, int], None] = (
+            self.register if track_closed else self._ep.register)
+        self.kernel_unregister: Callable[[int], None] = (
+            self.unregister if track_closed else self._ep.unregister)
 
     def register(self, fd: int, mask: int) -> None:
         try:
