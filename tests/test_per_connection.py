@@ -358,3 +358,39 @@ def test_registration_fast_path_falls_back_to_the_poller(loop: netloop.Loop) -> 
         twin.close()
         a.close()
         b.close()
+
+
+def test_accepted_connection_served_by_another_loop(loop: netloop.Loop) -> None:
+    # A listener's loop leaves itself for the channel made for the connection it accepts
+    # (sparing a lookup by map); a channel made on another loop's map is served by that loop,
+    # with the address accept() gave.
+    other = netloop.Loop()
+
+    class Handoff(EchoServer):
+        def handle_accepted(self, sock: Any, addr: Any) -> None:
+            self.channels.append(Plain(sock, map=other.map))
+            self.channels[-1].accepted_addr = addr
+
+    server = Handoff(loop)
+    c = None
+    try:
+        other.run_once(0)  # it holds its kernel objects: channels register at once
+        c = socket.create_connection(server.address[:2])
+        run_until(loop, lambda: bool(server.channels))
+        (ch,) = server.channels
+        assert ch._nl_loop is other and ch.addr == ch.accepted_addr == c.getsockname()
+        assert ch._fileno in other._masks and ch._fileno not in loop._masks
+        c.sendall(b"ping")
+        got = bytearray()
+        c.setblocking(False)
+
+        def echoed() -> bool:
+            got.extend(_try_recv(c))
+            return bytes(got) == b"ping"
+        run_until(other, echoed)
+        ch.close()
+    finally:
+        if c is not None:
+            c.close()
+        server.close()
+        other.close()

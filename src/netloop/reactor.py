@@ -200,7 +200,7 @@ class Loop(PollDriver):
                  "_old_wakeup_fd", "_stopping", "_running", "_thread_id", "_run_lock",
                  "_acquired", "_implicit", "_closed", "_slow", "_notify", "_hup_closes",
                  "_contain", "_read_view", "_map_get", "_kernel_register",
-                 "_kernel_unregister")
+                 "_kernel_unregister", "_weak")
     if TYPE_CHECKING:
         _closed: bool
         _implicit: bool
@@ -261,6 +261,9 @@ class Loop(PollDriver):
         # The listener (with connection limits) that accepted _accepted's socket, if it counts
         # the connection: a dispatcher made for that socket reports its close to it.
         self._accepted_by: Any = None
+        # A weak reference to this loop, which its listeners leave for the dispatcher made for
+        # the connection they accept (see Dispatcher.accept).
+        self._weak = weakref.ref(self)
         # The shared read buffer of Dispatcher.recv_view() (a memoryview), made on first use.
         self._read_view: Any = None
         # A descriptor held in reserve while the loop holds its kernel objects (see
