@@ -341,11 +341,12 @@ def test_unconnected_socket_handed_over(loop):
 
 
 def test_per_event_attributes_are_not_shadowed_by_class_attributes():
-    # The loop reads connected/accepting for every event, recv()/send() read socket, the idle
-    # timer and the send queue for every request. CPython 3.12+ never specializes a read of
-    # an instance attribute that a class attribute of the same name shadows (each such read
-    # takes the generic lookup), so the core classes keep these on the instance only; the
-    # asyncore facade keeps asyncore's class defaults for connected/accepting.
+    # recv()/send() read socket, the idle timer and the send queue for every request (the
+    # loop reads connected/accepting at a channel's first read event and after interest
+    # changes). CPython 3.12+ never specializes a read of an instance attribute that a class
+    # attribute of the same name shadows (each such read takes the generic lookup), so the
+    # core classes keep these on the instance only; the asyncore facade keeps asyncore's
+    # class defaults for connected/accepting.
     from netloop.buffered import BufferedDispatcher
     for name in ("connected", "accepting", "socket", "_nl_idle"):
         assert not any(name in vars(k) for k in netloop.Dispatcher.__mro__), name
@@ -368,3 +369,84 @@ def test_instance_attributes_without_a_socket():
     assert "Dispatcher" in repr(bare)
     q = netloop.BufferedDispatcher.__new__(netloop.BufferedDispatcher)
     assert q.out_buffer == b""
+
+
+class _Reader(netloop.asyncore.dispatcher_with_send):
+    # (with_send: writable only while output is queued, so read events come alone)
+    def __init__(self, sock: Any, map: Any) -> None:
+        netloop.asyncore.dispatcher_with_send.__init__(self, sock, map)
+        self.events: List[str] = []
+
+    def handle_read(self) -> None:
+        self.events.append("read")
+        self.recv(100)
+
+    def handle_accept(self) -> None:
+        self.events.append("accept")
+        if self.connected:  # a connected socket made a listener by hand (a test's doing)
+            self.recv(100)
+            return
+        pair = self.accept()
+        if pair is not None:
+            pair[0].close()
+
+    def handle_connect(self) -> None:
+        self.events.append("connect")
+
+
+def test_hand_set_accepting_on_an_adopted_listener_gets_handle_accept(loop):
+    # asyncore-era code adopts a listening socket and sets accepting by hand.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(5)
+    d = _Reader(listener, loop.map)
+    d.accepting = True
+    loop.run_once(0)  # a pass with nothing to do first: the state is read per event
+    client = socket.create_connection(listener.getsockname())
+    try:
+        run_until(loop, lambda: d.events)
+        assert d.events == ["accept"]
+    finally:
+        client.close()
+        d.close()
+
+
+def test_read_routing_follows_the_channel_the_map_holds(loop):
+    # A channel got read events (the loop now routes its reads straight to handle_read());
+    # code replaces it in the map behind the loop's back with another channel of the same
+    # descriptor, one still connecting: its first read event must complete the connect.
+    a, b = socket.socketpair()
+    try:
+        first = _Reader(a, loop.map)
+        b.send(b"x")
+        run_until(loop, lambda: first.events)
+        second = _Reader(a, {})  # made for a map of its own, then put in the loop's
+        second.connected, second.connecting = False, True
+        loop.map[a.fileno()] = second
+        b.send(b"y")
+        run_until(loop, lambda: second.events)
+        assert second.events == ["connect", "read"] and first.events == ["read"]
+        assert second.connected
+    finally:
+        loop.map.pop(a.fileno(), None)
+        a.close()
+        b.close()
+
+
+def test_read_routing_rereads_state_after_an_interest_change(loop):
+    # A channel that got read events and then changes state by hand and tells the loop
+    # (_update_interest(), as netloop's own connect()/listen()/TLS do) has its next read
+    # routed by its new state: here asyncore's rule that a listener's read is an accept.
+    a, b = socket.socketpair()
+    try:
+        d = _Reader(a, loop.map)
+        b.send(b"x")
+        run_until(loop, lambda: d.events)
+        d.accepting = True
+        d._update_interest()
+        b.send(b"y")
+        run_until(loop, lambda: len(d.events) > 1)
+        assert d.events == ["read", "accept"]
+    finally:
+        d.close()
+        b.close()

@@ -179,6 +179,13 @@ class Dispatcher:
     # Why reading is paused: reactor.PAUSED_* bits (0: reads). An instance attribute only, set
     # by __init__ (read at every registration and close: a class default is read the slow way).
     _nl_paused: int
+    # True once the loop has seen this channel connected and not accepting at a read event:
+    # its read events then go straight to handle_read() without reading those two again (on
+    # CPython 3.12+ each read of them through an instance of the asyncore facade, which keeps
+    # asyncore's class defaults, takes the generic lookup). Cleared whenever the channel's
+    # interest may have changed (Interest._update: connect, listen, TLS, pauses) and when it
+    # registers. An instance attribute only, set by __init__.
+    _nl_direct: bool
     _nl_starved = False             # accept() is failing for lack of descriptors (logged once)
     _nl_recovered = -1e9            # time.monotonic() when accept() last worked again
     #: On a listener: take pending connections only to close them while the process is out of
@@ -220,6 +227,7 @@ class Dispatcher:
         self._nl_owner = None
         self._nl_paused = 0
         self._nl_loop = None  # set by the loop when it registers the channel (set_socket)
+        self._nl_direct = False  # see _nl_direct in the class body
         if sock:
             # The socket may come from a blocking source (accept() of a blocking listener).
             sock.setblocking(False)

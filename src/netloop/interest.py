@@ -89,6 +89,7 @@ class Interest(Services):
             fd = key
             try:
                 obj._nl_loop = self
+                obj._nl_direct = False
             except AttributeError:
                 pass
         else:
@@ -105,6 +106,10 @@ class Interest(Services):
                     obj._nl_loop = self
                 except AttributeError:
                     pass
+            try:
+                obj._nl_direct = False
+            except AttributeError:
+                pass
         cls = type(obj)
         try:
             # (read from the class, not with getattr(): a call costs ~400 instructions)
@@ -222,6 +227,7 @@ class Interest(Services):
         next pass.
         """
         fd = obj._fileno
+        obj._nl_direct = False  # connected/accepting are read again at its next read event
         if self._objs.get(fd) is not obj:
             key = self._alias.get(fd) if fd is not None else None
             if key is None or self._objs.get(key) is not obj:
@@ -385,7 +391,14 @@ class Interest(Services):
                     continue
                 if flags == READ:
                     try:
-                        if fd not in indirect and obj.connected and not obj.accepting:
+                        if fd in indirect:
+                            obj.handle_read_event()
+                        elif obj._nl_direct:
+                            obj.handle_read()
+                        elif obj.connected and not obj.accepting:
+                            # handle_read_event() would call handle_read(): do it here, and
+                            # at its next reads until its interest changes (_nl_direct).
+                            obj._nl_direct = True
                             obj.handle_read()
                         else:
                             obj.handle_read_event()
@@ -398,7 +411,8 @@ class Interest(Services):
                     # the channel, as _dispatch_flags would have, one call and a few flag
                     # tests fewer per connection. A channel its read left open gets the rest.
                     try:
-                        if fd not in indirect and obj.connected and not obj.accepting:
+                        if fd not in indirect and (obj._nl_direct or obj.connected
+                                                   and not obj.accepting):
                             obj.handle_read()
                         else:
                             obj.handle_read_event()
