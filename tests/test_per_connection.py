@@ -394,3 +394,24 @@ def test_accepted_connection_served_by_another_loop(loop: netloop.Loop) -> None:
             c.close()
         server.close()
         other.close()
+
+
+def test_channel_state_is_not_shadowed_by_class_defaults(loop: netloop.Loop) -> None:
+    # What a channel stores for itself has no class attribute of the same name: CPython 3.12+
+    # never specializes a read of an instance attribute that a class attribute shadows (the
+    # generic lookup, ~270 instructions more per read), and these are read per connection or
+    # per event. (addr keeps asyncore's class default: it is not read per connection.)
+    from netloop.cli import EchoServer as CliServer
+    server = CliServer("127.0.0.1", 0, loop.map)
+    c = None
+    try:
+        c = _echo_once(loop, server.address)
+        (ch,) = [obj for obj in loop.map.values() if obj is not server]
+        for obj in (ch, server):
+            shadowed = {name for name in vars(obj)
+                        if any(name in vars(k) for k in type(obj).__mro__)} - {"addr"}
+            assert not shadowed, (type(obj).__name__, shadowed)
+    finally:
+        if c is not None:
+            c.close()
+        server.close()

@@ -169,7 +169,7 @@ class Dispatcher:
     addr: Any = None
     ignore_log_types = frozenset({"warning"})
     socket: Any
-    _fileno: Optional[int] = None
+    _fileno: Optional[int]          # instance only (set by __init__), read by close()
     _nl_loop: Any                   # the loop serving the channel (instance only, as above)
     _nl_known = True
     _nl_plain_read = True     # handle_read_event is this class's own: the loop may skip it
