@@ -295,3 +295,29 @@ def test_release_and_set_poller_refused_between_passes(poller_name):
         runner.join(5)
         lp.close()
     assert not runner.is_alive()
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("how", ["run_once", "run", "asyncore.loop", "asyncore.poll2"])
+def test_a_negative_timeout_polls_without_blocking(poller_name, how):
+    # poll(2)/epoll take a negative timeout as "wait for ever": the loop's entry points make it
+    # 0 (once per run, not in each pass). A channel that never becomes ready is registered, so
+    # each pass really polls; nothing else would end a blocked poll (the test's timeout would).
+    a, b = socket.socketpair()
+    lp = netloop.Loop(poller=poller_name)
+    try:
+        d = netloop.BufferedDispatcher(a, map=lp.map)  # (watched for reading only)
+        if how == "run_once":
+            lp.run_once(-1)
+        elif how == "run":
+            lp.run(timeout=-5, count=2)
+        elif how == "asyncore.loop":
+            asyncore.loop(timeout=-1, map=lp.map, count=2)
+        else:
+            asyncore.poll2(-1, map=lp.map)
+        assert d.connected and a.fileno() in lp.map
+    finally:
+        lp.map.clear()
+        lp.close()
+        a.close()
+        b.close()

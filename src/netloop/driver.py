@@ -35,6 +35,8 @@ class PollDriver(Interest):
         RuntimeError if the loop is running already (see ``run()``). A ``stop()`` asked for
         before the call makes this pass not block, and is consumed by it.
         """
+        if timeout is not None and timeout < 0:
+            timeout = 0
         lock = self._claim(False)
         self._running += 1
         try:
@@ -83,10 +85,9 @@ class PollDriver(Interest):
     def _pass(self, timeout: Optional[float]) -> None:
         # The hot path. One flag test covers the rare set-up work; the events go to _dispatch
         # (one call per pass, shared with netloop.aio's driver), which binds its locals once.
+        # (A negative timeout was made 0 by run_once()/_run(), the callers.)
         if self._slow or len(self.map) != len(self._objs) or self._ready or self._timers._live:
             timeout = self._prepare(timeout)
-        elif timeout is not None and timeout < 0:
-            timeout = 0
         # A read, then a call: epoll's poll is the C method stored on the poller instance,
         # which a method lookup would not find fast.
         poll = self._poller.poll  # type: ignore[union-attr]
@@ -94,7 +95,7 @@ class PollDriver(Interest):
             events = poll(timeout)
         except OSError as err:
             events = self._poll_failed(err)
-        if self._bad:
+        if self._slow and self._bad:  # (refused fds set _slow: one flag test per pass)
             events = list(events)
             events.extend((fd, INVALID) for fd in self._bad)
             self._bad.clear()
@@ -156,6 +157,8 @@ class PollDriver(Interest):
              channels_only: bool = False) -> None:
         # channels_only: the legacy loop()/poll(), which may nest inside a handler. A nested
         # run leaves the outer run's state (its thread, a stop() asked for) as it found it.
+        if timeout is not None and timeout < 0:
+            timeout = 0  # poll() would block for ever; _pass takes the timeout as it is
         lock = self._claim(channels_only)
         map = self.map
         # Counted as running for the whole run, between its passes too: nothing else runs on

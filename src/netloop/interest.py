@@ -430,7 +430,7 @@ class Interest(Services):
             self._accepted_by = None
             if closed:
                 closed.clear()
-        if self._asked and not self._scan_asked:
+        if not self._scan_asked and self._asked:  # (the flag first: scan is the default)
             asked = self._asked
             for fd, _ in events:
                 obj = asked.get(fd)
