@@ -113,7 +113,7 @@ class Interest(Services):
         cls = type(obj)
         try:
             # (read from the class, not with getattr(): a call costs ~400 instructions)
-            plain_read, known = cls._nl_plain_read, cls._nl_known
+            plain_read, known = cls._nl_registration
         except AttributeError:  # not a Dispatcher: an object of its own in a legacy map
             plain_read = getattr(cls, "_nl_plain_read", False)
             known = getattr(cls, "_nl_known", False)
