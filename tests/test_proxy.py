@@ -465,6 +465,25 @@ def test_listener_connection_limits_count_from_accept(loop, caplog):
         assert _read_until(loop, third, 5) == b"three"
 
 
+def test_listener_connection_limits_release_a_connection_whose_header_came_late(loop):
+    # Accepted before its header was complete (here: split in two), the connection is counted
+    # by the channel reading the header, then by the handler made for it, which releases the
+    # count when it closes: a late header must not leave the listener a connection short for
+    # ever (with max_connections=1 the next client would be refused).
+    server = _Server(loop)
+    server.set_connection_limits(max_connections=1)
+    header = format_v1(("192.0.2.5", 1000), ("192.0.2.1", 80))
+    for i in range(3):
+        with _client(server.address) as c:
+            c.sendall(header[:7])
+            run_until(loop, lambda: server.connection_count == 1)
+            c.sendall(header[7:] + b"late")
+            assert _read_until(loop, c, 4) == b"late"
+            assert server.connection_count == 1
+        run_until(loop, lambda: server.connection_count == 0)
+    assert [peer for peer, _ in server.peers] == [("192.0.2.5", 1000)] * 3
+
+
 def test_remembered_addresses_never_cross_families():
     # The fast path remembers the last addresses it read per version and family: the same
     # bytes under another family are still checked (and refused), and IPv6 is still rewritten

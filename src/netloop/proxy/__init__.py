@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import weakref
 from typing import Any, Callable
 
 from ..dispatcher import ACCEPT_BURST, Dispatcher, known_interest
@@ -134,11 +135,14 @@ class _HeaderReader(Dispatcher):
         sock = self.socket
         if self._nl_timers:
             self._cancel_timers()
+        # A listener with connection limits counted the connection from accept() with this
+        # reader as its channel: the count goes on with the socket (see _hand_over).
+        owner, self._nl_owner = self._nl_owner, None
         self.del_channel()
         self.socket = None
         self.connected = False
         _hand_over(sock, header.source if header.relayed else self.peer, self._map,
-                   self._deliver)
+                   self._deliver, owner, self._nl_owner_key)
 
     def _too_slow(self, timeout: float) -> None:
         if not self._done:
@@ -172,16 +176,26 @@ def _log_refusal(peer: Any, reason: str) -> None:
 
 
 def _hand_over(sock: socket.socket, address: Any, map: Any,
-               deliver: Callable[[socket.socket, Any], Any]) -> None:
+               deliver: Callable[[socket.socket, Any], Any], owner: Any = None,
+               key: int = 0) -> None:
+    # owner: the listener counting this connection (connection limits) when its header came
+    # after accept(); the count passes to the dispatcher deliver() makes for sock, or, if it
+    # makes none, stays with the socket until it is closed, as at accept time.
     lp = _lookup(map)
     if lp is not None:
         # A dispatcher made for sock now takes this as its addr (see Dispatcher.__init__).
         lp._accepted = (sock, address)
+    if owner is not None:
+        owner._nl_pending = (key, weakref.ref(sock))
+        if lp is not None:
+            lp._accepted_by = owner
     try:
         deliver(sock, address)
     finally:
         if lp is not None and lp._accepted is not None and lp._accepted[0] is sock:
             lp._accepted = None
+        if owner is not None:
+            owner._nl_settle()
 
 
 def defer_accept(sock: Any, seconds: float) -> bool:
