@@ -118,15 +118,22 @@ def wait_for(condition: Callable[[], bool], timeout: float = 5.0, step: float = 
         time.sleep(step)
 
 
-class Echo(netloop.BufferedDispatcher):
-    """Echo what it reads; remember whether it was closed and how."""
-
-    closed_by: Any = None
+class PlainEcho(netloop.BufferedDispatcher):
+    """Echo what it reads; close when the peer is gone."""
 
     def handle_read(self) -> None:
         data = self.recv(65536)
         if data:
             self.send(data)
+
+    def handle_close(self) -> None:
+        self.close()
+
+
+class Echo(PlainEcho):
+    """Echo what it reads; remember whether it was closed and how."""
+
+    closed_by: Any = None
 
     def handle_close(self) -> None:
         self.closed_by = "handle_close"

@@ -16,18 +16,8 @@ import pytest
 
 import netloop
 import netloop.asyncore
-from coresupport import EchoServer
+from coresupport import EchoServer, PlainEcho as Plain
 from support import run_until
-
-
-class Plain(netloop.BufferedDispatcher):
-    def handle_read(self) -> None:
-        data = self.recv(65536)
-        if data:
-            self.send(data)
-
-    def handle_close(self) -> None:
-        self.close()
 
 
 class OwnRouting(Plain):

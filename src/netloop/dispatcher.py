@@ -592,19 +592,12 @@ class Dispatcher:
     def _nl_admit(self, conn: Any, addr: Any) -> bool:
         host = addr[0] if type(addr) is tuple and addr else None
         tally = self._nl_tally
-        if not tally.room(host, self.max_connections, self.max_per_address):
-            self._nl_prune()
-            if not tally.room(host, self.max_connections, self.max_per_address):
-                if not self._nl_refusing:
-                    self._nl_refusing = True
-                    logger.warning(tally.refusal(_describe(self), host, self.max_connections,
-                                                 self.max_per_address))
-                try:
-                    conn.close()
-                except OSError:
-                    pass
-                return False
-        self._nl_refusing = False
+        if not tally.admits(self, host, self._nl_prune, lambda: _describe(self), logger):
+            try:
+                conn.close()
+            except OSError:
+                pass
+            return False
         key = id(conn)
         self._nl_held[key] = host
         tally.add(host)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Dict, Optional
+    from typing import Any, Callable, Dict, Optional
 
 __all__ = ["HostTally", "check_limits"]
 
@@ -53,10 +53,23 @@ class HostTally:
         else:
             self.by_host.pop(host, None)
 
-    def refusal(self, where: str, host: Any, max_connections: Optional[int],
-                max_per_address: Optional[int]) -> str:
-        """The one warning line of an episode of refusals."""
-        return ("netloop: %s: connection limit reached (%d held, %d from %s; limits %s in "
-                "all, %s per address): refusing new connections until some close"
-                % (where, self.total, self.by_host.get(host, 0), host, max_connections,
-                   max_per_address))
+    def admits(self, owner: Any, host: Any, reclaim: Callable[[], None],
+               where: Callable[[], str], logger: Any) -> bool:
+        """Whether ``owner`` (a listener: its ``max_connections``, ``max_per_address`` and
+        ``_nl_refusing`` flag) may take one more connection from ``host``. At a limit,
+        ``reclaim()`` first forgets the connections that ended unseen; a refusal is logged
+        once per episode, as ``where()`` names the listener. The caller counts an admitted
+        connection (``add``) and closes a refused one."""
+        limit, per_host = owner.max_connections, owner.max_per_address
+        if not self.room(host, limit, per_host):
+            reclaim()
+            if not self.room(host, limit, per_host):
+                if not owner._nl_refusing:
+                    owner._nl_refusing = True
+                    logger.warning(
+                        "netloop: %s: connection limit reached (%d held, %d from %s; limits %s "
+                        "in all, %s per address): refusing new connections until some close",
+                        where(), self.total, self.by_host.get(host, 0), host, limit, per_host)
+                return False
+        owner._nl_refusing = False
+        return True

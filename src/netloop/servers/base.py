@@ -535,20 +535,13 @@ class BaseServer:
         addr = client_address
         host = addr[0] if type(addr) is tuple and addr else None
         tally = self._nl_tally
-        if not tally.room(host, self.max_connections, self.max_per_address):
-            self._nl_reclaim()
-            if not tally.room(host, self.max_connections, self.max_per_address):
-                if not self._nl_refusing:
-                    self._nl_refusing = True
-                    logger.warning(tally.refusal(
-                        "%s %s" % (type(self).__name__, self._nl_where()), host,
-                        self.max_connections, self.max_per_address))
-                try:
-                    self.shutdown_request(request)
-                except OSError:
-                    pass
-                return False
-        self._nl_refusing = False
+        if not tally.admits(self, host, self._nl_reclaim,
+                            lambda: "%s %s" % (type(self).__name__, self._nl_where()), logger):
+            try:
+                self.shutdown_request(request)
+            except OSError:
+                pass
+            return False
         tickets = self._nl_tickets
         assert tickets is not None
         old = tickets.get(id(request))
