@@ -395,3 +395,33 @@ def test_bench_insn_measures_with_callgrind():
         bench_insn.VARIANTS["pp-cli"] = saved
     assert r["units"] == 3 * bench_insn.PP_CONNS
     assert 2000 < r["insn"] < 200000, r
+
+
+@pytest.mark.timeout(300)
+def test_bench_insn_servers_counts_whole_server_processes():
+    # The lock-step client and the difference of two runs under callgrind: a positive,
+    # plausible count per request for the CLI server and the hand-written loop, and the
+    # CLI's system calls per request (strace, where installed) are one read and one send.
+    # Enough requests that a full collection of the server's heap landing in one of the two
+    # runs (a few million instructions) cannot take the difference out of the bounds.
+    import shutil
+    import bench_insn_servers as bis
+    if shutil.which("valgrind") is None:
+        if os.environ.get("CI"):
+            pytest.fail("valgrind is not installed (CI must install it: apt-get install valgrind)")
+        pytest.skip("valgrind is not installed")
+    for name in ("netloop", "minimal-epoll"):
+        r = bis.measure(sys.executable, name, "pp1", rounds=(20, 10, 1010))
+        assert r["requests"] == 1000
+        assert 2000 < r["insn"] < 60000, r
+    r = bis.measure(sys.executable, "netloop", "connrate", rounds=(4, 2, 42))
+    assert r["requests"] == 40 * 8 and 10000 < r["insn"] < 500000, r
+    if shutil.which("strace") is None:
+        if os.environ.get("CI"):
+            pytest.fail("strace is not installed (CI must install it: apt-get install strace)")
+        pytest.skip("strace is not installed (the instruction counts passed)")
+    r = bis.measure(sys.executable, "netloop", "pp1", syscalls=True, rounds=(10, 10, 60))
+    calls = r["calls"]
+    assert calls.get("recvfrom", 0) == pytest.approx(1, abs=0.05), calls
+    assert calls.get("sendto", 0) == pytest.approx(1, abs=0.05), calls
+    assert calls.get("epoll_wait", 0) == pytest.approx(1, abs=0.1), calls

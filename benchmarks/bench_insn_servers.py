@@ -1,0 +1,348 @@
+#!/usr/bin/env python3
+"""User-space instructions per request of whole server processes, any implementation.
+
+``bench_insn.py`` counts netloop's own server passes in-process, which needs a loop it can run
+one pass at a time. This script counts what any echo server of ``benchmarks/servers.py`` (or
+``python -m netloop echo``) executes in user space per request, uvloop's C included, so the
+figures of a Python loop and of uvloop sit in one table:
+
+- the server runs under ``valgrind --tool=callgrind`` (every instruction of the process: the
+  interpreter, C extensions, libuv, libc's system call wrappers; never the kernel's work);
+- this process is the client (not under valgrind): 100 connections (``pp100``) or one
+  (``pp1``), in lock-step rounds. Each round stops the server (SIGSTOP, and waits until the
+  kernel says it is stopped), sends 64 bytes on every connection, lets the server go on
+  (SIGCONT) and reads every echo. So every round is exactly one batch of ready connections,
+  as many as a real pp100 run hands one ``epoll_wait`` (about 90 there), or one per pass.
+  ``connrate``: each round opens 8 new connections while the server is stopped, sends 64
+  bytes on each, reads the echoes and resets them (per connection: accept, echo, close);
+- each server runs twice, with a short and a long measured part after the same warm-up; the
+  difference of the two totals, divided by the requests of the difference, is the cost per
+  request with start-up, set-up and shutdown cancelled out.
+
+    python benchmarks/bench_insn_servers.py                  # 3.11 runner venv: the table
+    python benchmarks/bench_insn_servers.py --python 3.13 --servers netloop,uvloop --scenarios pp1
+
+Servers (``--servers``): ``netloop`` (``python -m netloop echo``), ``netloop-asyncore`` (the
+legacy ``dispatcher_with_send`` echo on ``netloop.asyncore``), ``minimal-epoll`` (the
+hand-written loop), ``uvloop`` and ``asyncio`` (their echo Protocols). The interpreter is the
+benchmark runner's venv (``benchmarks/.venvs/pyXY``, made by ``run.py``) or a path.
+
+Counts repeat to within about 1% (the garbage collector's timing and hash seeds are the
+remaining sources; PYTHONHASHSEED is fixed). They are instructions, not time: a C loop's
+instructions run at a higher rate than the interpreter's, so the CPU-time ratio of two servers
+is not the ratio of these counts, but a Python loop cannot spend less time than the
+instructions it executes need.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import benchlib
+
+SERVERS = ("netloop", "netloop-asyncore", "minimal-epoll", "uvloop", "asyncio")
+# scenario: (connections, warm-up rounds, short measured rounds, long measured rounds)
+SCENARIOS = {"pp100": (100, 30, 30, 230), "pp1": (1, 300, 300, 2300),
+             "connrate": (8, 50, 50, 550)}
+MESSAGE = b"x" * 64
+
+
+def server_command(python: str, name: str, port: int):
+    if name == "netloop":
+        return [python, "-m", "netloop", "echo", "--host", "127.0.0.1", "--port", str(port),
+                "--kind", "dispatcher"]
+    kind = {"netloop-asyncore": "netloop-dispatcher"}.get(name, name)
+    return [python, benchlib.SERVERS_PY, "--kind", kind, "--host", "127.0.0.1", "--port", "0"]
+
+
+def _stopped(pid: int) -> bool:
+    try:
+        tasks = os.listdir("/proc/%d/task" % pid)
+    except OSError:
+        return False
+    for tid in tasks:
+        try:
+            with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return False
+        if state not in ("T", "t"):
+            return False
+    return True
+
+
+def _children(pid: int):
+    try:
+        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def _tail(path: str) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()[-2000:]
+    except OSError:
+        return ""
+
+
+def _stop_server(proc, name: str, syscalls: bool, timeout: float, err_path: str) -> None:
+    """Ask the server to exit (SIGINT, then SIGTERM), so that callgrind or strace writes its
+    totals."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        for target in _children(proc.pid) if syscalls else [proc.pid]:
+            try:
+                os.kill(target, signal.SIGCONT)
+                os.kill(target, sig)
+            except ProcessLookupError:
+                pass
+        try:
+            proc.wait(timeout=timeout / 2)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    for target in _children(proc.pid) + [proc.pid]:
+        try:
+            os.kill(target, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+    raise RuntimeError("%s did not exit %.0f s after SIGINT and SIGTERM: %s"
+                       % (name, timeout, _tail(err_path)))
+
+
+def _round(pid: int, conns, port: int = 0, stop: bool = True) -> None:
+    """One lock-step round; with ``port``, a connrate round: ``conns`` is a number of new
+    connections, each opened while the server is stopped, echoed once and reset. Without
+    ``stop`` the server is not stopped (for system call counts: a stop interrupts and
+    restarts the server's wait, which strace would count)."""
+    if stop:
+        os.kill(pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 10
+        while not _stopped(pid):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the server did not stop")
+            time.sleep(0.0002)
+    if port:
+        conns = [socket.create_connection(("127.0.0.1", port), timeout=60)
+                 for _ in range(conns)]
+    for c in conns:
+        c.sendall(MESSAGE)
+    if stop:
+        os.kill(pid, signal.SIGCONT)
+    for c in conns:
+        got = 0
+        while got < len(MESSAGE):
+            chunk = c.recv(len(MESSAGE) - got)
+            if not chunk:
+                raise RuntimeError("the server closed a connection")
+            got += len(chunk)
+    if port:
+        for c in conns:  # reset, as loadgen's connrate does (no TIME_WAIT left behind)
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            c.close()
+
+
+def run_once(python: str, name: str, conns_n: int, warmup: int, rounds: int,
+             timeout: float = 120, connrate: bool = False, syscalls: bool = False):
+    """One server under callgrind: the process's total instructions for warm-up + rounds;
+    with ``syscalls``, under ``strace -c`` instead: {system call: calls}."""
+    tool = shutil.which("strace" if syscalls else "valgrind")
+    if tool is None:
+        raise RuntimeError("%s is not installed (apt-get install %s)"
+                           % (("strace",) * 2 if syscalls else ("valgrind",) * 2))
+    with tempfile.TemporaryDirectory(prefix="bench_insn_servers.") as tmp:
+        return _run_in(tmp, tool, python, name, conns_n, warmup, rounds, timeout, connrate,
+                       syscalls)
+
+
+def _run_in(tmp, tool, python, name, conns_n, warmup, rounds, timeout, connrate, syscalls):
+    port = benchlib.free_port() if name == "netloop" else 0
+    out = os.path.join(tmp, "cg.out")
+    env = benchlib.server_env({"PYTHONHASHSEED": "0"})
+    if syscalls:
+        cmd = [tool, "-f", "-c", "-o", out]
+    else:
+        cmd = [tool, "--tool=callgrind", "--callgrind-out-file=" + out]
+    cmd += server_command(python, name, port)
+    # Files, not pipes: a server that writes more than a pipe holds would block.
+    out_path, err_path = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
+    with open(out_path, "w") as out_f, open(err_path, "w") as err_f:
+        proc = subprocess.Popen(cmd, stdout=out_f, stderr=err_f, env=env)
+    conns = []
+    try:
+        # valgrind runs the server in its own process (stopped for each round); strace runs
+        # it as a child (not stopped).
+        pid = proc.pid
+        deadline = time.monotonic() + 120
+        while name != "netloop" and not port:
+            with open(out_path) as f:
+                line = f.readline()
+            if line.endswith("\n") and line.strip().isdigit():
+                port = int(line)
+            elif proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("%s printed no port: %r %s" % (name, line,
+                                                                   _tail(err_path)))
+            else:
+                time.sleep(0.05)
+        while True:
+            try:
+                c = socket.create_connection(("127.0.0.1", port), timeout=60)
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("%s did not listen" % name)
+                time.sleep(0.2)
+        if connrate:
+            c.close()
+            for _ in range(warmup + rounds):
+                _round(pid, conns_n, port, stop=not syscalls)
+        else:
+            conns.append(c)
+            while len(conns) < conns_n:
+                conns.append(socket.create_connection(("127.0.0.1", port), timeout=60))
+            for c in conns:
+                c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for _ in range(warmup + rounds):
+                _round(pid, conns, stop=not syscalls)
+    finally:
+        for c in conns:
+            c.close()
+        _stop_server(proc, name, syscalls, timeout, err_path)
+    if syscalls:
+        return _strace_counts(out)
+    total = None
+    for path in [out] + [out + ".%d" % i for i in range(1, 4)]:
+        if os.path.exists(path):
+            with open(path) as f:
+                for line in f:
+                    if line.startswith(("totals:", "summary:")):
+                        total = (total or 0) + int(line.split()[1])
+                        break
+    if total is None:
+        raise RuntimeError("callgrind wrote no totals for %s: %s" % (name, _tail(err_path)))
+    return total
+
+
+def _strace_counts(path: str) -> dict:
+    """{system call: calls} from an ``strace -c`` summary."""
+    counts = {}
+    with open(path) as f:
+        for line in f:
+            parts = line.split()
+            # "% time  seconds  usecs/call  calls  [errors]  syscall"
+            if len(parts) >= 5 and parts[0][0].isdigit() and parts[-1] != "total":
+                counts[parts[-1]] = int(parts[3])
+    return counts
+
+
+def measure(python: str, name: str, scenario: str, syscalls: bool = False,
+            rounds=None) -> dict:
+    """Per request (connrate: per connection) of ``name`` in ``scenario``: instructions
+    (``insn``), or with ``syscalls`` the calls of each system call (``calls``).
+    ``rounds``: (warm-up, short, long) instead of the scenario's."""
+    conns_n, warmup, short, long_ = SCENARIOS[scenario]
+    if rounds:
+        warmup, short, long_ = rounds
+    connrate = scenario == "connrate"
+    a = run_once(python, name, conns_n, warmup, short, connrate=connrate, syscalls=syscalls)
+    b = run_once(python, name, conns_n, warmup, long_, connrate=connrate, syscalls=syscalls)
+    requests = (long_ - short) * conns_n
+    result = {"server": name, "scenario": scenario, "requests": requests, "totals": (a, b)}
+    if syscalls:
+        result["calls"] = {k: (b.get(k, 0) - a.get(k, 0)) / requests
+                           for k in set(a) | set(b)}
+    else:
+        result["insn"] = (b - a) / requests
+    return result
+
+
+def resolve_python(spec: str) -> str:
+    if os.sep in spec:
+        return spec
+    path = benchlib.venv_python(spec)
+    if not os.path.exists(path):
+        raise SystemExit("no runner venv for %s (%s): run benchmarks/run.py --python %s once, "
+                         "or pass an interpreter's path" % (spec, path, spec))
+    return path
+
+
+SYSCALLS_SHOWN = ("epoll_wait", "epoll_pwait", "epoll_ctl", "poll", "select", "read", "recvfrom",
+                  "recvmsg", "write", "sendto", "sendmsg", "writev", "accept4", "close",
+                  "setsockopt", "getsockname", "getpeername", "ioctl", "fcntl", "futex")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--python", default="3.11", help="3.11, 3.13 (runner venvs) or a path")
+    ap.add_argument("--servers", default=",".join(SERVERS))
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS))
+    ap.add_argument("--syscalls", action="store_true",
+                    help="count system calls per request (strace -c) instead of instructions")
+    opts = ap.parse_args(argv)
+    python = resolve_python(opts.python)
+    servers = [s for s in opts.servers.split(",") if s]
+    scenarios = [s for s in opts.scenarios.split(",") if s]
+    for s in servers:
+        if s not in SERVERS:
+            ap.error("unknown server %r (known: %s)" % (s, ", ".join(SERVERS)))
+    for s in scenarios:
+        if s not in SCENARIOS:
+            ap.error("unknown scenario %r (known: %s)" % (s, ", ".join(SCENARIOS)))
+    print("python: %s (%s)" % (python, benchlib.python_tag(python)))
+    unit = {"connrate": "connection"}
+    results = {}
+    for scenario in scenarios:
+        for name in servers:
+            r = measure(python, name, scenario, syscalls=opts.syscalls)
+            results[(scenario, name)] = r
+            if opts.syscalls:
+                shown = ", ".join("%s %.2f" % (k, v) for k, v in sorted(r["calls"].items())
+                                  if v >= 0.005)
+                print("%-8s %-18s per %s: %s" % (scenario, name, unit.get(scenario, "request"),
+                                                 shown), flush=True)
+            else:
+                print("%-8s %-18s %9.0f instructions per %s  (%d; totals %d, %d)"
+                      % (scenario, name, r["insn"], unit.get(scenario, "request"),
+                         r["requests"], r["totals"][0], r["totals"][1]), flush=True)
+    print()
+    if opts.syscalls:
+        for scenario in scenarios:
+            names = sorted({k for name in servers
+                            for k, v in results[(scenario, name)]["calls"].items()
+                            if v >= 0.005 and k in SYSCALLS_SHOWN})
+            print("| %s: system calls per %s | %s |" % (scenario, unit.get(scenario, "request"),
+                                                       " | ".join(servers)))
+            print("|---|" + "---:|" * len(servers))
+            for k in names:
+                print("| %s | %s |" % (k, " | ".join(
+                    "%.2f" % results[(scenario, name)]["calls"].get(k, 0) for name in servers)))
+            print()
+        return 0
+    print("| instructions per request (connrate: per connection) | %s |" % " | ".join(servers))
+    print("|---|" + "---:|" * len(servers))
+    for scenario in scenarios:
+        ref = results.get((scenario, "uvloop"))
+        cells = []
+        for name in servers:
+            insn = results[(scenario, name)]["insn"]
+            cells.append("{:,.0f}".format(insn) + (" (%.2fx)" % (insn / ref["insn"])
+                                                   if ref and name != "uvloop" else ""))
+        print("| %s | %s |" % (scenario, " | ".join(cells)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
