@@ -257,6 +257,11 @@ def measure(python: str, name: str, scenario: str, syscalls: bool = False,
     if rounds:
         warmup, short, long_ = rounds
     connrate = scenario == "connrate"
+    # Both runs must start from cached bytecode: a first run in a fresh tree would also
+    # compile netloop's modules (hundreds of millions of instructions) and spoil the
+    # difference. (servers.py itself, the script, is compiled at every start: the same in both.)
+    subprocess.run([python, "-m", "compileall", "-q", benchlib.SRC_DIR], check=True,
+                   env=benchlib.server_env(), stdout=subprocess.DEVNULL, timeout=300)
     a = run_once(python, name, conns_n, warmup, short, connrate=connrate, syscalls=syscalls)
     b = run_once(python, name, conns_n, warmup, long_, connrate=connrate, syscalls=syscalls)
     requests = (long_ - short) * conns_n
