@@ -77,9 +77,12 @@ def build_loadgen(force=False, quiet=False):
         raise BenchError("compiling loadgen.c failed:\n%s" % proc.stdout)
     os.chmod(tmp, 0o755)
     os.replace(tmp, binary)  # atomic: concurrent builders never see half a file
-    with open(stamp + ".tmp", "w") as f:
+    # A temporary name of its own too: test workers may build at the same time, and a shared
+    # "stamp.tmp" would be renamed away by one of them under the other.
+    fd, stamp_tmp = tempfile.mkstemp(prefix="loadgen.stamp.", dir=BUILD_DIR)
+    with os.fdopen(fd, "w") as f:
         f.write(digest + "\n")
-    os.replace(stamp + ".tmp", stamp)
+    os.replace(stamp_tmp, stamp)
     return binary
 
 

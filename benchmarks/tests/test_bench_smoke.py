@@ -133,6 +133,31 @@ def test_missing_compiler_message(monkeypatch):
         benchlib.build_loadgen(force=True, quiet=True)
 
 
+@pytest.mark.timeout(120)
+def test_concurrent_loadgen_builds_all_succeed(tmp_path):
+    # Test workers may build the load generator at the same time. With a stand-in compiler
+    # that finishes at once, eight builders per round race for the stamp file: each must
+    # succeed (a shared temporary name for the stamp failed here in 5 of 160 builds).
+    cc = tmp_path / "cc"
+    cc.write_text('#!/bin/sh\nwhile [ $# -gt 0 ]; do\n  if [ "$1" = "-o" ]; then shift; '
+                  'printf "#!/bin/sh\\n" > "$1"; fi\n  shift\ndone\n')
+    cc.chmod(0o755)
+    build = tmp_path / "build"
+    code = ("import sys; sys.path.insert(0, %r); import benchlib; "
+            "benchlib.BUILD_DIR = sys.argv[1]; benchlib.build_loadgen(force=True, quiet=True)"
+            % BENCH_DIR)
+    env = dict(os.environ, CC=str(cc))
+    for _ in range(10):
+        procs = [subprocess.Popen([sys.executable, "-c", code, str(build)], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                 for _ in range(8)]
+        errors = [p.communicate(timeout=60)[1] for p in procs]
+        assert all(p.returncode == 0 for p in procs), [e for e in errors if e]
+    assert (build / "loadgen.stamp").read_text().strip()
+    assert not [n for n in os.listdir(build) if n.startswith("loadgen.") and n not in
+                ("loadgen.stamp",)], os.listdir(build)
+
+
 def test_runner_quick_subset(loadgen, tmp_path):
     out = tmp_path / "res"
     proc = subprocess.run(
