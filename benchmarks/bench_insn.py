@@ -544,6 +544,15 @@ def find_valgrind():
     return shutil.which("valgrind")
 
 
+def callgrind_total(path: str):
+    """The instructions a callgrind output file counts in all (None if it has no total)."""
+    with open(path) as f:
+        for line in f:
+            if line.startswith(("totals:", "summary:")):
+                return int(line.split()[1])
+    return None
+
+
 def measure(variant: str, python: str = sys.executable, timeout: float = 300,
             server_only: bool = True) -> dict:
     """Run one variant under callgrind: {'insn': per unit, 'units': ..., 'total': ...}.
@@ -581,12 +590,7 @@ def measure(variant: str, python: str = sys.executable, timeout: float = 300,
         measured = out + ".2"
         if measured not in parts:
             raise RuntimeError("callgrind wrote no dump for the measured part: %s" % parts)
-        total = None
-        with open(measured) as f:
-            for line in f:
-                if line.startswith("totals:") or line.startswith("summary:"):
-                    total = int(line.split()[1])
-                    break
+        total = callgrind_total(measured)
         if not total:
             raise RuntimeError("no instructions counted in %s%s" % (
                 measured, " (is functools_reduce in this Python's symbol table? "

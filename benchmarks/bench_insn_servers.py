@@ -49,6 +49,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import bench_insn
 import benchlib
 
 SERVERS = ("netloop", "netloop-asyncore", "minimal-epoll", "uvloop", "asyncio")
@@ -90,39 +91,6 @@ def _children(pid: int):
         return []
 
 
-def _tail(path: str) -> str:
-    try:
-        with open(path, errors="replace") as f:
-            return f.read()[-2000:]
-    except OSError:
-        return ""
-
-
-def _stop_server(proc, name: str, syscalls: bool, timeout: float, err_path: str) -> None:
-    """Ask the server to exit (SIGINT, then SIGTERM), so that callgrind or strace writes its
-    totals."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        for target in _children(proc.pid) if syscalls else [proc.pid]:
-            try:
-                os.kill(target, signal.SIGCONT)
-                os.kill(target, sig)
-            except ProcessLookupError:
-                pass
-        try:
-            proc.wait(timeout=timeout / 2)
-            return
-        except subprocess.TimeoutExpired:
-            pass
-    for target in _children(proc.pid) + [proc.pid]:
-        try:
-            os.kill(target, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait()
-    raise RuntimeError("%s did not exit %.0f s after SIGINT and SIGTERM: %s"
-                       % (name, timeout, _tail(err_path)))
-
-
 def _round(pid: int, conns, port: int = 0, stop: bool = True) -> None:
     """One lock-step round; with ``port``, a connrate round: ``conns`` is a number of new
     connections, each opened while the server is stopped, echoed once and reset. Without
@@ -159,81 +127,66 @@ def run_once(python: str, name: str, conns_n: int, warmup: int, rounds: int,
              timeout: float = 120, connrate: bool = False, syscalls: bool = False):
     """One server under callgrind: the process's total instructions for warm-up + rounds;
     with ``syscalls``, under ``strace -c`` instead: {system call: calls}."""
-    tool = shutil.which("strace" if syscalls else "valgrind")
+    tool = shutil.which("strace") if syscalls else bench_insn.find_valgrind()
     if tool is None:
         raise RuntimeError("%s is not installed (apt-get install %s)"
                            % (("strace",) * 2 if syscalls else ("valgrind",) * 2))
     with tempfile.TemporaryDirectory(prefix="bench_insn_servers.") as tmp:
-        return _run_in(tmp, tool, python, name, conns_n, warmup, rounds, timeout, connrate,
-                       syscalls)
+        out = os.path.join(tmp, "cg.out")
+        port = benchlib.free_port() if name == "netloop" else None
+        if syscalls:
+            cmd = [tool, "-f", "-c", "-o", out]
+        else:
+            cmd = [tool, "--tool=callgrind", "--callgrind-out-file=" + out]
+        cmd += server_command(python, name, port or 0)
+        srv = benchlib.ServerProcess(cmd, env=benchlib.server_env({"PYTHONHASHSEED": "0"}),
+                                     port=port, ready_timeout=timeout, name=name)
+        try:
+            srv.start()
+            _drive(srv, conns_n, warmup, rounds, connrate, syscalls)
+        finally:
+            if syscalls and srv.alive():
+                # strace ends (and writes its summary) when the server it runs exits.
+                for child in _children(srv.proc.pid):
+                    try:
+                        os.kill(child, signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
+            # SIGTERM (the servers stop their loops and exit: callgrind writes its totals),
+            # then SIGKILL to the process group.
+            srv.stop(timeout=timeout / 2)
+            srv.cleanup_files()
+        if srv.killed:
+            raise RuntimeError("%s did not exit %.0f s after SIGTERM: %s"
+                               % (name, timeout / 2, srv.stderr_tail()))
+        if syscalls:
+            return _strace_counts(out)
+        total = bench_insn.callgrind_total(out)
+        if not total:
+            raise RuntimeError("callgrind wrote no totals for %s: %s" % (name, srv.stderr_tail()))
+        return total
 
 
-def _run_in(tmp, tool, python, name, conns_n, warmup, rounds, timeout, connrate, syscalls):
-    port = benchlib.free_port() if name == "netloop" else 0
-    out = os.path.join(tmp, "cg.out")
-    env = benchlib.server_env({"PYTHONHASHSEED": "0"})
-    if syscalls:
-        cmd = [tool, "-f", "-c", "-o", out]
-    else:
-        cmd = [tool, "--tool=callgrind", "--callgrind-out-file=" + out]
-    cmd += server_command(python, name, port)
-    # Files, not pipes: a server that writes more than a pipe holds would block.
-    out_path, err_path = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
-    with open(out_path, "w") as out_f, open(err_path, "w") as err_f:
-        proc = subprocess.Popen(cmd, stdout=out_f, stderr=err_f, env=env)
+def _drive(srv, conns_n: int, warmup: int, rounds: int, connrate: bool, syscalls: bool) -> None:
+    """The client's side: connect, then the warm-up and measured rounds. valgrind runs the
+    server in its own process, which each round stops; strace runs it as a child, not
+    stopped."""
+    pid, port = srv.proc.pid, srv.port
+    if connrate:
+        for _ in range(warmup + rounds):
+            _round(pid, conns_n, port, stop=not syscalls)
+        return
     conns = []
     try:
-        # valgrind runs the server in its own process (stopped for each round); strace runs
-        # it as a child (not stopped).
-        pid = proc.pid
-        deadline = time.monotonic() + 120
-        while name != "netloop" and not port:
-            with open(out_path) as f:
-                line = f.readline()
-            if line.endswith("\n") and line.strip().isdigit():
-                port = int(line)
-            elif proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("%s printed no port: %r %s" % (name, line,
-                                                                   _tail(err_path)))
-            else:
-                time.sleep(0.05)
-        while True:
-            try:
-                c = socket.create_connection(("127.0.0.1", port), timeout=60)
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("%s did not listen" % name)
-                time.sleep(0.2)
-        if connrate:
-            c.close()
-            for _ in range(warmup + rounds):
-                _round(pid, conns_n, port, stop=not syscalls)
-        else:
-            conns.append(c)
-            while len(conns) < conns_n:
-                conns.append(socket.create_connection(("127.0.0.1", port), timeout=60))
-            for c in conns:
-                c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            for _ in range(warmup + rounds):
-                _round(pid, conns, stop=not syscalls)
+        while len(conns) < conns_n:
+            conns.append(socket.create_connection(("127.0.0.1", port), timeout=60))
+        for c in conns:
+            c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for _ in range(warmup + rounds):
+            _round(pid, conns, stop=not syscalls)
     finally:
         for c in conns:
             c.close()
-        _stop_server(proc, name, syscalls, timeout, err_path)
-    if syscalls:
-        return _strace_counts(out)
-    total = None
-    for path in [out] + [out + ".%d" % i for i in range(1, 4)]:
-        if os.path.exists(path):
-            with open(path) as f:
-                for line in f:
-                    if line.startswith(("totals:", "summary:")):
-                        total = (total or 0) + int(line.split()[1])
-                        break
-    if total is None:
-        raise RuntimeError("callgrind wrote no totals for %s: %s" % (name, _tail(err_path)))
-    return total
 
 
 def _strace_counts(path: str) -> dict:
