@@ -351,6 +351,13 @@ class CountingEcho(EchoHandler):
         super().handle_error()
 
 
+def _echo_round(loop: netloop.Loop, sock: socket.socket, data: bytes) -> None:
+    """Send ``data`` to the echo behind ``sock`` and run the loop until it all came back."""
+    sock.send(data)
+    got = bytearray()
+    run_until(loop, lambda: recv_some(sock, got) or got == data)
+
+
 def test_echo_reads_in_line_only_for_classes_that_keep_recv_view_and_send(
         loop: netloop.Loop) -> None:
     """The in-line read must not go round a subclass's own send() or recv_view()."""
@@ -377,9 +384,7 @@ def test_echo_reads_in_line_only_for_classes_that_keep_recv_view_and_send(
         echo = cls(a, loop.map)
         try:
             for i in range(3):  # the first read on a loop makes its buffer; then in line
-                b.send(b"ping %d" % i)
-                got = bytearray()
-                run_until(loop, lambda: recv_some(b, got) or got == b"ping %d" % i)
+                _echo_round(loop, b, b"ping %d" % i)
         finally:
             echo.close()
             b.close()
@@ -414,9 +419,7 @@ def test_echo_in_line_send_to_a_vanished_peer_closes_quietly(loop: netloop.Loop)
     a, b = _pair()
     echo = CountingEcho(a, loop.map)
     try:
-        b.send(b"first")
-        got = bytearray()
-        run_until(loop, lambda: recv_some(b, got) or got == b"first")
+        _echo_round(loop, b, b"first")
         assert loop._read_view is not None
         b.send(b"last words")
         b.close()
@@ -430,14 +433,10 @@ def test_echo_in_line_read_counts_as_activity(loop: netloop.Loop) -> None:
     a, b = _pair()
     echo = CountingEcho(a, loop.map)
     try:
-        b.send(b"warm")
-        got = bytearray()
-        run_until(loop, lambda: recv_some(b, got) or got == b"warm")
+        _echo_round(loop, b, b"warm")
         echo.set_idle_timeout(3600)
         echo._nl_last = -1.0
-        b.send(b"x")
-        got.clear()
-        run_until(loop, lambda: recv_some(b, got) or got == b"x")
+        _echo_round(loop, b, b"x")
         assert echo._nl_last >= 0
     finally:
         echo.close()

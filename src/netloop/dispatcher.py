@@ -592,7 +592,7 @@ class Dispatcher:
     def _nl_admit(self, conn: Any, addr: Any) -> bool:
         host = addr[0] if type(addr) is tuple and addr else None
         tally = self._nl_tally
-        if not tally.admits(self, host, self._nl_prune, lambda: _describe(self), logger):
+        if not tally.admits(self, host, self._nl_prune, _describe, logger):
             try:
                 conn.close()
             except OSError:

@@ -54,11 +54,11 @@ class HostTally:
             self.by_host.pop(host, None)
 
     def admits(self, owner: Any, host: Any, reclaim: Callable[[], None],
-               where: Callable[[], str], logger: Any) -> bool:
+               where: Callable[[Any], str], logger: Any) -> bool:
         """Whether ``owner`` (a listener: its ``max_connections``, ``max_per_address`` and
         ``_nl_refusing`` flag) may take one more connection from ``host``. At a limit,
         ``reclaim()`` first forgets the connections that ended unseen; a refusal is logged
-        once per episode, as ``where()`` names the listener. The caller counts an admitted
+        once per episode, as ``where(owner)`` names the listener. The caller counts an admitted
         connection (``add``) and closes a refused one."""
         limit, per_host = owner.max_connections, owner.max_per_address
         if not self.room(host, limit, per_host):
@@ -69,7 +69,7 @@ class HostTally:
                     logger.warning(
                         "netloop: %s: connection limit reached (%d held, %d from %s; limits %s "
                         "in all, %s per address): refusing new connections until some close",
-                        where(), self.total, self.by_host.get(host, 0), host, limit, per_host)
+                        where(owner), self.total, self.by_host.get(host, 0), host, limit, per_host)
                 return False
         owner._nl_refusing = False
         return True

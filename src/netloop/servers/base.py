@@ -535,8 +535,7 @@ class BaseServer:
         addr = client_address
         host = addr[0] if type(addr) is tuple and addr else None
         tally = self._nl_tally
-        if not tally.admits(self, host, self._nl_reclaim,
-                            lambda: "%s %s" % (type(self).__name__, self._nl_where()), logger):
+        if not tally.admits(self, host, self._nl_reclaim, _describe_server, logger):
             try:
                 self.shutdown_request(request)
             except OSError:
@@ -809,3 +808,8 @@ class BaseServer:
 
     def __exit__(self, *args: Any) -> None:
         self.server_close()
+
+
+def _describe_server(server: BaseServer) -> str:
+    """A server as its connection-limit warning names it."""
+    return "%s %s" % (type(server).__name__, server._nl_where())
