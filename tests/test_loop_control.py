@@ -179,7 +179,7 @@ def test_stop_from_another_thread_between_passes_is_not_lost(poller_name):
     calls = [0]
     real_pass = lp._pass
 
-    def pass_with_stop_between(timeout: Any) -> None:
+    def pass_with_stop_between(timeout: Any, go_on: bool = False) -> None:
         calls[0] += 1
         if calls[0] == 2:
             lp._running -= 1  # as between two passes of _run
@@ -187,7 +187,7 @@ def test_stop_from_another_thread_between_passes_is_not_lost(poller_name):
             stopper.start()
             stopper.join()
             lp._running += 1
-        real_pass(timeout)
+        real_pass(timeout, go_on)
 
     lp._pass = pass_with_stop_between  # type: ignore[method-assign]
     try:
@@ -321,3 +321,162 @@ def test_a_negative_timeout_polls_without_blocking(poller_name, how):
         lp.close()
         a.close()
         b.close()
+
+
+# ------------------------------------------------- passes run inside _dispatch (run_forever, loop)
+# A run that only stop() or an empty map ends polls and dispatches again inside _dispatch for
+# as long as no pass needs more; these check that it leaves that inner loop whenever it must.
+
+class StopGuard:
+    """Stops ``lp`` from another thread after ``seconds`` (a run that hangs fails at once,
+    and the guard uses no timer, which would itself end the inner loop)."""
+
+    def __init__(self, lp: netloop.Loop, seconds: float = 5.0) -> None:
+        self.fired = False
+
+        def fire() -> None:
+            self.fired = True
+            lp.stop()
+
+        self.timer = threading.Timer(seconds, fire)
+
+    def __enter__(self) -> "StopGuard":
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.timer.cancel()
+        self.timer.join()
+
+
+class Reader(netloop.Dispatcher):
+    """Calls ``on_read(self, data)`` for each read; closes when the peer is gone."""
+
+    def __init__(self, sock: socket.socket, map: Any, on_read: Any) -> None:
+        super().__init__(sock, map=map)
+        self.on_read = on_read
+
+    def handle_read(self) -> None:
+        data = self.recv(4096)
+        if data:
+            self.on_read(self, data)
+
+    def handle_close(self) -> None:
+        self.close()
+
+
+def test_polls_after_a_cancelled_timer_wait_for_the_run_cap(poller_name):
+    """A pass cut short for a due timer that a handler then cancels: the passes after it wait
+    for the run's cap (None here), not the timer's 0 (which spun the CPU)."""
+    lp, poller = counting_loop(poller_name)
+    a, b = socket.socketpair()
+    seen: List[bytes] = []
+    try:
+        timer = lp.call_later(0, lambda: seen.append(b"timer"))
+
+        def on_read(ch: Any, data: bytes) -> None:
+            seen.append(data)
+            if data == b"1":
+                timer.cancel()
+                b.send(b"2")
+            else:
+                lp.stop()
+
+        Reader(a, lp.map, on_read)
+        b.send(b"1")
+        with StopGuard(lp) as guard:
+            lp.run_forever()
+        assert not guard.fired
+        assert seen == [b"1", b"2"]
+        assert poller.timeouts[0] == 0  # the timer was due
+        assert poller.timeouts[1:] and all(t is None for t in poller.timeouts[1:]), \
+            poller.timeouts
+    finally:
+        for obj in list(lp.map.values()):
+            obj.close()
+        b.close()
+        lp.close()
+
+
+def test_loop_returns_when_a_handler_closes_the_last_channel(poller_name):
+    lp, poller = counting_loop(poller_name)
+    a, b = socket.socketpair()
+    try:
+        reads: List[bytes] = []
+
+        def on_read(ch: Any, data: bytes) -> None:
+            reads.append(data)
+            if len(reads) == 2:
+                ch.close()
+            else:
+                b.send(b"again")
+
+        Reader(a, lp.map, on_read)
+        b.send(b"first")
+        netloop.loop(map=lp.map, timeout=None)  # blocked for ever if the empty map went unseen
+        assert reads == [b"first", b"again"] and not lp.map
+    finally:
+        b.close()
+        lp.close()
+
+
+def test_channel_put_in_the_map_by_hand_during_a_pass_is_served(poller_name):
+    """A handler puts a channel in the map with ``map[fd] = obj`` (no add_channel): the next
+    pass registers it and delivers its event."""
+    lp, poller = counting_loop(poller_name)
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    got: List[bytes] = []
+    try:
+        def on_second(ch: Any, data: bytes) -> None:
+            got.append(data)
+            lp.stop()
+
+        def on_first(ch: Any, data: bytes) -> None:
+            got.append(data)
+            second = Reader(c, {}, on_second)  # in another map: then moved here by hand
+            del second._map[c.fileno()]
+            second._map = lp.map
+            lp.map[c.fileno()] = second
+            d.send(b"second")
+
+        Reader(a, lp.map, on_first)
+        b.send(b"first")
+        with StopGuard(lp) as guard:
+            lp.run_forever()
+        assert got == [b"first", b"second"] and not guard.fired
+    finally:
+        for obj in list(lp.map.values()):
+            obj.close()
+        b.close()
+        d.close()
+        lp.close()
+
+
+def test_calls_and_timers_from_a_handler_run_between_passes(poller_name):
+    """call_soon() from a handler runs before the next poll; call_later() from a handler fires
+    though the run has no cap (timeout None)."""
+    lp, poller = counting_loop(poller_name)
+    a, b = socket.socketpair()
+    events: List[Any] = []
+    try:
+        def soon() -> None:
+            events.append(("soon", len(poller.timeouts)))
+            lp.call_later(0.01, lambda: (events.append("timer"), lp.stop()))
+
+        def on_read(ch: Any, data: bytes) -> None:
+            events.append(("read", len(poller.timeouts)))
+            lp.call_soon(soon)
+
+        Reader(a, lp.map, on_read)
+        b.send(b"x")
+        with StopGuard(lp) as guard:
+            lp.run_forever()
+        assert not guard.fired
+        assert events[:2] == [("read", 1), ("soon", 1)]  # no poll between the two
+        assert events[2:] == ["timer"]
+    finally:
+        for obj in list(lp.map.values()):
+            obj.close()
+        b.close()
+        lp.close()

@@ -3,8 +3,11 @@
 
 ``_pass`` is the hot path of a loop on its own poller: one flag test covers the rare set-up work
 (``_prepare``: kernel objects, map edits made behind the loop's back, asked channels, the poll
-timeout from the next timer), then one ``poll()`` and one ``_dispatch`` call. netloop.aio is
-the other driver of the same interest table and services: asyncio waits instead of ``poll()``.
+timeout from the next timer), then one ``poll()`` and one ``_dispatch`` call. In the runs only
+``stop()`` or an empty map ends (``run_forever()``, asyncore's ``loop()``), ``_dispatch`` polls
+again itself while no pass needs more than poll and dispatch, so a pass there makes no Python
+call but its handlers'. netloop.aio is the other driver of the same interest table and
+services: asyncio waits instead of ``poll()``.
 """
 
 from __future__ import annotations
@@ -82,29 +85,39 @@ class PollDriver(Interest):
             timeout = 0
         return timeout
 
-    def _pass(self, timeout: Optional[float]) -> None:
+    def _pass(self, timeout: Optional[float], go_on: bool = False) -> None:
         # The hot path. One flag test covers the rare set-up work; the events go to _dispatch
         # (one call per pass, shared with netloop.aio's driver), which binds its locals once.
-        # (A negative timeout was made 0 by run_once()/_run(), the callers.)
+        # go_on (the runs that only stop() or an empty map end): _dispatch polls and
+        # dispatches again itself while no pass needs more than that, so this call may run
+        # many passes. (A negative timeout was made 0 by run_once()/_run(), the callers.)
+        wait = timeout
         if self._slow or len(self.map) != len(self._objs) or self._ready or self._timers._live:
-            timeout = self._prepare(timeout)
+            wait = self._prepare(timeout)
         # A read, then a call: epoll's poll is the C method stored on the poller instance,
         # which a method lookup would not find fast.
         poll = self._poller.poll  # type: ignore[union-attr]
         try:
-            events = poll(timeout)
+            events = poll(wait)
         except OSError as err:
             events = self._poll_failed(err)
         if self._slow and self._bad:  # (refused fds set _slow: one flag test per pass)
-            events = list(events)
-            events.extend((fd, INVALID) for fd in self._bad)
-            self._bad.clear()
+            events = self._with_bad(events)
         if events:
-            self._dispatch(events)
+            # Its further polls wait for the run's own cap: this pass's wait was cut short
+            # for a timer or a queued call, and neither is pending when it polls again.
+            self._dispatch(events, poll if go_on else None, timeout)
         if self._timers._live:
             self._run_timers()
         if self._ready:
             self._run_ready()
+
+    def _with_bad(self, events: Any) -> List[Tuple[int, int]]:
+        # The fds the poller refused (select's FD_SETSIZE) join the events as INVALID.
+        joined: List[Tuple[int, int]] = list(events)
+        joined.extend((fd, INVALID) for fd in self._bad)
+        self._bad.clear()
+        return joined
 
     def _poll_failed(self, err: OSError) -> List[Tuple[int, int]]:
         # select() fails as a whole (EBADF) when one registered fd was closed behind its
@@ -170,12 +183,12 @@ class PollDriver(Interest):
                 one_pass = self._pass
                 if forever:
                     while True:
-                        one_pass(timeout)
+                        one_pass(timeout, True)
                         if self._stopping:
                             break
                 else:
                     while map:
-                        one_pass(timeout)
+                        one_pass(timeout, True)
                         if self._stopping:
                             break
             else:
