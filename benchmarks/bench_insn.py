@@ -40,6 +40,11 @@ Variants (``--list``):
   arrives (a pass between connect and send), as when a balancer's header follows its connect;
   ``accept-cli-adopted``: that listener without the PROXY protocol (the CLI's scaled path).
 
+- ``srv-pp1-cli`` / ``srv-pp1-legacy``: the ``python -m netloop echo`` and legacy server
+  processes in their real run, counted by ``bench_insn_servers.py`` (pp1, 1,000 requests):
+  there ``_dispatch`` polls again itself between passes, which the ``_pass(0)`` calls of the
+  variants above do not show. Both are checked.
+
 ``*-minimal`` is a hand-written epoll loop (the floor), ``*-legacy`` the legacy
 ``dispatcher_with_send`` echo of ``benchmarks/servers.py`` on ``netloop.asyncore`` (8 KiB
 reads), ``*-cli`` the handler ``python -m netloop echo`` runs (``netloop.cli.EchoHandler``,
@@ -102,10 +107,19 @@ VARIANTS = {
     "accept-cli-v1late": (10, 40),
     "accept-cli-v2late": (10, 40),
 }
+#: Whole server processes in their real run (``run_forever()``, asyncore's ``loop()``), counted
+#: by ``bench_insn_servers.py`` (server name, scenario): the passes ``_dispatch`` runs itself
+#: there are not the ``_pass(0)`` calls the variants above make.
+SERVER_VARIANTS = {
+    "srv-pp1-cli": ("netloop", "pp1"),
+    "srv-pp1-legacy": ("netloop-asyncore", "pp1"),
+}
+#: Their rounds (warm-up, short, long): 1,000 requests in the difference, stable to about 0.5%.
+SERVER_ROUNDS = (20, 10, 1010)
 #: What ``--check`` (the benchmark smoke) compares: the hot path of both server styles.
-CHECKED = ("pp-legacy", "pp-cli", "bulk-cli")
+CHECKED = ("pp-legacy", "pp-cli", "bulk-cli", "srv-pp1-cli", "srv-pp1-legacy")
 UNITS = {"pp": "request", "pp1": "request", "bulk": "64 KiB", "rr1m": "1 MiB request",
-         "accept": "connection"}
+         "accept": "connection", "srv": "request"}
 
 PP_CONNS = 100
 BULK_CONNS = 10
@@ -562,6 +576,11 @@ def measure(variant: str, python: str = sys.executable, timeout: float = 300,
     valgrind = find_valgrind()
     if valgrind is None:
         raise RuntimeError("valgrind is not installed (apt-get install valgrind)")
+    if variant in SERVER_VARIANTS:
+        import bench_insn_servers  # (it imports this module)
+        name, scenario = SERVER_VARIANTS[variant]
+        r = bench_insn_servers.measure(python, name, scenario, rounds=SERVER_ROUNDS)
+        return {"insn": r["insn"], "units": r["requests"], "total": r["totals"][1]}
     warmup, rounds = VARIANTS[variant]
     tmp = tempfile.mkdtemp(prefix="bench_insn.")
     try:
@@ -626,14 +645,14 @@ def check(path: str = BASELINE, tolerance: float = 0.10, variants=CHECKED, out=s
         ref = base["insn"].get(variant)
         got = measure(variant)["insn"]
         if ref is None:
-            print("bench_insn: %-12s %9.0f instructions/%s (no baseline)"
+            print("bench_insn: %-14s %9.0f instructions/%s (no baseline)"
                   % (variant, got, UNITS[variant.split("-")[0]]), file=out)
             continue
         ratio = got / ref
         verdict = "ok" if ratio <= 1 + tolerance else "FAIL"
         if verdict == "FAIL":
             status = 1
-        print("bench_insn: %-12s %9.0f instructions/%s, baseline %9.0f: x%.3f %s"
+        print("bench_insn: %-14s %9.0f instructions/%s, baseline %9.0f: x%.3f %s"
               % (variant, got, UNITS[variant.split("-")[0]], ref, ratio, verdict), file=out)
     if status:
         print("bench_insn: user-space instructions grew by more than %d%% against %s. If the "
@@ -667,15 +686,18 @@ def main(argv=None) -> int:
         for name, (w, r) in VARIANTS.items():
             print("%-15s warm-up %d rounds, %d measured; per %s"
                   % (name, w, r, UNITS[name.split("-")[0]]))
+        for name, (server, scenario) in SERVER_VARIANTS.items():
+            print("%-15s the %s server process, bench_insn_servers.py %s; per request"
+                  % (name, server, scenario))
         return 0
     if opts.check:
         return check(opts.baseline, opts.tolerance, opts.variants or CHECKED)
-    names = opts.variants or list(VARIANTS)
-    unknown = [n for n in names if n not in VARIANTS]
+    names = opts.variants or list(VARIANTS) + list(SERVER_VARIANTS)
+    unknown = [n for n in names if n not in VARIANTS and n not in SERVER_VARIANTS]
     if unknown:
         ap.error("unknown variant(s): %s (see --list)" % ", ".join(unknown))
     if opts.write_baseline:
-        names = list(VARIANTS)
+        names = list(VARIANTS) + list(SERVER_VARIANTS)
     figures = {}
     for name in names:
         r = measure(name, server_only=not opts.whole)

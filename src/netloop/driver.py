@@ -104,9 +104,12 @@ class PollDriver(Interest):
         if self._slow and self._bad:  # (refused fds set _slow: one flag test per pass)
             events = self._with_bad(events)
         if events:
-            # Its further polls wait for the run's own cap: this pass's wait was cut short
-            # for a timer or a queued call, and neither is pending when it polls again.
-            self._dispatch(events, poll if go_on else None, timeout)
+            if go_on:
+                # Its further polls wait for the run's own cap: this pass's wait was cut short
+                # for a timer or a queued call, and neither is pending when it polls again.
+                self._dispatch(events, poll, timeout)
+            else:
+                self._dispatch(events)
         if self._timers._live:
             self._run_timers()
         if self._ready:

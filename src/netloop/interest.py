@@ -440,15 +440,18 @@ class Interest(Services):
                             self._dispatch_flags(fd, obj, flags & ~READ)
                     else:
                         self._dispatch_flags(fd, obj, flags)
+                if poll is None:
+                    break
+                # Between two passes of this loop: what the clean-up below does after the last.
+                if not self._scan_asked and self._asked:
+                    self._reask_events(events)
                 if closed:
                     closed.clear()
                 if self._accepted is not None:
                     self._accepted = None
                     self._accepted_by = None
-                if not self._scan_asked and self._asked:  # (the flag first: scan is the default)
-                    self._reask_events(events)
-                if (poll is None or self._slow or ready or timers._live or not map
-                        or len(map) != len(objs)):
+                if self._slow or ready or timers._live or not map or len(map) != len(objs):
+                    events = ()  # (re-asked above)
                     break
                 try:
                     events = poll(timeout)
@@ -462,6 +465,8 @@ class Interest(Services):
             self._accepted_by = None
             if closed:
                 closed.clear()
+        if not self._scan_asked and self._asked:  # (the flag first: scan is the default)
+            self._reask_events(events)
 
     def _reask_events(self, events: Any) -> None:
         # Asked channels (legacy predicates, not scanned every pass) that had an event: ask
