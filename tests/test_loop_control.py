@@ -3,6 +3,7 @@ concurrent runs, a Loop wherever a map is taken, and an unknown poller name."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import threading
@@ -479,4 +480,62 @@ def test_calls_and_timers_from_a_handler_run_between_passes(poller_name):
         for obj in list(lp.map.values()):
             obj.close()
         b.close()
+        lp.close()
+
+
+class Newcomer(Reader):
+    calls: List[str]
+
+    def handle_read(self) -> None:
+        self.calls.append("handle_read")
+        super().handle_read()
+
+
+def test_a_nested_loop_leaves_the_outer_passes_guarding_reused_numbers(poller_name):
+    """Legacy code may run loop() from a handler. After it returns, the outer run's later
+    passes still know which numbers their handlers closed: a channel closed by another's
+    handler, its number reused at once, does not get the closed one's event of that pass."""
+    lp, poller = counting_loop(poller_name)
+    n, n_peer = socket.socketpair()
+    a, a_peer = socket.socketpair()
+    b, b_peer = socket.socketpair()
+    spares: List[socket.socket] = []
+    stale: List[str] = []
+    channels: dict = {}
+    try:
+        def nest(ch: Any, data: bytes) -> None:
+            netloop.loop(map=lp.map, timeout=0, count=1)  # a nested legacy pass
+            a_peer.send(b"a")  # both ready for the same outer pass
+            b_peer.send(b"b")
+
+        def first(ch: Any, data: bytes) -> None:
+            if spares:
+                return
+            other = channels["b" if ch is channels["a"] else "a"]
+            fd = other._fileno
+            other.close()
+            x, y = socket.socketpair()
+            spares.append(y)
+            if x.fileno() != fd:
+                os.dup2(x.fileno(), fd)
+                x.close()
+                x = socket.socket(fileno=fd)
+            Newcomer(x, lp.map, lambda c, d: None).calls = stale
+            lp.call_soon(lp.stop)
+
+        Reader(n, lp.map, nest)
+        channels["a"] = Reader(a, lp.map, first)
+        channels["b"] = Reader(b, lp.map, first)
+        n_peer.send(b"n")
+        with StopGuard(lp) as guard:
+            lp.run_forever()
+        assert not guard.fired and spares
+        newcomer = lp.map.get(channels["a"]._fileno if channels["a"]._fileno is not None
+                              else channels["b"]._fileno)
+        assert stale == [] and newcomer is not None and newcomer.connected
+    finally:
+        for obj in list(lp.map.values()):
+            obj.close()
+        for s in [n_peer, a_peer, b_peer] + spares:
+            s.close()
         lp.close()

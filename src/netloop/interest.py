@@ -386,6 +386,9 @@ class Interest(Services):
             objs = self._objs
             ready = self._ready
             timers = self._timers
+        # A legacy loop() run from a handler dispatches inside this call: it gives the
+        # outer passes back their guard of closed numbers (was_dispatching) when it ends.
+        was_dispatching = self._dispatching
         self._dispatching = True
         try:
             while True:
@@ -460,7 +463,7 @@ class Interest(Services):
                 if self._slow and self._bad:
                     events = self._with_bad(events)
         finally:
-            self._dispatching = False
+            self._dispatching = was_dispatching
             self._accepted = None
             self._accepted_by = None
             if closed:
