@@ -25,6 +25,15 @@ def counting_loop(poller_name: str) -> Any:
     return netloop.Loop(poller=poller), poller
 
 
+def shut(lp: netloop.Loop, *socks: Any) -> None:
+    """A test's clean-up: close the map's channels, the loop and the test's own sockets."""
+    for obj in list(lp.map.values()):
+        obj.close()
+    lp.close()
+    for s in socks:
+        s.close()
+
+
 # ---------------------------------------------------------------- 11.4: stop() before a run
 
 @pytest.mark.parametrize("how", ["run_forever", "run", "loop"])
@@ -393,10 +402,7 @@ def test_polls_after_a_cancelled_timer_wait_for_the_run_cap(poller_name):
         assert poller.timeouts[1:] and all(t is None for t in poller.timeouts[1:]), \
             poller.timeouts
     finally:
-        for obj in list(lp.map.values()):
-            obj.close()
-        b.close()
-        lp.close()
+        shut(lp, b)
 
 
 def test_loop_returns_when_a_handler_closes_the_last_channel(poller_name):
@@ -417,8 +423,7 @@ def test_loop_returns_when_a_handler_closes_the_last_channel(poller_name):
         netloop.loop(map=lp.map, timeout=None)  # blocked for ever if the empty map went unseen
         assert reads == [b"first", b"again"] and not lp.map
     finally:
-        b.close()
-        lp.close()
+        shut(lp, b)
 
 
 def test_channel_put_in_the_map_by_hand_during_a_pass_is_served(poller_name):
@@ -447,11 +452,7 @@ def test_channel_put_in_the_map_by_hand_during_a_pass_is_served(poller_name):
             lp.run_forever()
         assert got == [b"first", b"second"] and not guard.fired
     finally:
-        for obj in list(lp.map.values()):
-            obj.close()
-        b.close()
-        d.close()
-        lp.close()
+        shut(lp, b, d)
 
 
 def test_calls_and_timers_from_a_handler_run_between_passes(poller_name):
@@ -477,10 +478,7 @@ def test_calls_and_timers_from_a_handler_run_between_passes(poller_name):
         assert events[:2] == [("read", 1), ("soon", 1)]  # no poll between the two
         assert events[2:] == ["timer"]
     finally:
-        for obj in list(lp.map.values()):
-            obj.close()
-        b.close()
-        lp.close()
+        shut(lp, b)
 
 
 class Newcomer(Reader):
@@ -534,8 +532,4 @@ def test_a_nested_loop_leaves_the_outer_passes_guarding_reused_numbers(poller_na
                               else channels["b"]._fileno)
         assert stale == [] and newcomer is not None and newcomer.connected
     finally:
-        for obj in list(lp.map.values()):
-            obj.close()
-        for s in [n_peer, a_peer, b_peer] + spares:
-            s.close()
-        lp.close()
+        shut(lp, n_peer, a_peer, b_peer, *spares)
