@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""Issue #17's targets, read from one recorded run: a table of ratios, met or not.
+
+    python benchmarks/verdict17.py benchmarks/results/RUN/results.json
+    python benchmarks/verdict17.py RUN/results.json --strict     # exit 1 when a target misses
+
+The run must hold the cells the targets compare (``run.py --servers
+'netloop[auto]@*,netloop-asyncore[auto]@*,uvloop@*,minimal-epoll@*' --scenarios
+pp1,pp100,pp100-idle10k,stream256k,connrate,mem-idle10k``); a cell that is missing or failed is
+reported as such, never as met. Each row also gives the hand-written loop's own ratio where the
+target compares with uvloop: a target that the smallest Python loop misses in the same run
+is noise or kernel time, not netloop's code (see benchmarks/README.md).
+
+The targets (issue #17), server CPU from ``run.py``'s summary:
+
+- stream256k: CPU per MB of ``python -m netloop echo`` <= 1.1x the hand-written loop's and
+  <= 1.5x uvloop's (medians);
+- pp100: CPU per request <= 1.0x uvloop's, best run, for the CLI and the legacy server;
+- connrate: CPU per connection <= uvloop's (medians), both servers;
+- pp1: CPU per request <= 1.1x uvloop's (medians), both servers;
+- pp100-idle10k: throughput >= 0.95x the same server's pp100 throughput (medians);
+- mem-idle10k: peak RSS <= 20 MB (decimal), both servers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import List, Optional, Tuple
+
+SERVERS = {"CLI": "netloop[", "legacy": "netloop-asyncore[", "uvloop": "uvloop",
+           "loop": "minimal-epoll"}
+
+
+def _find(summary: dict, servers: List[dict], role: str, tag: str,
+          scenario: str) -> Optional[dict]:
+    """The summary cell of ``role``'s server on interpreter ``tag``, None if absent or failed."""
+    prefix = SERVERS[role]
+    for s in servers:
+        base = s["base"]
+        if s.get("tag") != tag:
+            continue
+        if role in ("uvloop", "loop") and base != prefix:
+            continue
+        if role not in ("uvloop", "loop") and not base.startswith(prefix):
+            continue
+        cell = summary.get("%s|%s" % (s["name"], scenario))
+        if cell and cell.get("ok_runs"):
+            return cell
+    return None
+
+
+def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    if a is None or b is None or not b:
+        return None
+    return a / b
+
+
+def _fmt(ratio: Optional[float], limit: float, higher_is_better: bool = False) -> Tuple[str, bool]:
+    if ratio is None:
+        return "missing", False
+    met = ratio >= limit if higher_is_better else ratio <= limit
+    text = "%.2fx" % ratio
+    return ("**%s**" % text if met else text), met
+
+
+def verdicts(data: dict) -> Tuple[List[str], List[List[str]], bool]:
+    """(the interpreter tags, the table's rows, whether every target was met)."""
+    summary = data["summary"]
+    servers = data["servers"]
+    tags = sorted({s["tag"] for s in servers if s.get("tag")})
+    rows: List[List[str]] = []
+    all_met = True
+
+    def cell(role: str, tag: str, scenario: str, key: str) -> Optional[float]:
+        found = _find(summary, servers, role, tag, scenario)
+        return None if found is None else found.get(key)
+
+    def row(label: str, fn) -> None:
+        nonlocal all_met
+        cells = []
+        for tag in tags:
+            text, met = fn(tag)
+            all_met = all_met and met
+            cells.append(text)
+        rows.append([label] + cells)
+
+    def vs(scenario: str, key: str, other: str, limit: float, roles=("CLI", "legacy")):
+        def fn(tag: str) -> Tuple[str, bool]:
+            parts, met_all = [], True
+            for role in roles:
+                text, met = _fmt(_ratio(cell(role, tag, scenario, key),
+                                        cell(other, tag, scenario, key)), limit)
+                parts.append(text)
+                met_all = met_all and met
+            if other == "uvloop":
+                ref = _ratio(cell("loop", tag, scenario, key), cell(other, tag, scenario, key))
+                parts.append("(loop %s)" % ("%.2fx" % ref if ref is not None else "missing"))
+            return " / ".join(parts[:len(roles)]) + (" " + parts[-1] if other == "uvloop"
+                                                     else ""), met_all
+        return fn
+
+    row("stream256k <= 1.1x hand-written loop (CLI)",
+        vs("stream256k", "server_cpu_us_per_mb", "loop", 1.1, ("CLI",)))
+    row("stream256k <= 1.5x uvloop (CLI)",
+        vs("stream256k", "server_cpu_us_per_mb", "uvloop", 1.5, ("CLI",)))
+    row("pp100 <= 1.0x uvloop, best run (CLI / legacy)",
+        vs("pp100", "server_cpu_us_per_op_min", "uvloop", 1.0))
+    row("connrate <= uvloop (CLI / legacy)",
+        vs("connrate", "server_cpu_us_per_op", "uvloop", 1.0))
+    row("pp1 <= 1.1x uvloop (CLI / legacy)",
+        vs("pp1", "server_cpu_us_per_op", "uvloop", 1.1))
+
+    def idle(tag: str) -> Tuple[str, bool]:
+        parts, met_all = [], True
+        for role in ("CLI", "legacy"):
+            text, met = _fmt(_ratio(cell(role, tag, "pp100-idle10k", "metric"),
+                                    cell(role, tag, "pp100", "metric")), 0.95, True)
+            parts.append(text)
+            met_all = met_all and met
+        return " / ".join(parts), met_all
+    row("10k idle: throughput >= 0.95x no idle (CLI / legacy)", idle)
+
+    def rss(tag: str) -> Tuple[str, bool]:
+        parts, met_all = [], True
+        for role in ("CLI", "legacy"):
+            kb = cell(role, tag, "mem-idle10k", "vmhwm_kb")
+            if kb is None:
+                parts.append("missing")
+                met_all = False
+                continue
+            mb = kb * 1024 / 1e6
+            met = mb <= 20.0
+            parts.append(("**%.1f MB**" if met else "%.1f MB") % mb)
+            met_all = met_all and met
+        return " / ".join(parts), met_all
+    row("RSS with 10k idle <= 20 MB (CLI / legacy)", rss)
+    return tags, rows, all_met
+
+
+def render(tags: List[str], rows: List[List[str]]) -> str:
+    lines = ["| target | " + " | ".join(tags) + " |",
+             "|---|" + "---|" * len(tags)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("results",
+                    help="a run's results.json (run.py --out DIR writes DIR/results.json)")
+    ap.add_argument("--strict", action="store_true", help="exit 1 when a target is not met")
+    opts = ap.parse_args(argv)
+    with open(opts.results) as f:
+        data = json.load(f)
+    tags, rows, all_met = verdicts(data)
+    print(render(tags, rows))
+    print()
+    print("all targets met in this run" if all_met else
+          "not every target met in this run (bold: met; 'loop': the hand-written loop's own "
+          "ratio to uvloop in the same run)")
+    return 1 if opts.strict and not all_met else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
