@@ -54,6 +54,7 @@ class Interest(Services):
         _bad: List[int]
         _dispatching: bool
         _accepted: Optional[Tuple[Any, Any]]
+        _accepted_by: Any
         _scan_asked: bool
         _slow: bool
         _acquired: bool
@@ -444,18 +445,16 @@ class Interest(Services):
                             self._dispatch_flags(fd, obj, flags & ~READ)
                     else:
                         self._dispatch_flags(fd, obj, flags)
-                if poll is None:
-                    break
-                # Between two passes of this loop: what the clean-up below does after the last.
-                if not self._scan_asked and self._asked:
+                # The pass's clean-up, after each pass of this loop as after a single one.
+                if not self._scan_asked and self._asked:  # (the flag first: scan is the default)
                     self._reask_events(events)
                 if closed:
                     closed.clear()
-                if self._accepted is not None:
+                if self._accepted is not None or self._accepted_by is not None:
                     self._accepted = None
                     self._accepted_by = None
-                if self._slow or ready or timers._live or not map or len(map) != len(objs):
-                    events = ()  # (re-asked above)
+                if (poll is None or self._slow or ready or timers._live or not map
+                        or len(map) != len(objs)):
                     break
                 try:
                     events = poll(timeout)
@@ -463,14 +462,14 @@ class Interest(Services):
                     events = self._poll_failed(err)
                 if self._slow and self._bad:
                     events = self._with_bad(events)
-        finally:
-            self._dispatching = was_dispatching
+        except BaseException:
+            # What escapes (an exception the loop re-raises) leaves no pass state behind.
+            closed.clear()
             self._accepted = None
             self._accepted_by = None
-            if closed:
-                closed.clear()
-        if not self._scan_asked and self._asked:  # (the flag first: scan is the default)
-            self._reask_events(events)
+            raise
+        finally:
+            self._dispatching = was_dispatching
 
     def _reask_events(self, events: Any) -> None:
         # Asked channels (legacy predicates, not scanned every pass) that had an event: ask
