@@ -429,6 +429,81 @@ def test_echo_in_line_send_to_a_vanished_peer_closes_quietly(loop: netloop.Loop)
         echo.close()
 
 
+def _count_writes(monkeypatch: Any) -> List[int]:
+    """The descriptors the CLI echo's in-line send hands os.write() from now on."""
+    fds: List[int] = []
+
+    def counted(fd: int, data: Any) -> int:
+        fds.append(fd)
+        return os.write(fd, data)
+    monkeypatch.setattr(netloop.cli, "_write", counted)
+    return fds
+
+
+def test_echo_in_line_writes_a_plain_socket_by_its_descriptor(
+        loop: netloop.Loop, monkeypatch: Any) -> None:
+    fds = _count_writes(monkeypatch)
+    a, b = _pair()
+    echo = CountingEcho(a, loop.map)
+    try:
+        for i in range(3):  # the first read makes the loop's buffer: the rest are in line
+            _echo_round(loop, b, b"ping %d" % i)
+        assert fds == [a.fileno()] * 2
+        assert echo.errors == 0
+    finally:
+        echo.close()
+        b.close()
+
+
+def test_echo_in_line_sends_by_method_on_other_sockets(
+        loop: netloop.Loop, monkeypatch: Any) -> None:
+    """A socket of another class (a subclass here; TLS in test_cli_echo_over_tls) sends through
+    its own send(): its class may do more than write(2)."""
+    fds = _count_writes(monkeypatch)
+    sends: List[bytes] = []
+
+    class Traced(socket.socket):
+        def send(self, data: Any, flags: int = 0) -> int:
+            sends.append(bytes(data))
+            return super().send(data, flags)
+
+    a, b = _pair()
+    traced = Traced(a.family, a.type, fileno=a.detach())
+    traced.setblocking(False)
+    echo = CountingEcho(traced, loop.map)
+    try:
+        for i in range(3):
+            _echo_round(loop, b, b"ping %d" % i)
+        assert fds == [] and sends == [b"ping 0", b"ping 1", b"ping 2"]
+    finally:
+        echo.close()
+        b.close()
+
+
+def test_echo_handle_read_off_the_map_sends_by_method(
+        loop: netloop.Loop, monkeypatch: Any) -> None:
+    """A channel taken off its map keeps its socket but no descriptor number: handle_read()
+    called by hand still echoes, through socket.send()."""
+    fds = _count_writes(monkeypatch)
+    a, b = _pair()
+    echo = CountingEcho(a, loop.map)
+    try:
+        _echo_round(loop, b, b"warm")  # makes the loop's buffer
+        echo.del_channel()
+        b.send(b"by hand")
+        got = bytearray()
+
+        def by_hand() -> bool:
+            echo.handle_read()
+            recv_some(b, got)
+            return got == b"by hand"
+        run_until(loop, by_hand)
+        assert fds == [] and echo.errors == 0
+    finally:
+        echo.close()
+        b.close()
+
+
 def test_echo_in_line_read_counts_as_activity(loop: netloop.Loop) -> None:
     a, b = _pair()
     echo = CountingEcho(a, loop.map)
