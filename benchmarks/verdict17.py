@@ -3,6 +3,7 @@
 
     python benchmarks/verdict17.py benchmarks/results/RUN/results.json
     python benchmarks/verdict17.py RUN/results.json --strict     # exit 1 when a target misses
+    python benchmarks/verdict17.py RUN1/results.json RUN2/results.json ...   # across runs
 
 The run must hold the cells the targets compare (``run.py --servers
 'netloop[auto]@*,netloop-asyncore[auto]@*,uvloop@*,minimal-epoll@*' --scenarios
@@ -20,6 +21,10 @@ The targets (issue #17), server CPU from ``run.py``'s summary:
 - pp1: CPU per request <= 1.1x uvloop's (medians), both servers;
 - pp100-idle10k: throughput >= 0.95x the same server's pp100 throughput (medians);
 - mem-idle10k: peak RSS <= 20 MB (decimal), both servers.
+
+Given several runs, it prints for each target and server how many runs met it and the range of
+its ratio, with the hand-written loop judged by the same limit (and uvloop for the idle
+target): how far the machine moves a cell from run to run, next to how often netloop meets it.
 """
 
 from __future__ import annotations
@@ -139,6 +144,72 @@ def verdicts(data: dict) -> Tuple[List[str], List[List[str]], bool]:
     return tags, rows, all_met
 
 
+# Each target as numbers (for the view across runs): label, scenario, summary key, the server
+# compared with (None: the same server's pp100, for the idle target; "MB": an absolute limit),
+# the limit, whether higher is better, the servers judged (the reference ones included).
+TARGETS = [
+    ("stream256k <= 1.1x hand-written loop", "stream256k", "server_cpu_us_per_mb", "loop", 1.1,
+     False, ("CLI",)),
+    ("stream256k <= 1.5x uvloop", "stream256k", "server_cpu_us_per_mb", "uvloop", 1.5, False,
+     ("CLI", "loop")),
+    ("pp100 <= 1.0x uvloop, best run", "pp100", "server_cpu_us_per_op_min", "uvloop", 1.0,
+     False, ("CLI", "legacy", "loop")),
+    ("connrate <= uvloop", "connrate", "server_cpu_us_per_op", "uvloop", 1.0, False,
+     ("CLI", "legacy", "loop")),
+    ("pp1 <= 1.1x uvloop", "pp1", "server_cpu_us_per_op", "uvloop", 1.1, False,
+     ("CLI", "legacy", "loop")),
+    ("10k idle: throughput >= 0.95x no idle", "pp100-idle10k", "metric", None, 0.95, True,
+     ("CLI", "legacy", "loop", "uvloop")),
+    ("RSS with 10k idle <= 20 MB", "mem-idle10k", "vmhwm_kb", "MB", 20.0, False,
+     ("CLI", "legacy")),
+]
+
+
+def figures(data: dict) -> dict:
+    """{(target label, tag, server role): the ratio (MB for RSS), None when a cell is missing}."""
+    summary, servers = data["summary"], data["servers"]
+    tags = sorted({s["tag"] for s in servers if s.get("tag")})
+    out: dict = {}
+
+    def cell(role: str, tag: str, scenario: str, key: str) -> Optional[float]:
+        found = _find(summary, servers, role, tag, scenario)
+        return None if found is None else found.get(key)
+
+    for label, scenario, key, other, _, _, roles in TARGETS:
+        for tag in tags:
+            for role in roles:
+                value = cell(role, tag, scenario, key)
+                if other == "MB":
+                    figure = None if value is None else value * 1024 / 1e6
+                elif other is None:
+                    figure = _ratio(value, cell(role, tag, "pp100", key))
+                else:
+                    figure = _ratio(value, cell(other, tag, scenario, key))
+                out[(label, tag, role)] = figure
+    return out
+
+
+def across(runs: List[dict]) -> str:
+    """The table of how often each target held over ``runs`` (results.json contents)."""
+    per_run = [figures(d) for d in runs]
+    tags = sorted({k[1] for f in per_run for k in f})
+    lines = ["| target | server | " + " | ".join(tags) + " |",
+             "|---|---|" + "---|" * len(tags)]
+    for label, _, _, other, limit, higher, roles in TARGETS:
+        for role in roles:
+            cells = []
+            for tag in tags:
+                values = [f.get((label, tag, role)) for f in per_run]
+                got = [v for v in values if v is not None]
+                met = sum(1 for v in got if (v >= limit if higher else v <= limit))
+                unit = " MB" if other == "MB" else "x"
+                span = ("%.2f-%.2f%s" % (min(got), max(got), unit)) if got else "missing"
+                cells.append("%d/%d met (%s)" % (met, len(values), span))
+            name = {"loop": "hand-written loop"}.get(role, role)
+            lines.append("| %s | %s | %s |" % (label, name, " | ".join(cells)))
+    return "\n".join(lines)
+
+
 def render(tags: List[str], rows: List[List[str]]) -> str:
     lines = ["| target | " + " | ".join(tags) + " |",
              "|---|" + "---|" * len(tags)]
@@ -148,12 +219,24 @@ def render(tags: List[str], rows: List[List[str]]) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("results",
-                    help="a run's results.json (run.py --out DIR writes DIR/results.json)")
-    ap.add_argument("--strict", action="store_true", help="exit 1 when a target is not met")
+    ap.add_argument("results", nargs="+",
+                    help="a run's results.json (run.py --out DIR writes DIR/results.json); "
+                    "several: how often each target held across them")
+    ap.add_argument("--strict", action="store_true",
+                    help="exit 1 when a target is not met (one run only)")
     opts = ap.parse_args(argv)
-    with open(opts.results) as f:
-        data = json.load(f)
+    runs = []
+    for path in opts.results:
+        with open(path) as f:
+            runs.append(json.load(f))
+    if len(runs) > 1:
+        if opts.strict:
+            ap.error("--strict judges one run")
+        print(across(runs))
+        print()
+        print("runs: " + ", ".join(opts.results))
+        return 0
+    data = runs[0]
     tags, rows, all_met = verdicts(data)
     print(render(tags, rows))
     print()

@@ -68,3 +68,31 @@ def test_each_kind_of_miss_is_reported(tmp_path, capsys):
     assert "not every target met" in capsys.readouterr().out
     path.write_text(json.dumps(_results(_all_met())))
     assert verdict17.main([str(path), "--strict"]) == 0
+
+
+def test_across_runs_counts_each_servers_met_runs(tmp_path, capsys):
+    """Several runs: per target and server, how many runs met it and the ratio's range; the
+    hand-written loop is judged by the same limit."""
+    slow = _all_met()
+    slow[("CLI", "pp1")] = {"server_cpu_us_per_op": 25.2}  # 1.2x uvloop's 21.0
+    slow[("loop", "pp1")] = {"server_cpu_us_per_op": 23.1}  # 1.1x: met (<=)
+    paths = []
+    for i, cells in enumerate((_all_met(), slow, _all_met())):
+        path = tmp_path / ("run%d.json" % i)
+        path.write_text(json.dumps(_results(cells)))
+        paths.append(str(path))
+    assert verdict17.main(paths) == 0
+    out = capsys.readouterr().out
+    rows = {tuple(c.strip() for c in line.strip("|").split("|")[:2]): line
+            for line in out.splitlines() if line.startswith("| ")}
+    assert "2/3 met (0.95-1.20x)" in rows[("pp1 <= 1.1x uvloop", "CLI")]
+    assert "3/3 met (0.97-1.10x)" in rows[("pp1 <= 1.1x uvloop", "hand-written loop")]
+    assert "3/3 met (18.43-18.43 MB)" in rows[("RSS with 10k idle <= 20 MB", "legacy")]
+    assert "3/3 met (0.96-0.96x)" in rows[("10k idle: throughput >= 0.95x no idle", "uvloop")]
+    cells = _all_met()
+    del cells[("uvloop", "connrate")]
+    (tmp_path / "run1.json").write_text(json.dumps(_results(cells)))
+    verdict17.main(paths)
+    rows = {tuple(c.strip() for c in line.strip("|").split("|")[:2]): line
+            for line in capsys.readouterr().out.splitlines() if line.startswith("| ")}
+    assert "2/3 met" in rows[("connrate <= uvloop", "CLI")]  # a missing cell is not met
