@@ -157,8 +157,8 @@ def run_once(python: str, name: str, conns_n: int, warmup: int, rounds: int,
             srv.stop(timeout=timeout / 2)
             srv.cleanup_files()
         if srv.killed:
-            raise RuntimeError("%s did not exit %.0f s after SIGTERM: %s"
-                               % (name, timeout / 2, srv.stderr_tail()))
+            raise RuntimeError("%s did not exit %.0f s after SIGTERM (%s): %s"
+                               % (name, timeout / 2, srv.stuck, srv.stderr_tail()))
         if syscalls:
             return _strace_counts(out)
         total = bench_insn.callgrind_total(out)

@@ -310,6 +310,7 @@ class ServerProcess:
         self.port = None
         self.exit_code = None
         self.killed = False
+        self.stuck = ""  # what /proc said of a server that SIGTERM did not end (stop())
         self._dir = tempfile.mkdtemp(prefix="netloop-bench-")
         self.out_path = os.path.join(self._dir, "stdout")
         self.err_path = os.path.join(self._dir, "stderr")
@@ -389,6 +390,7 @@ class ServerProcess:
                     self.proc.wait(timeout=timeout)
                 except subprocess.TimeoutExpired:
                     self.killed = True
+                    self.stuck = _proc_state(self.proc.pid)
                     try:
                         os.killpg(self.proc.pid, signal.SIGKILL)  # its own session
                     except (ProcessLookupError, PermissionError):
@@ -407,6 +409,24 @@ class ServerProcess:
 
     def cleanup_files(self):
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _proc_state(pid):
+    """A process's scheduler state, wait channel and signal masks, from /proc (for the error
+    about a server that did not exit after SIGTERM: stopped, blocking signals, or waiting
+    where)."""
+    parts = []
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            parts.append("state " + f.read().rsplit(")", 1)[1].split()[0])
+        with open("/proc/%d/wchan" % pid) as f:
+            parts.append("wchan " + (f.read().strip() or "-"))
+        with open("/proc/%d/status" % pid) as f:
+            parts += [line.strip().replace("\t", " ") for line in f
+                      if line.startswith(("SigPnd", "ShdPnd", "SigBlk", "SigCgt", "Threads"))]
+    except OSError as err:
+        parts.append("(/proc: %s)" % err)
+    return "; ".join(parts)
 
 
 def stop_all_servers():

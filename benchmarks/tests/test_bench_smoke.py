@@ -426,7 +426,8 @@ def test_bench_insn_measures_with_callgrind():
 def test_bench_insn_servers_counts_whole_server_processes():
     # The lock-step client and the difference of two runs under callgrind: a positive,
     # plausible count per request for the CLI server and the hand-written loop, and the
-    # CLI's system calls per request (strace, where installed) are one read and one send.
+    # CLI's system calls per request (strace, where installed) are one read and one send
+    # (write(2) on the socket's descriptor since the CLI echo sends with os.write()).
     # Enough requests that a full collection of the server's heap landing in one of the two
     # runs (a few million instructions) cannot take the difference out of the bounds.
     import shutil
@@ -448,5 +449,25 @@ def test_bench_insn_servers_counts_whole_server_processes():
     r = bis.measure(sys.executable, "netloop", "pp1", syscalls=True, rounds=(10, 10, 60))
     calls = r["calls"]
     assert calls.get("recvfrom", 0) == pytest.approx(1, abs=0.05), calls
-    assert calls.get("sendto", 0) == pytest.approx(1, abs=0.05), calls
+    assert calls.get("write", 0) == pytest.approx(1, abs=0.05), calls
+    assert calls.get("sendto", 0) == pytest.approx(0, abs=0.05), calls
     assert calls.get("epoll_wait", 0) == pytest.approx(1, abs=0.1), calls
+
+
+def test_a_stuck_server_is_described_from_proc():
+    # What the error about a server that SIGTERM did not end says: here a stopped process.
+    import signal
+    import time
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        os.kill(proc.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 10
+        while "state T" not in benchlib._proc_state(proc.pid):
+            assert time.monotonic() < deadline, benchlib._proc_state(proc.pid)
+            time.sleep(0.01)
+        text = benchlib._proc_state(proc.pid)
+        assert "wchan" in text and "SigBlk" in text, text
+    finally:
+        proc.kill()
+        proc.wait()
+    assert "/proc" in benchlib._proc_state(proc.pid)  # gone: says so, does not raise
