@@ -101,7 +101,7 @@ class EchoHandler(BufferedDispatcher):
             if fd is not None and type(sock) is _plain_socket:
                 # write(2) on the socket's own descriptor: the kernel's send path, the same
                 # errors, without socket.send()'s argument parsing and timeout handling (a
-                # channel's socket is non-blocking): ~350 instructions of a ping-pong
+                # channel's socket is non-blocking): ~290 instructions of a ping-pong
                 # request's 6,150 (bench_insn.py pp-cli). A TLS socket sends by its method.
                 sent = _write(fd, data)
             else:
