@@ -153,11 +153,14 @@ def run_once(python: str, name: str, conns_n: int, warmup: int, rounds: int,
                     except ProcessLookupError:
                         pass
             # SIGTERM (the servers stop their loops and exit: callgrind writes its totals),
-            # then SIGKILL to the process group.
-            srv.stop(timeout=timeout / 2)
+            # once more if it is still there, then SIGKILL to the process group.
+            srv.stop(timeout=timeout / 2, again=True)
             srv.cleanup_files()
+        if srv.stuck and not srv.killed:
+            sys.stderr.write("bench_insn_servers: %s exited only after a second SIGTERM (after "
+                             "the first: %s)\n" % (name, srv.stuck))
         if srv.killed:
-            raise RuntimeError("%s did not exit %.0f s after SIGTERM (%s): %s"
+            raise RuntimeError("%s did not exit %.0f s after each of two SIGTERMs (%s): %s"
                                % (name, timeout / 2, srv.stuck, srv.stderr_tail()))
         if syscalls:
             return _strace_counts(out)

@@ -377,7 +377,11 @@ class ServerProcess:
             return ""
         return data[-n:].decode("utf-8", "replace").strip()
 
-    def stop(self, timeout=5.0):
+    def stop(self, timeout=5.0, again=False):
+        """SIGTERM, and SIGKILL to the process group after ``timeout`` s. With ``again``, a
+        server still there after ``timeout`` gets a second SIGTERM and as long again first
+        (``stuck`` then says what /proc showed; ``killed`` only if that did not end it either):
+        for a server whose own exit writes what is measured (callgrind's totals)."""
         if self.proc is None:
             return
         try:
@@ -389,8 +393,18 @@ class ServerProcess:
                 try:
                     self.proc.wait(timeout=timeout)
                 except subprocess.TimeoutExpired:
-                    self.killed = True
                     self.stuck = _proc_state(self.proc.pid)
+                    if again:
+                        try:
+                            self.proc.send_signal(signal.SIGTERM)
+                            self.proc.wait(timeout=timeout)
+                        except ProcessLookupError:
+                            pass
+                        except subprocess.TimeoutExpired:
+                            self.stuck += " | after a second SIGTERM: " + _proc_state(
+                                self.proc.pid)
+                if self.proc.poll() is None:
+                    self.killed = True
                     try:
                         os.killpg(self.proc.pid, signal.SIGKILL)  # its own session
                     except (ProcessLookupError, PermissionError):

@@ -471,3 +471,33 @@ def test_a_stuck_server_is_described_from_proc():
         proc.kill()
         proc.wait()
     assert "/proc" in benchlib._proc_state(proc.pid)  # gone: says so, does not raise
+
+
+def test_stop_again_gives_a_slow_server_a_second_sigterm(tmp_path):
+    # A server that lets its first SIGTERM pass: stop(again=True) sends another before any
+    # SIGKILL, and says what it saw; stop() without it kills, as before.
+    code = textwrap.dedent("""
+        import signal, sys, time
+        seen = []
+        def on_term(signum, frame):
+            seen.append(signum)
+            if len(seen) > 1:
+                sys.exit(0)
+        signal.signal(signal.SIGTERM, on_term)
+        print(4321, flush=True)
+        while True:
+            time.sleep(0.01)
+    """)
+    for again in (True, False):
+        srv = benchlib.ServerProcess([sys.executable, "-c", code], port=None, name="slow",
+                                     ready_timeout=20)
+        try:
+            srv.start()
+            srv.stop(timeout=1.0, again=again)
+        finally:
+            srv.cleanup_files()
+        assert "state" in srv.stuck, srv.stuck
+        if again:
+            assert not srv.killed and srv.exit_code == 0
+        else:
+            assert srv.killed and srv.exit_code != 0
