@@ -62,91 +62,10 @@ def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
     return a / b
 
 
-def _fmt(ratio: Optional[float], limit: float, higher_is_better: bool = False) -> Tuple[str, bool]:
-    if ratio is None:
-        return "missing", False
-    met = ratio >= limit if higher_is_better else ratio <= limit
-    text = "%.2fx" % ratio
-    return ("**%s**" % text if met else text), met
-
-
-def verdicts(data: dict) -> Tuple[List[str], List[List[str]], bool]:
-    """(the interpreter tags, the table's rows, whether every target was met)."""
-    summary = data["summary"]
-    servers = data["servers"]
-    tags = sorted({s["tag"] for s in servers if s.get("tag")})
-    rows: List[List[str]] = []
-    all_met = True
-
-    def cell(role: str, tag: str, scenario: str, key: str) -> Optional[float]:
-        found = _find(summary, servers, role, tag, scenario)
-        return None if found is None else found.get(key)
-
-    def row(label: str, fn) -> None:
-        nonlocal all_met
-        cells = []
-        for tag in tags:
-            text, met = fn(tag)
-            all_met = all_met and met
-            cells.append(text)
-        rows.append([label] + cells)
-
-    def vs(scenario: str, key: str, other: str, limit: float, roles=("CLI", "legacy")):
-        def fn(tag: str) -> Tuple[str, bool]:
-            parts, met_all = [], True
-            for role in roles:
-                text, met = _fmt(_ratio(cell(role, tag, scenario, key),
-                                        cell(other, tag, scenario, key)), limit)
-                parts.append(text)
-                met_all = met_all and met
-            if other == "uvloop":
-                ref = _ratio(cell("loop", tag, scenario, key), cell(other, tag, scenario, key))
-                parts.append("(loop %s)" % ("%.2fx" % ref if ref is not None else "missing"))
-            return " / ".join(parts[:len(roles)]) + (" " + parts[-1] if other == "uvloop"
-                                                     else ""), met_all
-        return fn
-
-    row("stream256k <= 1.1x hand-written loop (CLI)",
-        vs("stream256k", "server_cpu_us_per_mb", "loop", 1.1, ("CLI",)))
-    row("stream256k <= 1.5x uvloop (CLI)",
-        vs("stream256k", "server_cpu_us_per_mb", "uvloop", 1.5, ("CLI",)))
-    row("pp100 <= 1.0x uvloop, best run (CLI / legacy)",
-        vs("pp100", "server_cpu_us_per_op_min", "uvloop", 1.0))
-    row("connrate <= uvloop (CLI / legacy)",
-        vs("connrate", "server_cpu_us_per_op", "uvloop", 1.0))
-    row("pp1 <= 1.1x uvloop (CLI / legacy)",
-        vs("pp1", "server_cpu_us_per_op", "uvloop", 1.1))
-
-    def idle(tag: str) -> Tuple[str, bool]:
-        parts, met_all = [], True
-        for role in ("CLI", "legacy"):
-            text, met = _fmt(_ratio(cell(role, tag, "pp100-idle10k", "metric"),
-                                    cell(role, tag, "pp100", "metric")), 0.95, True)
-            parts.append(text)
-            met_all = met_all and met
-        return " / ".join(parts), met_all
-    row("10k idle: throughput >= 0.95x no idle (CLI / legacy)", idle)
-
-    def rss(tag: str) -> Tuple[str, bool]:
-        parts, met_all = [], True
-        for role in ("CLI", "legacy"):
-            kb = cell(role, tag, "mem-idle10k", "vmhwm_kb")
-            if kb is None:
-                parts.append("missing")
-                met_all = False
-                continue
-            mb = kb * 1024 / 1e6
-            met = mb <= 20.0
-            parts.append(("**%.1f MB**" if met else "%.1f MB") % mb)
-            met_all = met_all and met
-        return " / ".join(parts), met_all
-    row("RSS with 10k idle <= 20 MB (CLI / legacy)", rss)
-    return tags, rows, all_met
-
-
-# Each target as numbers (for the view across runs): label, scenario, summary key, the server
+# The targets, the one definition both views read: label, scenario, summary key, the server
 # compared with (None: the same server's pp100, for the idle target; "MB": an absolute limit),
-# the limit, whether higher is better, the servers judged (the reference ones included).
+# the limit, whether higher is better, the servers measured (the references included: the
+# one-run table judges the others and shows the hand-written loop beside uvloop).
 TARGETS = [
     ("stream256k <= 1.1x hand-written loop", "stream256k", "server_cpu_us_per_mb", "loop", 1.1,
      False, ("CLI",)),
@@ -189,6 +108,46 @@ def figures(data: dict) -> dict:
     return out
 
 
+def _met(value: float, limit: float, higher: bool) -> bool:
+    return value >= limit if higher else value <= limit
+
+
+def _judged(other: Optional[str], roles: Tuple[str, ...]) -> Tuple[str, ...]:
+    """The servers a target judges: its roles less the references shown beside them."""
+    refs = ("loop",) if other == "uvloop" else ("loop", "uvloop") if other is None else ()
+    return tuple(r for r in roles if r not in refs)
+
+
+def verdicts(data: dict) -> Tuple[List[str], List[List[str]], bool]:
+    """(the interpreter tags, the table's rows, whether every target was met)."""
+    tags = sorted({s["tag"] for s in data["servers"] if s.get("tag")})
+    found = figures(data)
+    rows: List[List[str]] = []
+    all_met = True
+    for label, _, _, other, limit, higher, roles in TARGETS:
+        judged = _judged(other, roles)
+        cells = []
+        for tag in tags:
+            parts = []
+            for role in judged:
+                value = found.get((label, tag, role))
+                if value is None:
+                    parts.append("missing")
+                    all_met = False
+                    continue
+                met = _met(value, limit, higher)
+                all_met = all_met and met
+                text = ("%.1f MB" if other == "MB" else "%.2fx") % value
+                parts.append("**%s**" % text if met else text)
+            text = " / ".join(parts)
+            if other == "uvloop":
+                ref = found.get((label, tag, "loop"))
+                text += " (loop %s)" % ("%.2fx" % ref if ref is not None else "missing")
+            cells.append(text)
+        rows.append(["%s (%s)" % (label, " / ".join(judged))] + cells)
+    return tags, rows, all_met
+
+
 def across(runs: List[dict]) -> str:
     """The table of how often each target held over ``runs`` (results.json contents)."""
     per_run = [figures(d) for d in runs]
@@ -201,7 +160,7 @@ def across(runs: List[dict]) -> str:
             for tag in tags:
                 values = [f.get((label, tag, role)) for f in per_run]
                 got = [v for v in values if v is not None]
-                met = sum(1 for v in got if (v >= limit if higher else v <= limit))
+                met = sum(1 for v in got if _met(v, limit, higher))
                 unit = " MB" if other == "MB" else "x"
                 span = ("%.2f-%.2f%s" % (min(got), max(got), unit)) if got else "missing"
                 cells.append("%d/%d met (%s)" % (met, len(values), span))
