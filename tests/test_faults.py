@@ -424,3 +424,133 @@ def test_fd_reused_while_no_loop_watches_the_map(caplog):
         for s in (b, f):
             if s is not None:
                 s.close()
+
+
+class FakeSocket:
+    """A test's stand-in for a socket (as other projects' suites make): a made-up number."""
+
+    def __init__(self, no: int) -> None:
+        self.no = no
+        self.closed = False
+
+    def setblocking(self, flag: bool) -> None:
+        pass
+
+    def fileno(self) -> int:
+        return self.no
+
+    def getpeername(self) -> Any:
+        return ("127.0.0.1", self.no)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class Quiet(netloop.Dispatcher):
+    """Neither readable nor writable: the loop registers nothing with the kernel for it."""
+
+    def __init__(self, sock: Any, map: Any, log: List[str], name: str) -> None:
+        self.log, self.name = log, name
+        super().__init__(sock, map=map)
+
+    def readable(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return False
+
+    def handle_close(self) -> None:
+        self.log.append(self.name)
+        self.close()
+
+
+def test_fake_sockets_sharing_a_number_are_not_retired(loop, caplog):
+    """Two channels on stand-in sockets with one made-up number (zope.server's tests do this):
+    the second takes the map's entry, as in asyncore; the first is told nothing (no fake
+    socket has a descriptor to lose) and nothing is logged."""
+    closed: List[str] = []
+    with caplog.at_level("WARNING", logger="netloop"):
+        loop.run_once(0)
+        first = Quiet(FakeSocket(4242), loop.map, closed, "first")
+        second = Quiet(FakeSocket(4242), loop.map, closed, "second")
+        for _ in range(3):
+            loop.run_once(0)
+    assert loop.map[4242] is second
+    assert first._fileno == 4242 and not first.socket.closed and closed == []
+    assert not [r for r in caplog.records if "closed behind" in r.getMessage()]
+    first.close()  # its close() leaves the new channel's entry alone
+    assert loop.map[4242] is second
+    second.close()
+
+
+@pytest.mark.parametrize("how", ["second socket object", "detached, as ssl wrapping does"])
+def test_descriptor_still_open_under_a_new_channel_is_not_retired(how, caplog):
+    """A new channel on the same open descriptor (a second socket object made on it, or the
+    first one detached and the number given to a new object, as ``ssl.wrap_socket()``
+    does): epoll still holds the file's registration, so nothing was closed behind anyone's
+    back. The new channel takes the number as in asyncore; the old one is not closed, and
+    its later close() neither takes the new one out of the map nor stops its reads."""
+    lp = netloop.Loop(poller="epoll")
+    closed: List[str] = []
+
+    class Reader(netloop.Dispatcher):
+        def __init__(self, sock: socket.socket, name: str) -> None:
+            self.name, self.got = name, bytearray()
+            super().__init__(sock, map=lp.map)
+
+        def writable(self) -> bool:
+            return False
+
+        def handle_read(self) -> None:
+            self.got += self.recv(100)
+
+        def handle_close(self) -> None:
+            closed.append(self.name)
+            self.close()
+
+    a, b = socket.socketpair()
+    fd = a.fileno()
+    try:
+        with caplog.at_level("WARNING", logger="netloop"):
+            old = Reader(a, "old")
+            lp.run_once(0)
+            if how == "second socket object":
+                twin = socket.socket(fileno=fd)
+            else:
+                twin = socket.socket(fileno=a.detach())
+            new = Reader(twin, "new")
+            lp.run_once(0)
+        assert not [r for r in caplog.records if "closed behind" in r.getMessage()]
+        assert lp.map[fd] is new and closed == []
+        b.send(b"one")
+        run_until(lp, lambda: new.got == b"one")
+        if old.socket.fileno() == fd:
+            old.socket.detach()  # the descriptor is new's to close
+        old.close()
+        assert lp.map[fd] is new
+        b.send(b"two")
+        run_until(lp, lambda: new.got == b"onetwo")
+        assert old.got == b"" and closed == []
+    finally:
+        for obj in list(lp.map.values()):
+            obj.close()
+        lp.close()
+        b.close()
+
+
+def test_epoll_holds_tells_a_reused_number_from_an_open_one():
+    from netloop.pollers.epoll import EpollPoller
+    poller = EpollPoller(track_closed=False)
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    try:
+        fd = a.fileno()
+        poller.register(fd, netloop.pollers.READ)
+        assert poller.holds(fd, netloop.pollers.READ)
+        os.dup2(c.fileno(), fd)  # the registered file closed, its number now another's
+        assert not poller.holds(fd, netloop.pollers.READ)
+        assert not poller.holds(b.fileno(), netloop.pollers.READ)  # never registered
+    finally:
+        poller.close()
+        for s in (a, b, c, d):
+            s.close()

@@ -351,7 +351,9 @@ class Dispatcher:
         if lp is None:
             lp = _lookup(map)
         if lp is not None and lp._acquired:
-            lp._discard(fd)
+            held = lp._objs.get(fd)
+            if held is None or held is self:  # not a new channel's, that took the number
+                lp._discard(fd)
 
     def _nl_mask(self) -> int:
         """The poller mask matching this class's ``readable()``/``writable()``."""

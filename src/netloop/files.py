@@ -25,6 +25,10 @@ __all__ = ["FileWrapper", "FileDispatcher"]
 class FileWrapper:
     """A duplicated file descriptor with the few socket methods a dispatcher calls."""
 
+    #: It owns a real descriptor, which user code may close behind its channel's back (the
+    #: loop's check for a number reused while a stale channel holds it; see interest.py).
+    _nl_owns_fd = True
+
     def __init__(self, fd: int) -> None:
         self.fd = os.dup(fd)
 

@@ -12,6 +12,7 @@ a kernel poller (asyncio's ``add_reader``/``add_writer``) reuses this table unch
 from __future__ import annotations
 
 import os
+import socket as _socket
 from errno import EBADF
 
 from .errors import DISCONNECTED, RERAISED
@@ -84,9 +85,15 @@ class Interest(Services):
         if old is not None:
             if old is obj:
                 return
-            self._discard(key)
             if type(key) is int:
-                self._retire_stale(key, old, obj)
+                # The kernel can tell a reused number from a descriptor still open (shared by
+                # two socket objects, or handed to an ssl.SSLSocket): ask it before forgetting.
+                same = self._holds(key)
+                self._discard(key)
+                if not same:
+                    self._retire_stale(key, old, obj)
+            else:
+                self._discard(key)
         self._objs[key] = obj
         if type(key) is int:
             fd = key
@@ -154,13 +161,30 @@ class Interest(Services):
             self._to_ask.add(fd)
             self._slow = True
 
+    def _holds(self, fd: int) -> bool:
+        """True when the kernel still holds the registration made for the file now numbered
+        ``fd``: that file was never closed (epoll drops a closed file's registration, so a
+        number reused since answers False). False also where the poller cannot tell."""
+        mask = self._masks.get(fd)
+        poller = self._poller
+        if not mask or poller is None:
+            return False
+        holds = getattr(poller, "holds", None)
+        return holds is not None and bool(holds(fd, mask))
+
     def _retire_stale(self, fd: int, old: Any, new: Any) -> None:
         """``new`` registers under ``fd`` while ``old`` still holds it: ``old``'s descriptor was
         closed behind its back and the number reused (by accept(), say). Retire ``old``
-        without touching the descriptor, which is ``new``'s now."""
+        without touching the descriptor, which is ``new``'s now.
+
+        Not when nothing says a descriptor was lost: ``old``'s socket is a stand-in (a test's
+        fake socket, which has no descriptor to lose), or the kernel showed the file still
+        open (``_holds``). Then ``new`` simply takes the number, as in asyncore."""
         sock = getattr(old, "socket", None)
         if sock is None or sock is getattr(new, "socket", None):
             return  # a foreign object replaced by hand, or a socket handed over: not stale
+        if not isinstance(sock, _socket.socket) and not getattr(type(sock), "_nl_owns_fd", False):
+            return  # a stand-in for a socket: no descriptor of its own was lost
         try:
             claimed = sock.fileno()
         except Exception:

@@ -87,6 +87,19 @@ class EpollPoller(ClosedFdSweep):
         if masks is not None:
             masks[fd] = mask
 
+    def holds(self, fd: int, mask: int) -> bool:
+        """Whether the epoll object still holds a registration, made with ``mask``, for the
+        file now numbered ``fd``. The kernel drops a registration when its file is closed, so
+        after a close and a reuse of the number it answers False; a descriptor that stayed
+        open (another socket object on the same number) answers True. Changes nothing."""
+        if fd in self._always:
+            return False
+        try:
+            self._ep.modify(fd, mask)
+        except (OSError, ValueError):
+            return False
+        return True
+
     def unregister(self, fd: int) -> None:
         if self._always and self._always.pop(fd, None) is not None:
             if not self._always:
