@@ -23,6 +23,7 @@ import netloop
 import netloop.asynchat as nl_asynchat
 import netloop.asyncore as nl_asyncore
 from netloop import pollers
+from support import run_until
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RUNNER = os.path.join(HERE, "cpython_suite.py")
@@ -326,6 +327,95 @@ def test_same_bytes_sent_as_stdlib_asynchat(items: List[Any], allowances: List[i
         c.socket = None
     assert outputs[0] == outputs[1]
     assert outputs[0][1]
+
+
+def _send_calls(module: Any) -> List[List[int]]:
+    """What an async_chat whose class overrides send() (a throttle's way in, as pyftpdlib's
+    ThrottledDTPHandler) hands to it: per push(), push_with_producer() and handle_write()."""
+    import socket as _socket
+
+    class C(module.async_chat):  # type: ignore[name-defined, misc]
+        ac_out_buffer_size = 1024
+
+        def __init__(self, sock: Any) -> None:
+            module.async_chat.__init__(self, sock, map={})
+            self.calls: List[int] = []
+
+        def send(self, data: Any) -> int:
+            n = module.async_chat.send(self, data)
+            self.calls.append(n)
+            return n
+
+    a, b = _socket.socketpair()
+    try:
+        c = C(a)
+        seen = []
+        c.push(b"x" * 8192)
+        seen.append(c.calls[:])
+        c.calls.clear()
+        c.push_with_producer(module.simple_producer(b"y" * 8192, 1024))
+        seen.append(c.calls[:])
+        for _ in range(3):
+            c.calls.clear()
+            c.handle_write()
+            seen.append(c.calls[:])
+        c.close()
+        return seen
+    finally:
+        b.close()
+
+
+def test_overridden_send_gets_one_call_per_initiate_send() -> None:
+    """asynchat's contract for a class that overrides send(): one call, of at most
+    ac_out_buffer_size bytes, per push() and per initiate_send(); the rest stays queued."""
+    assert _send_calls(nl_asynchat) == [[1024]] * 5
+
+
+@needs_stdlib
+def test_overridden_send_calls_as_stdlib_asynchat() -> None:
+    assert _send_calls(nl_asynchat) == _send_calls(STDLIB)
+
+
+def test_throttle_that_stops_the_channel_inside_send(loop: Any) -> None:
+    """pyftpdlib's throttle: send() takes the channel out of the map when over its budget
+    and a timer puts it back. Nothing more may go out while it is out of the map."""
+    import socket as _socket
+    a, b = _socket.socketpair()
+    b.setblocking(False)
+    sends: List[int] = []
+
+    class Throttled(nl_asynchat.async_chat):  # type: ignore[misc]
+        ac_out_buffer_size = 4096
+
+        def send(self, data: Any) -> int:
+            n = nl_asynchat.async_chat.send(self, data)
+            sends.append(n)
+            self.del_channel()  # over budget after every send: wait for the timer
+            loop.call_later(0.001, self.wake)
+            return n
+
+        def wake(self) -> None:  # pyftpdlib's ioloop registers the descriptor again
+            self._fileno = self.socket.fileno()
+            self.add_channel()
+
+    c = Throttled(a, map=loop.map)
+    try:
+        c.push(b"z" * 40960)
+        assert sends == [4096]  # one send, then out of the map
+        got = bytearray()
+
+        def drained() -> bool:
+            try:
+                got.extend(b.recv(65536))
+            except BlockingIOError:
+                pass
+            return len(got) == 40960
+
+        run_until(loop, drained)
+        assert sends == [4096] * 10 and bytes(got) == b"z" * 40960
+    finally:
+        c.close()
+        b.close()
 
 
 @pytest.fixture(autouse=True)

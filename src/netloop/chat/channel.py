@@ -9,7 +9,10 @@ these differences, each deliberate:
 - ``push()`` sends at once when nothing is queued and queues only what the kernel did not take;
   a large push is not cut into copies. The queue is flushed with one ``sendmsg()`` of several
   chunks (at most ``ac_out_buffer_size`` bytes per call) where the socket has it, and a partly
-  sent chunk stays queued as a view of its tail, not a copy.
+  sent chunk stays queued as a view of its tail, not a copy. A class that overrides ``send()``
+  (a throttle, TLS) keeps asynchat's contract instead: one call of at most
+  ``ac_out_buffer_size`` bytes per ``push()`` and per ``initiate_send()``, the rest queued for
+  the next write event (pyftpdlib's throttle stops its channel from inside ``send()``).
 - Replies to pipelined input are batched: when one read holds several complete frames, what
   ``found_terminator()`` pushes for all but the last is queued, and the last frame's first
   ``push()`` sends it all in one call (so does the end of the read, or ``close()``). asynchat
@@ -375,8 +378,8 @@ class ChatChannel(Dispatcher, FlowControl):
                 self.handle_error()
                 return
             start += sent
-            if sent < len(chunk):
-                break
+            if sent < len(chunk) or not self._nl_plain_send:
+                break  # an overridden send(): one call per push, as asynchat
         if start < size:
             self._queue_tail(data, start)
 
@@ -467,7 +470,9 @@ class ChatChannel(Dispatcher, FlowControl):
             if sent:
                 consume(fifo, sent)
                 self._nl_queued -= sent
-            if not sent or sent < size:
+            if not sent or sent < size or not self._nl_plain_send:
+                # An overridden send() gets asynchat's contract: one call per initiate_send()
+                # (a throttle stops the channel from inside send(), as pyftpdlib's does).
                 break
         self._sync_write()
         if fifo:
