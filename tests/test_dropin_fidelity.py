@@ -438,3 +438,80 @@ def test_predicates_asked_on_a_hosted_loop(scan):
         lp.close()
         ev.close()
         listener.close()
+
+
+# ---------------------------------------------------------------- found by real programs (2)
+
+def test_add_channel_override_gets_the_map_as_given():
+    """dispatcher(sock) hands set_socket(), and so add_channel(), the map as the caller gave
+    it (None when none was given), as asyncore did: an add_channel() override that points
+    self._map at its server's own map (lazr.smtptest's) puts the channel there, not in the
+    global socket_map that nobody polls."""
+    mine: dict = {}
+    calls: List[Any] = []
+
+    class Redirected(asyncore.dispatcher):
+        def add_channel(self, map: Any = None) -> None:
+            calls.append(map)
+            self._map = mine
+            asyncore.dispatcher.add_channel(self, map)
+
+    a, b = socket.socketpair()
+    try:
+        d = Redirected(a)
+        assert calls == [None]
+        assert mine.get(a.fileno()) is d and a.fileno() not in asyncore.socket_map
+        d.close()
+    finally:
+        b.close()
+
+
+def test_loop_left_by_exit_now_gives_back_its_descriptors():
+    """A map made per connection, asyncore.loop(map=m) left by ExitNow with the channel still
+    in it, the socket closed by hand and the map dropped (secure-smtpd's workers): the map's
+    loop gives back its poller, wake-up pipe and reserve, as asyncore held none."""
+
+    class Once(asyncore.dispatcher):
+        def handle_read(self) -> None:
+            self.recv(10)
+            raise asyncore.ExitNow()
+
+    before = _open_fds()
+    for _ in range(20):
+        a, b = socket.socketpair()
+        m: dict = {}
+        Once(a, map=m)
+        b.send(b"x")
+        with pytest.raises(asyncore.ExitNow):
+            asyncore.loop(timeout=5, map=m)
+        a.close()
+        b.close()
+        del m
+    assert _open_fds() == before
+
+
+@pytest.mark.parametrize("use_poll", [False, True])
+def test_channel_whose_number_the_loop_took_is_closed(use_poll, caplog):
+    """A channel's socket closed before the map's loop took its kernel objects: the loop's
+    own descriptor (its poller, or the wake-up pipe) gets the freed number. The channel is
+    closed (asyncore's poll loop saw POLLNVAL) and the loop returns, instead of serving the
+    loop's own wake-ups to it for ever."""
+    closed: List[str] = []
+
+    class Lost(asyncore.dispatcher):
+        def handle_close(self) -> None:
+            closed.append("closed")
+            self.close()
+
+    a, b = socket.socketpair()
+    m: dict = {}
+    try:
+        Lost(a, map=m)
+        fd = a.fileno()
+        a.close()
+        with caplog.at_level("WARNING", logger="netloop"):
+            asyncore.loop(timeout=0.1, use_poll=use_poll, map=m, count=20)
+        assert closed == ["closed"] and not m
+        assert any("fd %d" % fd in r.getMessage() for r in caplog.records)
+    finally:
+        b.close()

@@ -286,3 +286,29 @@ def test_pure_proxy_relays_with_an_x_peer_header(decode_data: bool) -> None:
                 client.sendmail("a@x", ["b@x"], "Subject: relayed\r\n\r\nbody\r\n")
         assert [m[:2] for m in final.messages] == [("a@x", ["b@x"])]
         assert final.messages[0][2] == b"Subject: relayed\nX-Peer: 127.0.0.1\n\nbody"
+
+
+def test_subclass_with_smtpd_input_handlers_sees_the_message_as_smtpd_gave_it() -> None:
+    """A channel class that overrides collect_incoming_data()/found_terminator() with smtpd's
+    own code (secure-smtpd does): the message text it collects starts with the first header,
+    as smtpd gave it, not with the DATA line's CRLF (which netloop gives back to the input
+    only for its own handlers, to end a message with no lines)."""
+    seen: List[bytes] = []
+
+    class Copied(SMTPChannel):
+        def collect_incoming_data(self, data: bytes) -> None:
+            if self.smtp_state == self.DATA:
+                seen.append(bytes(data))
+            super().collect_incoming_data(data)
+
+        def found_terminator(self) -> None:
+            super().found_terminator()
+
+    class Server(Recorder):
+        channel_class = Copied
+
+    with serving(server_class=Server) as (server, port):
+        with smtplib.SMTP("127.0.0.1", port, timeout=TIMEOUT) as client:
+            client.sendmail("a@x", ["b@x"], b"From: a@x\r\n\r\nbody\r\n")
+    assert b"".join(seen).startswith(b"From: a@x\r\n")
+    assert [m[2] for m in server.messages] == [b"From: a@x\n\nbody"]

@@ -219,6 +219,7 @@ class Dispatcher:
 
     def __init__(self, sock: Optional[_socket.socket] = None,
                  map: Optional[ChannelMap] = None) -> None:
+        given = map  # passed on to set_socket() as given, as asyncore did (None stays None)
         if map is None:
             map = self._default_map()
         elif type(map) is not dict:
@@ -257,7 +258,10 @@ class Dispatcher:
                     lp = None
             else:
                 self._fileno = None
-                self.set_socket(sock, map)
+                # asyncore called set_socket(sock, map) with the caller's map: None when none
+                # was given, so add_channel(None) reads self._map, which an add_channel()
+                # override may have redirected (lazr.smtptest's Channel and Server do).
+                self.set_socket(sock, given if given is None else map)
                 lp = self._nl_loop
             accepted = lp._accepted if lp is not None else None
             if accepted is not None and accepted[0] is sock:

@@ -62,6 +62,8 @@ class Interest(Services):
         _running: int
         _poller: Optional[Poller]
         _wake_fd: int
+        _waker: Any
+        _reserve: int
         _kernel_register: Callable[[int, int], None]
         _kernel_unregister: Callable[[int], None]
         _hup_closes: bool
@@ -353,9 +355,56 @@ class Interest(Services):
         objs = self._objs
         for key in [key for key, obj in objs.items() if map.get(key) is not obj]:
             self._discard(key)
+        own = None
         for key, obj in list(map.items()):
             if objs.get(key) is not obj:
+                if type(key) is int:
+                    if own is None:
+                        own = self._own_fds()
+                    if key in own:
+                        self._lost_to_loop(key, obj)
+                        continue
                 self._add(key, obj)
+
+    def _own_fds(self) -> Set[int]:
+        """The descriptors the loop holds itself: poller, wake-up pipe, reserve."""
+        own = {self._wake_fd, self._reserve}
+        waker = self._waker
+        if waker is not None:
+            own.add(waker.wfd)
+        poller = self._poller
+        if poller is not None:
+            try:
+                own.add(poller.fileno())
+            except (AttributeError, OSError, ValueError):
+                pass
+        own.discard(-1)
+        return own
+
+    def _lost_to_loop(self, fd: int, obj: Any) -> None:
+        """A channel in the map under one of the loop's own numbers: its descriptor was closed
+        before the loop took its kernel objects, which got the number. Never watched (its
+        events would be the loop's own); taken out of the map and closed, as poll()'s
+        POLLNVAL would have had it."""
+        logger.warning("netloop: fd %d of a %s channel was closed behind its back before the "
+                       "loop started, and the number is the loop's own now; closing the "
+                       "channel", fd, type(obj).__name__)
+        if self.map.get(fd) is obj:
+            del self.map[fd]
+        sock = getattr(obj, "socket", None)
+        if sock is not None:
+            try:
+                claimed = sock.fileno()
+            except Exception:
+                claimed = -1
+            if claimed == fd:
+                _detach(sock)  # its close (or garbage collection) would close the loop's
+        try:
+            obj._fileno = None
+        except AttributeError:
+            pass
+        self._ready.append((_close_retired, (obj,)))
+        self._slow = True
 
     def _scan(self) -> None:
         # Every pass for legacy code (asked channels, scan=True): keep the loop body lean.

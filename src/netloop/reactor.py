@@ -573,5 +573,15 @@ def loop(timeout: Optional[float] = 30.0, use_poll: bool = False,
     lp._contain = False  # asyncore let exceptions out of handle_error()/handle_close()
     try:
         lp._run(timeout, count, forever=False, channels_only=True)
+    except BaseException:
+        # Left by an exception (ExitNow from a handler, say) with channels still in the map:
+        # the map may well be dropped now (a map made per connection, as secure-smtpd does),
+        # and its channels refer to it, so _release_abandoned() never sees it unreferenced.
+        # asyncore held no kernel object between calls; give this implicit loop's back (the
+        # next call takes new ones and registers the channels again).
+        if lp._implicit and not lp._running and lp._thread_id is None \
+                and not lp._signal_handlers and not lp._timers and not lp._ready:
+            lp._release()
+        raise
     finally:
         lp._hup_closes, lp._contain = saved

@@ -534,7 +534,13 @@ class SMTPProtocol:
         # (RFC 5321 4.1.1.4): a message with no lines is a lone ".\r\n". Give it back to the
         # input so the terminator can match there (smtpd did not, and waited for ever);
         # found_terminator() takes it off the message again.
-        if self._nl_unread(b"\r\n"):
+        # Only when this class's own input handlers will see the message: a subclass that
+        # overrides collect_incoming_data()/found_terminator() (code copied from smtpd, like
+        # secure-smtpd) would get the given-back CRLF at the start of its message text.
+        cls = type(self)
+        if (cls.found_terminator is SMTPProtocol.found_terminator
+                and cls.collect_incoming_data is SMTPProtocol.collect_incoming_data
+                and self._nl_unread(b"\r\n")):
             self._nl_lead = True
             self.num_bytes = -2
         self.push("354 End data with <CR><LF>.<CR><LF>")
