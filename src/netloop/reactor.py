@@ -47,6 +47,7 @@ A second driver, netloop.aio, serves the same interest table and services from a
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
@@ -161,18 +162,80 @@ def _release_abandoned() -> None:
     implicit loop that keeps its map, and so its channels, forever: the map never empties,
     so the loop would keep its poller and wake-up pipe. When the only reference to such a
     map is the loop's own, nobody can pass that map again, so the loop is released (and, as
-    nothing holds it then, freed). Called when a new implicit loop is made: what the one-shot
-    pattern costs stays one loop's descriptors, however many calls. Maps held elsewhere (the
-    module's ``socket_map``, a program's own dict, the ``_map`` of its channels) keep their
-    loop and registrations, so ``loop(count=1)`` on a long-lived map stays O(events).
+    nothing holds it then, freed). So is an idle loop whose map was emptied by hand (entries
+    deleted behind its back: nothing told it). Called when a new implicit loop is made: what
+    the one-shot pattern costs stays one loop's descriptors, however many calls. Maps held
+    elsewhere (the module's ``socket_map``, a program's own dict, the ``_map`` of its
+    channels) keep their loop and registrations, so ``loop(count=1)`` on a long-lived map
+    stays O(events). Past ``_collect_at`` such idle loops, the garbage collector is asked
+    which of them are still reachable (``_collect_abandoned``).
     """
     if _getrefcount is None:  # pragma: no cover - not CPython: keep them
         return
+    idle = 0
     for lp in list(_active):
+        if not (lp._implicit and not lp._running and lp._thread_id is None
+                and not lp._signal_handlers):
+            continue
         # 3: the loop's attribute, its bound map.get (_map_get) and getrefcount's argument.
-        if (lp._implicit and not lp._running and lp._thread_id is None
-                and not lp._signal_handlers and _getrefcount(lp.map) <= 3):
+        if _getrefcount(lp.map) <= 3:
             lp._release()
+        elif not lp._timers and not lp._ready:
+            if not lp.map:
+                lp._release()
+            else:
+                idle += 1
+    if idle >= _collect_at[0]:
+        _collect_abandoned()
+
+
+def _let_go_of_idle() -> "List[Tuple[weakref.ref[Loop], Any, Any, int]]":
+    kept = []
+    for lp in [lp for lp in _active if lp._implicit and not lp._running
+               and lp._thread_id is None and not lp._signal_handlers and not lp._timers
+               and not lp._ready and lp.map]:
+        _active.discard(lp)
+        kept.append((weakref.ref(lp), lp._poller, lp._waker, lp._reserve))
+    return kept
+
+
+#: How many idle implicit loops _release_abandoned() lets _active hold before it asks the
+#: garbage collector about them; twice the survivors after each time (at least 16), so a
+#: program with many live maps pays for a collection only each time their number doubles.
+_collect_at = [16]
+
+
+def _collect_abandoned() -> None:
+    """Free idle implicit loops that are garbage but for ``_active``, with their kernel objects.
+
+    A map can be out of everyone's reach and still referenced: its channels refer to it
+    (``_map``), and an owner that holds the map and is held by a channel's callback closes the
+    cycle (pysnmp's engine made for each ``getCmd()`` call and dropped). asyncore held no kernel
+    object, so the garbage collector freed such a cycle and the sockets' finalizers closed
+    them. Here ``_active`` would keep it, and four descriptors with it, for ever. So the idle
+    implicit loops are let go of for one collection: those that survive are held again; for
+    the others (freed, with their channels, whose sockets closed as in asyncore) the poller,
+    wake-up pipe and reserve descriptor are closed.
+    """
+    kept = _let_go_of_idle()  # (in a call of its own: no local of this frame holds a loop)
+    gc.collect()
+    survivors = 0
+    for ref, poller, waker, reserve in kept:
+        found = ref()
+        if found is not None:
+            _active.add(found)
+            survivors += 1
+            continue
+        if poller is not None:
+            poller.close()
+        if waker is not None:
+            waker.close()
+        if reserve >= 0:
+            try:
+                os.close(reserve)
+            except OSError:
+                pass
+    _collect_at[0] = max(16, 2 * survivors)
 
 
 class Loop(PollDriver):
