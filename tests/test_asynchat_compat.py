@@ -23,6 +23,7 @@ import netloop
 import netloop.asynchat as nl_asynchat
 import netloop.asyncore as nl_asyncore
 from netloop import pollers
+from coresupport import recv_some
 from support import run_until
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -403,15 +404,7 @@ def test_throttle_that_stops_the_channel_inside_send(loop: Any) -> None:
         c.push(b"z" * 40960)
         assert sends == [4096]  # one send, then out of the map
         got = bytearray()
-
-        def drained() -> bool:
-            try:
-                got.extend(b.recv(65536))
-            except BlockingIOError:
-                pass
-            return len(got) == 40960
-
-        run_until(loop, drained)
+        run_until(loop, lambda: recv_some(b, got) or len(got) == 40960)
         assert sends == [4096] * 10 and bytes(got) == b"z" * 40960
     finally:
         c.close()

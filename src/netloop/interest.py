@@ -199,11 +199,16 @@ class Interest(Services):
         # Detached, not closed: closing it (or its garbage collection) would close the new
         # connection's descriptor.
         _detach(sock)
+        self._retire(old)
+
+    def _retire(self, obj: Any) -> None:
+        """Forget ``obj``'s descriptor number and have ``handle_close()`` called at the next
+        pass (``_close_retired``)."""
         try:
-            old._fileno = None
+            obj._fileno = None
         except AttributeError:
             pass
-        self._ready.append((_close_retired, (old,)))
+        self._ready.append((_close_retired, (obj,)))
         self._slow = True
 
     def _discard(self, key: Any) -> None:
@@ -399,12 +404,7 @@ class Interest(Services):
                 claimed = -1
             if claimed == fd:
                 _detach(sock)  # its close (or garbage collection) would close the loop's
-        try:
-            obj._fileno = None
-        except AttributeError:
-            pass
-        self._ready.append((_close_retired, (obj,)))
-        self._slow = True
+        self._retire(obj)
 
     def _scan(self) -> None:
         # Every pass for legacy code (asked channels, scan=True): keep the loop body lean.
