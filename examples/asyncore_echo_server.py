@@ -6,6 +6,7 @@ many connections (so tests and demos end by themselves); otherwise it runs until
 """
 
 import argparse
+import signal
 import socket
 import sys
 
@@ -45,8 +46,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     server = EchoServer(args.host, args.port, args.max_connections)
     host, port = server.socket.getsockname()[:2]
-    print("listening on %s:%d" % (host, port), flush=True)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops it as Ctrl-C does
     try:
+        print("listening on %s:%d" % (host, port), flush=True)
         asyncore.loop()
     except KeyboardInterrupt:
         asyncore.close_all()

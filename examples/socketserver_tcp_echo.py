@@ -9,6 +9,7 @@ The handler reads one chunk of up to 1 KiB from the connection and sends it back
 
 from __future__ import annotations
 
+import signal
 import socket
 import sys
 import threading
@@ -38,8 +39,9 @@ def main(argv: list) -> None:
     if argv[:1] == ["serve"]:
         port = int(argv[1]) if len(argv) > 1 else 9999
         with socketserver.TCPServer(("127.0.0.1", port), UpperCaseHandler) as server:
-            print("serving on port", server.server_address[1], flush=True)
+            signal.signal(signal.SIGTERM, signal.default_int_handler)  # stops it as Ctrl-C does
             try:
+                print("serving on port", server.server_address[1], flush=True)
                 server.serve_forever()
             except KeyboardInterrupt:
                 pass

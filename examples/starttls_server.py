@@ -7,10 +7,12 @@ records each command it executes in ``commands`` (tests read it).
 
 from __future__ import annotations
 
+import signal
 import socket
 import ssl
 import sys
-from typing import Any, List, Optional
+from collections import deque
+from typing import Any, Deque, List, Optional
 
 import netloop
 from netloop.chat import ChatChannel
@@ -73,8 +75,10 @@ class SMTPServer(Dispatcher):
                  map: Optional[dict] = None) -> None:
         super().__init__(map=map)
         self.context = context
-        self.commands: List[Any] = []
-        self.messages: List[bytes] = []
+        # The latest commands and messages only: a record that grew with every session would
+        # be memory a client could fill at will.
+        self.commands: Deque[Any] = deque(maxlen=10000)
+        self.messages: Deque[bytes] = deque(maxlen=1000)
         self.upgraded = 0
         self.create_socket(socket.AF_INET, socket.SOCK_STREAM)
         self.set_reuse_addr()
@@ -90,8 +94,13 @@ def main(argv: List[str]) -> None:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(argv[0], argv[1])
     server = SMTPServer(("127.0.0.1", int(argv[2]) if len(argv) > 2 else 8025), ctx)
+    loop = netloop.get_loop(server._map)
+    loop.add_signal_handler(signal.SIGTERM, loop.stop)  # a clean stop, status 0
     print("SMTP with STARTTLS on %s:%d" % server.address, flush=True)
-    netloop.get_loop(server._map).run()
+    try:
+        loop.run()
+    except KeyboardInterrupt:
+        pass
 
 
 if __name__ == "__main__":

@@ -121,3 +121,33 @@ def test_echo_command_serves_and_stops_on_sigterm(backend: str, kind: str) -> No
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("args", [["asyncore_echo_server.py", "--port", "0"],
+                                  ["socketserver_tcp_echo.py", "serve", "0"],
+                                  ["starttls_server.py", "CERT", "KEY", "0"]],
+                         ids=lambda a: a[0])
+def test_example_servers_stop_cleanly_on_sigterm(args) -> None:
+    """The example servers run as services: SIGTERM (systemd's stop) ends them with status 0,
+    as Ctrl-C does, not by the signal."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    try:
+        import tlssupport
+    finally:
+        sys.path.pop(0)
+    paths = tlssupport.paths()
+    argv = [paths["cert"] if a == "CERT" else paths["key"] if a == "KEY" else a for a in args]
+    proc = subprocess.Popen([sys.executable, os.path.join(EXAMPLES, argv[0]), *argv[1:]],
+                            env=ENV, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline()  # listening
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -137,6 +137,10 @@ def test_simulated_emfile_rests_the_listener(caplog):
                 assert server.socket.fileno() >= 0
     messages = [r.getMessage() for r in caplog.records]
     assert any("Too many open files" in m and "stays open" in m for m in messages)
+    # One line per episode, however many times the resting listener tried again (as a
+    # dispatcher listener logs it), not one every ACCEPT_BACKOFF.
+    assert server.calls - start_calls >= 2
+    assert sum("Too many open files" in m for m in messages) == 1, messages
 
 
 def test_persistent_odd_error_does_not_spin(caplog):

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import deque
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs a server ~1 MiB
-    from typing import Any
+    from typing import Any, Optional
 
 from . import asyncore
 from .chat.channel import ChatChannel as _ChatChannel
@@ -35,7 +35,7 @@ class async_chat(_ChatChannel, asyncore.dispatcher):
     """asynchat.async_chat: subclass it, define ``collect_incoming_data()`` and
     ``found_terminator()``."""
 
-    max_buffer = None
+    max_buffer: Optional[int] = None
     write_high_water = None  # no output limit, as asynchat (set_write_buffer_limits() sets one)
 
     def collect_incoming_data(self, data: bytes) -> None:

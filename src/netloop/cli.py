@@ -263,8 +263,13 @@ def _line_echo_class() -> Any:
     from .asynchat import async_chat
 
     class LineEcho(async_chat):
+        # A server facing the network: bound a line (the drop-in's default is asynchat's
+        # unbounded buffer) and the replies queued for a client that does not read.
+        max_buffer = 1 << 20
+
         def __init__(self, sock: socket.socket, map: Any) -> None:
             async_chat.__init__(self, sock, map=map)
+            self.set_write_buffer_limits()  # 256 KiB / 64 KiB: stop reading a non-reader
             self.set_terminator(b"\n")
             self.lines: List[bytes] = []
 
@@ -291,8 +296,10 @@ def _socketserver_classes() -> Any:
                     if not data:
                         return
                     self.request.sendall(data)
-            except ConnectionError:
-                return  # a client that resets is an ordinary end for an echo server
+            except OSError:
+                # A client that resets is an ordinary end for an echo server; over TLS the
+                # reset can surface as ssl.SSLError (SSLEOFError on 3.11), not ConnectionError.
+                return
 
     class Server(ss.ThreadingTCPServer):
         allow_reuse_address = True
@@ -311,6 +318,10 @@ def _tls_server_context(cert: Optional[str], key: Optional[str]) -> Any:
         return None
     import ssl
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    # A client that half-closes (FIN without close_notify) while its echo is still queued:
+    # OpenSSL 3 otherwise answers the EOF with a fatal decode_error alert and every queued
+    # byte is lost; with this option the EOF is a plain end of input and the queue drains.
+    ctx.options |= getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)
     try:
         ctx.load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as err:

@@ -179,6 +179,12 @@ def main(argv: Optional[List[str]] = None) -> int:
               % (options.localhost, options.localport, exc), file=sys.stderr)
         return 1
     store = None
+    chan = getattr(server, "channel_class", None)
+    if isinstance(chan, type) and getattr(chan, "write_high_water", 0) is None:
+        # smtpd's channel keeps asynchat's unbounded reply queue; on the command line, a client
+        # that pipelines commands and never reads would make the server hoard every reply.
+        server.channel_class = type(chan.__name__, (chan,), {"write_high_water": 256 * 1024,
+                                                             "write_low_water": 64 * 1024})
     try:
         if isinstance(server, facade.DebuggingServer):
             server.human_readable = not options.raw

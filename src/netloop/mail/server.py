@@ -40,7 +40,7 @@ class SMTPChannel(SMTPProtocol, ChatChannel):
 
     # The protocol bounds each line and message itself (see SMTPProtocol), dropping what is
     # over the limit as it arrives; the chat layer's own cap would close the connection instead.
-    max_buffer = None
+    max_buffer: Optional[int] = None
 
     def __init__(self, server: Any, conn: socket.socket, addr: Any,
                  data_size_limit: Optional[int] = DATA_SIZE_DEFAULT,

@@ -218,6 +218,7 @@ class BaseServer:
         self._nl_events = 0
         self._nl_deferred: Optional[BaseException] = None
         self._nl_fail_streak = 0
+        self._nl_exhausted = False  # an EMFILE episode logged, not yet over
         self._nl_timer: Optional[TimerHandle] = None
         self._nl_closed = False
         self._nl_use(loop, map)
@@ -423,6 +424,7 @@ class BaseServer:
                     continue
                 break
             self._nl_fail_streak = 0
+            self._nl_exhausted = False  # the next EMFILE episode is logged again
             if self._nl_limited and not self._nl_admit(request, client_address):
                 continue
             self._nl_process(request, client_address)
@@ -438,6 +440,10 @@ class BaseServer:
             self._nl_fail_streak = 0
             return True
         if code in ACCEPT_RESOURCE:
+            if self._nl_exhausted:
+                self._nl_pause()  # this episode was logged already (one line, as listeners)
+                return False
+            self._nl_exhausted = True
             logger.error("netloop: %s %s: cannot take a request: %s; resting %.1fs (the server's "
                          "socket stays open)", type(self).__name__, self._nl_where(), err,
                          ACCEPT_BACKOFF)
