@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+import sys
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 import netloop
 
@@ -29,3 +33,23 @@ class ManualClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+#: The environment of a test's subprocess: this checkout's netloop first on the path.
+SUBPROCESS_ENV = dict(os.environ, PYTHONPATH=os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))
+
+
+@contextlib.contextmanager
+def server_process(*argv: str) -> Iterator[subprocess.Popen]:
+    """A server process (``python ARGV``, stdout piped), killed and reaped if still running."""
+    proc = subprocess.Popen([sys.executable, *argv], env=SUBPROCESS_ENV, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()

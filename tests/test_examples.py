@@ -12,6 +12,8 @@ import threading
 
 import pytest
 
+from support import server_process
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
 ENV = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src"))
@@ -24,10 +26,8 @@ def run_example(name: str, *args: str, timeout: float = 30) -> subprocess.Comple
 
 @pytest.mark.timeout(60)
 def test_echo_server_and_client_examples() -> None:
-    server = subprocess.Popen(
-        [sys.executable, os.path.join(EXAMPLES, "asyncore_echo_server.py"),
-         "--max-connections", "1"], env=ENV, stdout=subprocess.PIPE, text=True)
-    try:
+    with server_process(os.path.join(EXAMPLES, "asyncore_echo_server.py"), "--max-connections",
+                 "1") as server:
         assert server.stdout is not None
         line = server.stdout.readline()
         assert line.startswith("listening on 127.0.0.1:"), line
@@ -38,12 +38,6 @@ def test_echo_server_and_client_examples() -> None:
         # The server stops by itself once its one connection is served.
         assert server.wait(timeout=20) == 0
         assert "Incoming connection from" in server.stdout.read()
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
-        if server.stdout is not None:
-            server.stdout.close()
 
 
 @pytest.mark.timeout(60)
@@ -96,9 +90,7 @@ def test_demo_command_prints_what_it_did() -> None:
                                           ("auto", "socketserver")])
 def test_echo_command_serves_and_stops_on_sigterm(backend: str, kind: str) -> None:
     import socket
-    proc = subprocess.Popen([sys.executable, "-m", "netloop", "echo", "--backend", backend,
-                             "--kind", kind], env=ENV, stdout=subprocess.PIPE, text=True)
-    try:
+    with server_process("-m", "netloop", "echo", "--backend", backend, "--kind", kind) as proc:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         assert "listening on 127.0.0.1:" in line, line
@@ -115,12 +107,6 @@ def test_echo_command_serves_and_stops_on_sigterm(backend: str, kind: str) -> No
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
         assert "stopped" in proc.stdout.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 @pytest.mark.timeout(60)
@@ -138,16 +124,8 @@ def test_example_servers_stop_cleanly_on_sigterm(args) -> None:
         sys.path.pop(0)
     paths = tlssupport.paths()
     argv = [paths["cert"] if a == "CERT" else paths["key"] if a == "KEY" else a for a in args]
-    proc = subprocess.Popen([sys.executable, os.path.join(EXAMPLES, argv[0]), *argv[1:]],
-                            env=ENV, stdout=subprocess.PIPE, text=True)
-    try:
+    with server_process(os.path.join(EXAMPLES, argv[0]), *argv[1:]) as proc:
         assert proc.stdout is not None
         assert proc.stdout.readline()  # listening
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 import tlssupport
+from support import server_process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src"))
@@ -22,10 +23,8 @@ ENV = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src"))
                                         ("socketserver", ["--workers", "1"])])
 def test_echo_serves_tls(kind: str, extra: list) -> None:
     p = tlssupport.paths()
-    proc = subprocess.Popen([sys.executable, "-m", "netloop", "echo", "--kind", kind,
-                             "--tls-cert", p["cert"], "--tls-key", p["key"], *extra],
-                            env=ENV, stdout=subprocess.PIPE, text=True)
-    try:
+    with server_process("-m", "netloop", "echo", "--kind", kind, "--tls-cert", p["cert"],
+                        "--tls-key", p["key"], *extra) as proc:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         assert "TLS) listening on 127.0.0.1:" in line, line
@@ -42,12 +41,6 @@ def test_echo_serves_tls(kind: str, extra: list) -> None:
                 assert got == payload
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 def test_echo_with_a_bad_certificate_is_one_line_error(tmp_path: "os.PathLike[str]") -> None:
