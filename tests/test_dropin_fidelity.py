@@ -622,3 +622,49 @@ def test_map_emptied_by_hand_gives_back_its_descriptors():
     asyncore.loop(0.01, map=_Engine().map, count=1)
     assert _open_fds() - before <= 8
     _collect_now()
+
+
+def test_loop_returns_when_another_thread_closes_the_last_channel():
+    """asyncore.loop(map=m) in a thread, waiting (30 s timeout); another thread closes the map's
+    last channel: the loop returns now, as asyncore's did (ZEO's StorageServer.close() joins
+    that thread for 1 s, and its tests start the next server on the same address)."""
+    import threading
+    import time
+    m: dict = {}
+
+    class Trigger(asyncore.file_dispatcher):
+        def __init__(self) -> None:
+            r, self.w = os.pipe()
+            asyncore.file_dispatcher.__init__(self, r, m)
+            os.close(r)
+            self.pulled = threading.Event()
+
+        def writable(self) -> bool:
+            return False
+
+        def handle_read(self) -> None:
+            self.recv(100)
+            self.pulled.set()
+
+        def close(self) -> None:
+            asyncore.file_dispatcher.close(self)
+            os.close(self.w)
+
+    trigger = Trigger()
+    runner = threading.Thread(target=asyncore.loop, kwargs=dict(map=m, timeout=30))
+    runner.start()
+    try:
+        os.write(trigger.w, b"x")  # the loop wakes, reads, and waits again
+        assert trigger.pulled.wait(5)
+        lp = reactor._lookup(m)
+        deadline = time.monotonic() + 5
+        while lp is None or lp._thread_id is None:  # (in its poll, or about to be)
+            assert time.monotonic() < deadline
+            lp = reactor._lookup(m)
+        trigger.close()  # the last channel, from this thread
+        runner.join(5)
+        assert not runner.is_alive()
+    finally:
+        if runner.is_alive():
+            reactor._lookup(m).call_soon_threadsafe(m.clear)
+            runner.join(35)

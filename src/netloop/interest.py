@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import socket as _socket
+from _thread import get_ident as _get_ident
 from errno import EBADF
 
 from .errors import DISCONNECTED, RERAISED
@@ -72,6 +73,7 @@ class Interest(Services):
         _fd_refusals: int
         _stopping: bool
         _contain: bool
+        _thread_id: Optional[int]
 
         def _maybe_release(self) -> None: ...
         def _poll_failed(self, err: OSError) -> List[Tuple[int, int]]: ...
@@ -250,8 +252,14 @@ class Interest(Services):
                     obj._nl_loop = None
             except AttributeError:
                 pass
-        if not self.map and not self._running:
-            self._maybe_release()
+        if not self.map:
+            if not self._running:
+                self._maybe_release()
+            elif self._thread_id is not None and self._thread_id != _get_ident():
+                # Emptied from another thread while the loop waits in its poll: wake it, so
+                # that a run only channels keep going (asyncore's loop()) returns now, not
+                # after its timeout (ZEO's StorageServer.close() joins its loop's thread).
+                self._wake()
 
     def _update(self, obj: Any) -> None:  # obj: a registered channel
         """A channel's interest may have changed: re-register it if it did.
