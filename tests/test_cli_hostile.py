@@ -21,10 +21,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src"))
 
 
-def _start(args: List[str]) -> Tuple[subprocess.Popen, int]:
-    """Start a server; its port, from the line it prints (echo on stdout, smtpd on stderr)."""
+def _start(args: List[str], procs: List[subprocess.Popen]) -> Tuple[subprocess.Popen, int]:
+    """Start a server (in ``procs`` at once, for the fixture to reap whatever happens next); its
+    port, from the line it prints (echo on stdout, smtpd on stderr)."""
     proc = subprocess.Popen([sys.executable, *args], env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
+    procs.append(proc)
     stream = proc.stderr if "netloop.smtpd" in args else proc.stdout
     assert stream is not None
     line = stream.readline()
@@ -105,8 +107,7 @@ def _push_until_stalled(sock: socket.socket, chunk: bytes, most: int) -> int:
 
 @pytest.mark.timeout(60)
 def test_chat_echo_refuses_a_line_that_never_ends(procs) -> None:
-    proc, port = _start(["-m", "netloop", "echo", "--kind", "chat"])
-    procs.append(proc)
+    proc, port = _start(["-m", "netloop", "echo", "--kind", "chat"], procs)
     rss = _rss_kb(proc.pid)
     with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
         c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -126,8 +127,7 @@ def test_a_client_that_never_reads_is_not_hoarded(args: List[str], procs) -> Non
     the server stops reading it once a bounded queue is full, instead of keeping every
     reply in memory."""
     smtp = "netloop.smtpd" in args
-    proc, port = _start(args)
-    procs.append(proc)
+    proc, port = _start(args, procs)
     with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
         if smtp:
             c.recv(1000)  # the greeting
@@ -201,8 +201,7 @@ def test_tls_echo_sends_everything_before_a_half_close_without_close_notify(kind
     end of input with a fatal alert, and what was queued would be lost."""
     p = tlssupport.paths()
     proc, port = _start(["-m", "netloop", "echo", "--kind", kind, "--tls-cert", p["cert"],
-                         "--tls-key", p["key"]])
-    procs.append(proc)
+                         "--tls-key", p["key"]], procs)
     for _ in range(6):
         data = os.urandom(1 << 20) if kind == "dispatcher" else (b"z" * 1023 + b"\n") * 1024
         assert _tls_send_then_half_close(port, data, time.monotonic() + 30) == data
@@ -215,8 +214,7 @@ def test_tls_socketserver_echo_takes_resets_quietly(procs):
     traceback (3.11 raised ssl.SSLEOFError in the handler, which is not a ConnectionError)."""
     p = tlssupport.paths()
     proc, port = _start(["-m", "netloop", "echo", "--kind", "socketserver", "--tls-cert",
-                         p["cert"], "--tls-key", p["key"]])
-    procs.append(proc)
+                         p["cert"], "--tls-key", p["key"]], procs)
     for _ in range(30):
         raw = socket.create_connection(("127.0.0.1", port), timeout=10)
         s = tlssupport.client_context().wrap_socket(raw, server_hostname="localhost")
