@@ -189,10 +189,7 @@ class Interest(Services):
             return  # a foreign object replaced by hand, or a socket handed over: not stale
         if not isinstance(sock, _socket.socket) and not getattr(type(sock), "_nl_owns_fd", False):
             return  # a stand-in for a socket: no descriptor of its own was lost
-        try:
-            claimed = sock.fileno()
-        except Exception:
-            claimed = -1
+        claimed = _claimed_fd(sock)
         if claimed not in (fd, -1):
             return
         logger.warning("netloop: fd %d was closed behind the back of its %s channel and now "
@@ -405,13 +402,8 @@ class Interest(Services):
         if self.map.get(fd) is obj:
             del self.map[fd]
         sock = getattr(obj, "socket", None)
-        if sock is not None:
-            try:
-                claimed = sock.fileno()
-            except Exception:
-                claimed = -1
-            if claimed == fd:
-                _detach(sock)  # its close (or garbage collection) would close the loop's
+        if sock is not None and _claimed_fd(sock) == fd:
+            _detach(sock)  # its close (or garbage collection) would close the loop's
         self._retire(obj)
 
     def _scan(self) -> None:
@@ -628,6 +620,14 @@ def _key_fd(key: Any) -> Optional[int]:
     except (AttributeError, OSError, ValueError):
         return None
     return fd if type(fd) is int and fd >= 0 else None
+
+
+def _claimed_fd(sock: Any) -> int:
+    """The descriptor a socket object says it holds; -1 when closed, detached or unknown."""
+    try:
+        return int(sock.fileno())
+    except Exception:
+        return -1
 
 
 def _detach(sock: Any) -> None:

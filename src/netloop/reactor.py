@@ -174,13 +174,12 @@ def _release_abandoned() -> None:
         return
     idle = 0
     for lp in list(_active):
-        if not (lp._implicit and not lp._running and lp._thread_id is None
-                and not lp._signal_handlers):
+        if not _unattended(lp):
             continue
         # 3: the loop's attribute, its bound map.get (_map_get) and getrefcount's argument.
         if _getrefcount(lp.map) <= 3:
             lp._release()
-        elif not lp._timers and not lp._ready:
+        elif _idle(lp):
             if not lp.map:
                 lp._release()
             else:
@@ -189,11 +188,21 @@ def _release_abandoned() -> None:
         _collect_abandoned()
 
 
+def _unattended(lp: "Loop") -> bool:
+    """An implicit loop that nobody runs now, in any thread, and that handles no signals."""
+    return (lp._implicit and not lp._running and lp._thread_id is None
+            and not lp._signal_handlers)
+
+
+def _idle(lp: "Loop") -> bool:
+    """An unattended loop with nothing scheduled either (no timers, no queued calls): its
+    kernel objects may be given back; its next use takes new ones."""
+    return _unattended(lp) and not lp._timers and not lp._ready
+
+
 def _let_go_of_idle() -> "List[Tuple[weakref.ref[Loop], Any, Any, int]]":
     kept = []
-    for lp in [lp for lp in _active if lp._implicit and not lp._running
-               and lp._thread_id is None and not lp._signal_handlers and not lp._timers
-               and not lp._ready and lp.map]:
+    for lp in [lp for lp in _active if _idle(lp) and lp.map]:
         _active.discard(lp)
         kept.append((weakref.ref(lp), lp._poller, lp._waker, lp._reserve))
     return kept
@@ -642,8 +651,7 @@ def loop(timeout: Optional[float] = 30.0, use_poll: bool = False,
         # and its channels refer to it, so _release_abandoned() never sees it unreferenced.
         # asyncore held no kernel object between calls; give this implicit loop's back (the
         # next call takes new ones and registers the channels again).
-        if lp._implicit and not lp._running and lp._thread_id is None \
-                and not lp._signal_handlers and not lp._timers and not lp._ready:
+        if _idle(lp):
             lp._release()
         raise
     finally:
