@@ -208,10 +208,13 @@ def _let_go_of_idle() -> "List[Tuple[weakref.ref[Loop], Any, Any, int]]":
     return kept
 
 
+_COLLECT_MIN = 8
+
 #: How many idle implicit loops _release_abandoned() lets _active hold before it asks the
-#: garbage collector about them; twice the survivors after each time (at least 16), so a
+#: garbage collector about them; twice the survivors after each time (at least 8: each holds
+#: 3-4 descriptors, so 8 fit under a limit of 64 with their sockets), so a
 #: program with many live maps pays for a collection only each time their number doubles.
-_collect_at = [16]
+_collect_at = [_COLLECT_MIN]
 
 
 def _collect_abandoned() -> None:
@@ -244,7 +247,7 @@ def _collect_abandoned() -> None:
                 os.close(reserve)
             except OSError:
                 pass
-    _collect_at[0] = max(16, 2 * survivors)
+    _collect_at[0] = max(_COLLECT_MIN, 2 * survivors)
 
 
 class Loop(PollDriver):
