@@ -516,3 +516,36 @@ def test_echo_in_line_read_counts_as_activity(loop: netloop.Loop) -> None:
     finally:
         echo.close()
         b.close()
+
+
+def test_echo_reuses_its_slice_for_reads_of_one_length(
+        loop: netloop.Loop, monkeypatch: Any) -> None:
+    """Two echoes on one loop: a read of the length read last sends the slice of the shared
+    buffer made then (no new view per request), and every echo is still what its own read
+    got, whichever channel read before and whatever length came between."""
+    writes: List[Any] = []
+
+    def recorded(fd: int, data: Any) -> int:
+        writes.append((data, bytes(data)))
+        return os.write(fd, data)
+    monkeypatch.setattr(netloop.cli, "_write", recorded)
+    a1, b1 = _pair()
+    a2, b2 = _pair()
+    e1, e2 = CountingEcho(a1, loop.map), CountingEcho(a2, loop.map)
+    try:
+        _echo_round(loop, b1, b"warm")  # makes the loop's buffer (by the methods)
+        writes.clear()
+        rounds = [(b1, os.urandom(10)), (b2, os.urandom(10)), (b1, os.urandom(7)),
+                  (b2, os.urandom(7)), (b1, os.urandom(10))]
+        for peer, payload in rounds:
+            _echo_round(loop, peer, payload)
+        assert [copy for _, copy in writes] == [payload for _, payload in rounds]
+        views = [view for view, _ in writes]
+        assert views[1] is views[0] and views[3] is views[2]
+        assert views[2] is not views[0] and views[4] is not views[2]
+        assert e1.errors == e2.errors == 0
+    finally:
+        e1.close()
+        e2.close()
+        b1.close()
+        b2.close()

@@ -274,7 +274,7 @@ class Loop(PollDriver):
                  "_accepted_by", "_reserve", "_timers", "_ready", "_signal_handlers",
                  "_old_wakeup_fd", "_stopping", "_running", "_thread_id", "_run_lock",
                  "_acquired", "_implicit", "_closed", "_slow", "_notify", "_hup_closes",
-                 "_contain", "_read_view", "_map_get", "_kernel_register",
+                 "_contain", "_read_view", "_read_cut", "_read_cut_len", "_map_get", "_kernel_register",
                  "_kernel_unregister", "_weak")
     if TYPE_CHECKING:
         _closed: bool
@@ -341,6 +341,10 @@ class Loop(PollDriver):
         self._weak = weakref.ref(self)
         # The shared read buffer of Dispatcher.recv_view() (a memoryview), made on first use.
         self._read_view: Any = None
+        # The last slice of it an echo handler sent (cli.EchoHandler), and its length: a
+        # ping-pong server reads the same length each time, and reuses the slice.
+        self._read_cut: Any = None
+        self._read_cut_len = 0
         # A descriptor held in reserve while the loop holds its kernel objects (see
         # spare_descriptor()): given up when the process runs out, to log or shed load.
         self._reserve = -1
