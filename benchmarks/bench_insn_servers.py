@@ -14,13 +14,17 @@ figures of a Python loop and of uvloop sit in one table:
   (SIGCONT) and reads every echo. So every round is exactly one batch of ready connections,
   as many as a real pp100 run hands one ``epoll_wait`` (about 90 there), or one per pass.
   ``connrate``: each round opens 8 new connections while the server is stopped, sends 64
-  bytes on each, reads the echoes and resets them (per connection: accept, echo, close);
+  bytes on each, reads the echoes and resets them (per connection: accept, echo, close).
+  ``stream64k``: each round sends a 64 KiB chunk on each of 10 connections and reads every
+  echo back (checked byte for byte): the bulk path of ``run.py``'s ``stream256k``, counted
+  per 64 KiB (x16 per MB);
 - each server runs twice, with a short and a long measured part after the same warm-up; the
   difference of the two totals, divided by the requests of the difference, is the cost per
   request with start-up, set-up and shutdown cancelled out.
 
     python benchmarks/bench_insn_servers.py                  # 3.11 runner venv: the table
     python benchmarks/bench_insn_servers.py --python 3.13 --servers netloop,uvloop --scenarios pp1
+    python benchmarks/bench_insn_servers.py --python 3.11 --json insn.json   # kept for verdict17
 
 Servers (``--servers``): ``netloop`` (``python -m netloop echo``), ``netloop-asyncore`` (the
 legacy ``dispatcher_with_send`` echo on ``netloop.asyncore``), ``minimal-epoll`` (the
@@ -37,6 +41,7 @@ instructions it executes need.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -55,8 +60,12 @@ import benchlib
 SERVERS = ("netloop", "netloop-asyncore", "minimal-epoll", "uvloop", "asyncio")
 # scenario: (connections, warm-up rounds, short measured rounds, long measured rounds)
 SCENARIOS = {"pp100": (100, 30, 30, 230), "pp1": (1, 300, 300, 2300),
-             "connrate": (8, 50, 50, 550)}
+             "connrate": (8, 50, 50, 550), "stream64k": (10, 20, 20, 120)}
 MESSAGE = b"x" * 64
+# stream64k: each round sends one 64 KiB chunk on each of 10 connections (the bulk path of
+# run.py's stream256k, counted per 64 KiB: x16 for its per-MB figures).
+MESSAGES = {"stream64k": bytes(range(256)) * 256}
+UNITS = {"connrate": "connection", "stream64k": "64 KiB"}
 
 
 def server_command(python: str, name: str, port: int):
@@ -91,7 +100,8 @@ def _children(pid: int):
         return []
 
 
-def _round(pid: int, conns, port: int = 0, stop: bool = True) -> None:
+def _round(pid: int, conns, port: int = 0, stop: bool = True,
+           message: bytes = MESSAGE) -> None:
     """One lock-step round; with ``port``, a connrate round: ``conns`` is a number of new
     connections, each opened while the server is stopped, echoed once and reset. Without
     ``stop`` the server is not stopped (for system call counts: a stop interrupts and
@@ -107,16 +117,18 @@ def _round(pid: int, conns, port: int = 0, stop: bool = True) -> None:
         conns = [socket.create_connection(("127.0.0.1", port), timeout=60)
                  for _ in range(conns)]
     for c in conns:
-        c.sendall(MESSAGE)
+        c.sendall(message)
     if stop:
         os.kill(pid, signal.SIGCONT)
     for c in conns:
-        got = 0
-        while got < len(MESSAGE):
-            chunk = c.recv(len(MESSAGE) - got)
+        got = bytearray()
+        while len(got) < len(message):
+            chunk = c.recv(len(message) - len(got))
             if not chunk:
                 raise RuntimeError("the server closed a connection")
-            got += len(chunk)
+            got += chunk
+        if got != message:
+            raise RuntimeError("the echo differs from what was sent")
     if port:
         for c in conns:  # reset, as loadgen's connrate does (no TIME_WAIT left behind)
             c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -124,7 +136,8 @@ def _round(pid: int, conns, port: int = 0, stop: bool = True) -> None:
 
 
 def run_once(python: str, name: str, conns_n: int, warmup: int, rounds: int,
-             timeout: float = 120, connrate: bool = False, syscalls: bool = False):
+             timeout: float = 120, connrate: bool = False, syscalls: bool = False,
+             message: bytes = MESSAGE):
     """One server under callgrind: the process's total instructions for warm-up + rounds;
     with ``syscalls``, under ``strace -c`` instead: {system call: calls}."""
     tool = shutil.which("strace") if syscalls else bench_insn.find_valgrind()
@@ -143,7 +156,7 @@ def run_once(python: str, name: str, conns_n: int, warmup: int, rounds: int,
                                      port=port, ready_timeout=timeout, name=name)
         try:
             srv.start()
-            _drive(srv, conns_n, warmup, rounds, connrate, syscalls)
+            _drive(srv, conns_n, warmup, rounds, connrate, syscalls, message)
         finally:
             if syscalls and srv.alive():
                 # strace ends (and writes its summary) when the server it runs exits.
@@ -170,7 +183,8 @@ def run_once(python: str, name: str, conns_n: int, warmup: int, rounds: int,
         return total
 
 
-def _drive(srv, conns_n: int, warmup: int, rounds: int, connrate: bool, syscalls: bool) -> None:
+def _drive(srv, conns_n: int, warmup: int, rounds: int, connrate: bool, syscalls: bool,
+           message: bytes = MESSAGE) -> None:
     """The client's side: connect, then the warm-up and measured rounds. valgrind runs the
     server in its own process, which each round stops; strace runs it as a child, not
     stopped."""
@@ -186,7 +200,7 @@ def _drive(srv, conns_n: int, warmup: int, rounds: int, connrate: bool, syscalls
         for c in conns:
             c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for _ in range(warmup + rounds):
-            _round(pid, conns, stop=not syscalls)
+            _round(pid, conns, stop=not syscalls, message=message)
     finally:
         for c in conns:
             c.close()
@@ -218,8 +232,11 @@ def measure(python: str, name: str, scenario: str, syscalls: bool = False,
     # difference. (servers.py itself, the script, is compiled at every start: the same in both.)
     subprocess.run([python, "-m", "compileall", "-q", benchlib.SRC_DIR], check=True,
                    env=benchlib.server_env(), stdout=subprocess.DEVNULL, timeout=300)
-    a = run_once(python, name, conns_n, warmup, short, connrate=connrate, syscalls=syscalls)
-    b = run_once(python, name, conns_n, warmup, long_, connrate=connrate, syscalls=syscalls)
+    message = MESSAGES.get(scenario, MESSAGE)
+    a = run_once(python, name, conns_n, warmup, short, connrate=connrate, syscalls=syscalls,
+                 message=message)
+    b = run_once(python, name, conns_n, warmup, long_, connrate=connrate, syscalls=syscalls,
+                 message=message)
     requests = (long_ - short) * conns_n
     result = {"server": name, "scenario": scenario, "requests": requests, "totals": (a, b)}
     if syscalls:
@@ -252,6 +269,10 @@ def main(argv=None) -> int:
     ap.add_argument("--scenarios", default=",".join(SCENARIOS))
     ap.add_argument("--syscalls", action="store_true",
                     help="count system calls per request (strace -c) instead of instructions")
+    ap.add_argument("--json", metavar="FILE",
+                    help="also store the instruction counts in FILE, under this interpreter's "
+                    "version (other interpreters' figures already there are kept): "
+                    "verdict17.py --insn FILE reads them")
     opts = ap.parse_args(argv)
     python = resolve_python(opts.python)
     servers = [s for s in opts.servers.split(",") if s]
@@ -263,7 +284,7 @@ def main(argv=None) -> int:
         if s not in SCENARIOS:
             ap.error("unknown scenario %r (known: %s)" % (s, ", ".join(SCENARIOS)))
     print("python: %s (%s)" % (python, benchlib.python_tag(python)))
-    unit = {"connrate": "connection"}
+    unit = UNITS
     results = {}
     for scenario in scenarios:
         for name in servers:
@@ -292,7 +313,8 @@ def main(argv=None) -> int:
                     "%.2f" % results[(scenario, name)]["calls"].get(k, 0) for name in servers)))
             print()
         return 0
-    print("| instructions per request (connrate: per connection) | %s |" % " | ".join(servers))
+    print("| instructions per request (connrate: per connection; stream64k: per 64 KiB) | %s |"
+          % " | ".join(servers))
     print("|---|" + "---:|" * len(servers))
     for scenario in scenarios:
         ref = results.get((scenario, "uvloop"))
@@ -302,7 +324,26 @@ def main(argv=None) -> int:
             cells.append("{:,.0f}".format(insn) + (" (%.2fx)" % (insn / ref["insn"])
                                                    if ref and name != "uvloop" else ""))
         print("| %s | %s |" % (scenario, " | ".join(cells)))
+    if opts.json:
+        store_json(opts.json, benchlib.python_tag(python),
+                   {(scenario, name): r["insn"] for (scenario, name), r in results.items()})
     return 0
+
+
+def store_json(path: str, tag: str, insn: dict) -> None:
+    """Add ``{(scenario, server): instructions}`` to ``path`` under ``tag`` (the interpreter)."""
+    data: dict = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            data = json.load(f)
+    per_tag = data.setdefault("insn", {}).setdefault(tag, {})
+    for (scenario, name), value in insn.items():
+        per_tag.setdefault(scenario, {})[name] = round(value, 1)
+    data["units"] = dict(UNITS, default="request")
+    data["command"] = "python benchmarks/bench_insn_servers.py --python %s --json %s" % (tag, path)
+    with open(path, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+        f.write("\n")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
     python benchmarks/verdict17.py benchmarks/results/RUN/results.json
     python benchmarks/verdict17.py RUN/results.json --strict     # exit 1 when a target misses
     python benchmarks/verdict17.py RUN1/results.json RUN2/results.json ...   # across runs
+    python benchmarks/verdict17.py RUN/results.json --insn insn.json   # + each miss taken apart
 
 The run must hold the cells the targets compare (``run.py --servers
 'netloop[auto]@*,netloop-asyncore[auto]@*,uvloop@*,minimal-epoll@*' --scenarios
@@ -176,6 +177,150 @@ def render(tags: List[str], rows: List[List[str]]) -> str:
     return "\n".join(lines)
 
 
+# The CPU targets as split_gaps() reads them: target label -> (the summary keys of CPU, user
+# and sys; the scenario of bench_insn_servers.py's counts and how many of its units make one
+# of run.py's; the server compared with, the limit).
+CPU_TARGETS = {
+    "stream256k <= 1.1x hand-written loop": (
+        ("server_cpu_us_per_mb", "server_user_us", "server_sys_us"), ("stream64k", 16),
+        "loop", 1.1),
+    "stream256k <= 1.5x uvloop": (
+        ("server_cpu_us_per_mb", "server_user_us", "server_sys_us"), ("stream64k", 16),
+        "uvloop", 1.5),
+    "pp100 <= 1.0x uvloop, best run": (
+        ("server_cpu_us_per_op_min", "server_user_us_best", "server_sys_us_best"),
+        ("pp100", 1), "uvloop", 1.0),
+    "connrate <= uvloop": (
+        ("server_cpu_us_per_op", "server_user_us", "server_sys_us"), ("connrate", 1),
+        "uvloop", 1.0),
+    "pp1 <= 1.1x uvloop": (
+        ("server_cpu_us_per_op", "server_user_us", "server_sys_us"), ("pp1", 1), "uvloop", 1.1),
+}
+INSN_NAMES = {"CLI": "netloop", "legacy": "netloop-asyncore", "loop": "minimal-epoll",
+              "uvloop": "uvloop"}
+
+
+def _parts(cell: dict, keys: Tuple[str, str, str]) -> Optional[Tuple[float, float, float]]:
+    """(CPU, user, sys) of a cell, user and sys scaled so that they add up to the CPU figure
+    (run.py takes the medians of the two apart; their shares are what is kept)."""
+    cpu, user, sys_ = (cell.get(k) for k in keys)
+    if cpu is None or user is None or sys_ is None or user + sys_ <= 0:
+        return None
+    return cpu, cpu * user / (user + sys_), cpu * sys_ / (user + sys_)
+
+
+def split_gaps(data: dict, insn: dict) -> List[List[str]]:
+    """Every CPU target's cell that a judged server misses, its CPU over the limit taken apart:
+    the kernel's part (system time over the reference's), netloop's own instructions (its
+    count over the hand-written loop's, at this cell's user time per instruction) and the
+    Python floor (the hand-written loop's count over uvloop's, at the same rate). ``insn``:
+    bench_insn_servers.py --json's file. The last column says what decides the miss:
+    "kernel" when the server's system time over the reference's alone is more than the
+    limit allows (a loop with the reference's user time would still miss); "Python floor"
+    when a loop without netloop's own instructions would still miss; else "netloop"."""
+    summary, servers = data["summary"], data["servers"]
+    tags = sorted({s["tag"] for s in servers if s.get("tag")})
+    counts = insn.get("insn", {})
+    rows: List[List[str]] = []
+    for label, _, _, _, _, _, roles in TARGETS:
+        if label not in CPU_TARGETS:
+            continue
+        keys, (insn_scenario, units), other, limit = CPU_TARGETS[label]
+        scenario = next(t[1] for t in TARGETS if t[0] == label)
+        for tag in tags:
+            ref_cell = _find(summary, servers, other, tag, scenario)
+            ref = _parts(ref_cell, keys) if ref_cell else None
+            tag_counts = counts.get(tag, {}).get(insn_scenario, {})
+            for role in _judged(other, roles):
+                found = _find(summary, servers, role, tag, scenario)
+                mine = _parts(found, keys) if found else None
+                if mine is None or ref is None:
+                    continue
+                cpu, user, sys_ = mine
+                over = cpu - limit * ref[0]
+                if over <= 0:
+                    continue
+                n_mine = tag_counts.get(INSN_NAMES[role])
+                n_loop = tag_counts.get(INSN_NAMES["loop"])
+                n_uv = tag_counts.get(INSN_NAMES["uvloop"])
+                kernel = sys_ - ref[2]
+                if n_mine and n_loop:
+                    rate = user / (n_mine * units)  # µs per instruction, in this cell
+                    own = max(0.0, (n_mine - n_loop) * units * rate)
+                    own_text = "%+.0f insn: %.2f" % ((n_mine - n_loop) * units, own)
+                    if other == "uvloop" and n_uv and n_loop > n_uv:
+                        floor = (n_loop - n_uv) * units * rate
+                        floor_text = "%+.0f insn: %.2f" % ((n_loop - n_uv) * units, floor)
+                    elif other == "uvloop" and n_uv:
+                        # (stream64k: uvloop copies each read into a bytes object, and under
+                        # valgrind memcpy is valgrind's own, slow one: its count is no floor)
+                        floor_text = "none (uvloop %+.0f insn)" % ((n_uv - n_loop) * units)
+                    else:
+                        floor_text = "-"
+                else:
+                    own, own_text, floor_text = None, "no counts", "no counts"
+                if ref[1] + sys_ > limit * ref[0]:
+                    decided = "kernel"
+                elif own is None:
+                    decided = "no counts"
+                elif cpu - own > limit * ref[0]:
+                    decided = "Python floor"
+                else:
+                    decided = "netloop"
+                rows.append([label, tag, role,
+                             "%.2f (%.2f + %.2f)" % (cpu, user, sys_),
+                             "%.2f (%.2f + %.2f)" % ref, "%.2f" % (limit * ref[0]),
+                             "%.2f" % over, "%+.2f" % kernel, own_text, floor_text, decided])
+    return rows
+
+
+def split_idle(data: dict) -> List[List[str]]:
+    """The idle target's misses: the server's CPU per request with 10,000 idle connections
+    against without them (same server, same run), user and sys apart. With epoll an idle
+    connection costs a loop nothing per event; what moves is the kernel's side ("kernel" when
+    most of the extra CPU is system time) or a server the client did not saturate."""
+    summary, servers = data["summary"], data["servers"]
+    tags = sorted({s["tag"] for s in servers if s.get("tag")})
+    keys = ("server_cpu_us_per_op", "server_user_us", "server_sys_us")
+    rows: List[List[str]] = []
+    for tag in tags:
+        for role in ("CLI", "legacy"):
+            idle = _find(summary, servers, role, tag, "pp100-idle10k")
+            base = _find(summary, servers, role, tag, "pp100")
+            if not idle or not base or not base.get("metric"):
+                continue
+            ratio = idle["metric"] / base["metric"]
+            a, b = _parts(idle, keys), _parts(base, keys)
+            if ratio >= 0.95 or a is None or b is None:
+                continue
+            d_user, d_sys = a[1] - b[1], a[2] - b[2]
+            saturated = (idle.get("server_cpu_util") or 0) >= 0.9
+            decided = ("client" if not saturated else
+                       "kernel" if d_sys >= d_user else "netloop")
+            rows.append([tag, role, "%.2fx" % ratio, "%.2f (%.2f + %.2f)" % a,
+                         "%.2f (%.2f + %.2f)" % b, "%+.2f" % d_user, "%+.2f" % d_sys,
+                         "%.0f%%" % (100 * (idle.get("server_cpu_util") or 0)), decided])
+    return rows
+
+
+def render_idle(rows: List[List[str]]) -> str:
+    head = ["python", "server", "throughput, idle / none", "CPU per request with 10k idle "
+            "(user + sys), µs", "without", "user", "sys", "server CPU busy", "decided by"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * 6 + "---|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def render_gaps(rows: List[List[str]]) -> str:
+    head = ["target", "python", "server", "CPU (user + sys), µs", "reference (user + sys)",
+            "limit", "over by", "sys over the reference", "netloop's own: insn over the "
+            "hand-written loop, µs", "Python floor: the loop's insn over uvloop's, µs",
+            "decided by"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|---|" + "---:|" * 7 + "---|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("results", nargs="+",
@@ -183,6 +328,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                     "several: how often each target held across them")
     ap.add_argument("--strict", action="store_true",
                     help="exit 1 when a target is not met (one run only)")
+    ap.add_argument("--insn", metavar="FILE",
+                    help="instruction counts (bench_insn_servers.py --json FILE): take every "
+                    "missed CPU target apart into kernel time, netloop's own instructions "
+                    "and the Python floor (one run only)")
     opts = ap.parse_args(argv)
     runs = []
     for path in opts.results:
@@ -202,6 +351,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     print("all targets met in this run" if all_met else
           "not every target met in this run (bold: met; 'loop': the hand-written loop's own "
           "ratio to uvloop in the same run)")
+    if opts.insn:
+        with open(opts.insn) as f:
+            insn = json.load(f)
+        rows = split_gaps(data, insn)
+        print()
+        print(render_gaps(rows) if rows else "no CPU target missed")
+        idle = split_idle(data)
+        if idle:
+            print()
+            print(render_idle(idle))
     return 1 if opts.strict and not all_met else 0
 
 

@@ -442,6 +442,9 @@ def test_bench_insn_servers_counts_whole_server_processes():
         assert 2000 < r["insn"] < 60000, r
     r = bis.measure(sys.executable, "netloop", "connrate", rounds=(4, 2, 42))
     assert r["requests"] == 40 * 8 and 10000 < r["insn"] < 500000, r
+    # stream64k: 64 KiB chunks on 10 connections, each echo checked byte for byte
+    r = bis.measure(sys.executable, "netloop", "stream64k", rounds=(2, 2, 12))
+    assert r["requests"] == 10 * 10 and 500 < r["insn"] < 500000, r
     if shutil.which("strace") is None:
         if os.environ.get("CI"):
             pytest.fail("strace is not installed (CI must install it: apt-get install strace)")
@@ -452,6 +455,21 @@ def test_bench_insn_servers_counts_whole_server_processes():
     assert calls.get("write", 0) == pytest.approx(1, abs=0.05), calls
     assert calls.get("sendto", 0) == pytest.approx(0, abs=0.05), calls
     assert calls.get("epoll_wait", 0) == pytest.approx(1, abs=0.1), calls
+
+
+def test_bench_insn_servers_json_keeps_each_interpreters_counts(tmp_path):
+    import json
+    import bench_insn_servers as bis
+    path = str(tmp_path / "insn.json")
+    bis.store_json(path, "3.11", {("pp1", "netloop"): 8409.4, ("pp1", "uvloop"): 4007.0})
+    bis.store_json(path, "3.13", {("pp1", "netloop"): 9000.0})
+    bis.store_json(path, "3.11", {("stream64k", "netloop"): 3100.0})
+    with open(path) as f:
+        data = json.load(f)
+    assert data["insn"]["3.11"] == {"pp1": {"netloop": 8409.4, "uvloop": 4007.0},
+                                    "stream64k": {"netloop": 3100.0}}
+    assert data["insn"]["3.13"] == {"pp1": {"netloop": 9000.0}}
+    assert data["units"]["stream64k"] == "64 KiB"
 
 
 def test_a_stuck_server_is_described_from_proc():

@@ -96,3 +96,49 @@ def test_across_runs_counts_each_servers_met_runs(tmp_path, capsys):
     rows = {tuple(c.strip() for c in line.strip("|").split("|")[:2]): line
             for line in capsys.readouterr().out.splitlines() if line.startswith("| ")}
     assert "2/3 met" in rows[("connrate <= uvloop", "CLI")]  # a missing cell is not met
+
+
+def _split_cells() -> dict:
+    cells = _all_met()
+    # pp1 (limit 1.1 x uvloop's 20.0 = 22.0), user + sys per request:
+    cells[("uvloop", "pp1")] = {"server_cpu_us_per_op": 20.0, "server_user_us": 4.0,
+                                "server_sys_us": 16.0}
+    # the CLI: its sys alone (19.0) with uvloop's user (4.0) is over the limit -> kernel
+    cells[("CLI", "pp1")] = {"server_cpu_us_per_op": 25.0, "server_user_us": 6.0,
+                             "server_sys_us": 19.0}
+    # legacy: 23.0, of which netloop's own 2,000 instructions at 1 ns are 2.0 µs: 21.0 is
+    # under the limit without them -> netloop
+    cells[("legacy", "pp1")] = {"server_cpu_us_per_op": 23.0, "server_user_us": 8.0,
+                                "server_sys_us": 15.0}
+    # the idle target: the CLI's 10k-idle throughput 0.80x its pp100, the extra CPU sys time
+    cells[("CLI", "pp100")].update({"server_cpu_us_per_op": 10.0, "server_user_us": 2.0,
+                                    "server_sys_us": 8.0})
+    cells[("CLI", "pp100-idle10k")] = {"metric": 80.0, "server_cpu_us_per_op": 12.5,
+                                       "server_user_us": 2.1, "server_sys_us": 10.4,
+                                       "server_cpu_util": 0.98}
+    return cells
+
+
+def test_misses_are_taken_apart_with_instruction_counts(tmp_path, capsys):
+    insn = {"insn": {"3.11": {"pp1": {"netloop": 7000, "netloop-asyncore": 8000,
+                                      "minimal-epoll": 6000, "uvloop": 4000}}}}
+    data = _results(_split_cells())
+    rows = verdict17.split_gaps(data, insn)
+    by_role = {r[2]: r for r in rows}
+    assert set(by_role) == {"CLI", "legacy"}, rows  # the met cells are not listed
+    assert by_role["CLI"][-1] == "kernel" and by_role["CLI"][7] == "+3.00"
+    legacy = by_role["legacy"]
+    assert legacy[-1] == "netloop" and legacy[6] == "1.00", legacy
+    assert legacy[8] == "+2000 insn: 2.00" and legacy[9] == "+2000 insn: 2.00", legacy
+    # without counts for its scenario a miss is not blamed on anything
+    rows = verdict17.split_gaps(data, {"insn": {}})
+    assert {r[-1] for r in rows} == {"kernel", "no counts"}, rows
+    idle = verdict17.split_idle(data)
+    assert len(idle) == 1 and idle[0][:3] == ["3.11", "CLI", "0.80x"], idle
+    assert idle[0][5:7] == ["+0.10", "+2.40"] and idle[0][-1] == "kernel", idle
+    results, counts = tmp_path / "results.json", tmp_path / "insn.json"
+    results.write_text(json.dumps(data))
+    counts.write_text(json.dumps(insn))
+    assert verdict17.main([str(results), "--insn", str(counts)]) == 0
+    out = capsys.readouterr().out
+    assert "| pp1 <= 1.1x uvloop | 3.11 | legacy |" in out and "| 3.11 | CLI | 0.80x |" in out
