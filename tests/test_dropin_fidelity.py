@@ -668,3 +668,68 @@ def test_loop_returns_when_another_thread_closes_the_last_channel():
         if runner.is_alive():
             reactor._lookup(m).call_soon_threadsafe(m.clear)
             runner.join(35)
+
+
+# ---------------------------------------------------------------- a channel that reconnects
+
+class ReconnectingClient(asyncore.dispatcher):
+    """irc-bot's SimpleIRCBot: handle_close() keeps the channel, and a later reconnect makes a
+    new socket on it (socket.close(); create_socket(); connect())."""
+
+    def __init__(self, map: Any) -> None:
+        asyncore.dispatcher.__init__(self, map=map)
+        self.got: List[bytes] = []
+        self.closes = 0
+
+    def handle_connect(self) -> None:
+        pass
+
+    def handle_read(self) -> None:
+        data = self.recv(100)
+        if data:
+            self.got.append(data)
+
+    def handle_close(self) -> None:
+        self.closes += 1
+
+    def writable(self) -> bool:
+        return not self.connected
+
+
+@pytest.mark.parametrize("use_poll", [False, True])
+def test_a_new_socket_on_a_channel_that_saw_end_of_input_is_read(
+        poller_name: str, use_poll: bool) -> None:
+    m: dict = {}
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(2)
+    c = ReconnectingClient(m)
+    conns: List[socket.socket] = []
+
+    def until(cond: Any) -> None:
+        for _ in range(200):
+            if cond():
+                return
+            asyncore.loop(timeout=0.05, use_poll=use_poll, map=m, count=1, poller=poller_name)
+        raise AssertionError("condition not reached: got %r" % c.got)
+    try:
+        c.create_socket(socket.AF_INET, socket.SOCK_STREAM)
+        c.connect(srv.getsockname())
+        conn, _ = srv.accept()
+        conns.append(conn)
+        conn.sendall(b"first")
+        conn.close()
+        until(lambda: c.closes)  # end of input: netloop stops reading that socket
+        c.socket.close()
+        c.create_socket(socket.AF_INET, socket.SOCK_STREAM)
+        c.connect(srv.getsockname())
+        conn, _ = srv.accept()
+        conns.append(conn)
+        conn.sendall(b"second")
+        until(lambda: b"second" in c.got)
+        assert c.got == [b"first", b"second"]
+    finally:
+        c.close()
+        for conn in conns:
+            conn.close()
+        srv.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import warnings
@@ -311,3 +312,47 @@ def test_parsers() -> None:
     assert unstuff(b"a\r\n..b\r\n.c", b"\r\n", b"\n", b".") == b"a\n.b\nc"
     assert unstuff(b"a\r\nb", b"\r\n", b"\n", b".") == b"a\nb"
     assert unstuff(".x", "\r\n", "\n", ".") == "x"
+
+
+def test_push_goes_through_async_chat_push_with_the_channel() -> None:
+    """As smtpd: SMTPChannel.push() calls asynchat.async_chat.push(self, data), so a test that
+    patches that method on the class sees (channel, data) (salmon-mail's test_SMTPChannel)."""
+    from unittest import mock
+
+    import netloop.asynchat as nl_asynchat
+
+    class Server:  # what SMTPChannel reads of its server
+        pass
+
+    a, b = socket.socketpair()
+    try:
+        with mock.patch.object(nl_asynchat.async_chat, "push") as pushed:
+            channel = nl_smtpd.SMTPChannel(Server(), a, ("127.0.0.1", 1), map={})
+            args = pushed.call_args[0]
+        assert len(args) == 2 and args[0] is channel
+        assert args[1].startswith(b"220 ") and args[1].endswith(b"\r\n")
+        channel.push("250 h\u00e9llo")  # not encodable in ascii: '?' rather than an exception
+        channel.initiate_send()
+        assert b.recv(1000).endswith(b"250 h?llo\r\n")
+        channel.close()
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_mock_server_gets_a_real_host_name_in_the_greeting() -> None:
+    """salmon-mail makes channels of a unittest.mock.Mock server: the fqdn netloop caches on
+    the server must not be the Mock's automatic attribute."""
+    from unittest import mock
+
+    a, b = socket.socketpair()
+    try:
+        channel = nl_smtpd.SMTPChannel(mock.Mock(), a, ("127.0.0.1", 1), map={})
+        assert type(channel.fqdn) is str and "Mock" not in channel.fqdn
+        channel.initiate_send()
+        greeting = b.recv(1000)
+        assert greeting.startswith(b"220 " + channel.fqdn.encode()) and b"Mock" not in greeting
+        channel.close()
+    finally:
+        a.close()
+        b.close()

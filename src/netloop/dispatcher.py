@@ -398,6 +398,11 @@ class Dispatcher:
         """Serve ``sock``, an existing socket, on this channel: remember it and add the channel to
         ``map`` (default: its own map). The socket should already be non-blocking.
         """
+        if getattr(self, "_nl_paused", 0) & PAUSED_AT_EOF:
+            # The end of input of this channel's previous socket is not this one's: read it.
+            # (A client whose handle_close() keeps the channel and later reconnects on a new
+            # socket with create_socket(), as irc-bot's SimpleIRCBot does.)
+            self._nl_paused &= ~PAUSED_AT_EOF
         self.socket = sock
         self._fileno = sock.fileno()
         self.add_channel(map)

@@ -108,6 +108,15 @@ class SMTPChannel(_server.SMTPChannel, asynchat.async_chat):
     def greeting_version(self) -> str:  # type: ignore[override]
         return __version__
 
+    def push(self, msg: Any) -> None:
+        """Send the reply line ``msg`` (a str, without CRLF), as smtpd did: through
+        ``asynchat.async_chat.push(self, data)``, looked up when called, so that a test that
+        patches that method with a mock sees the channel and the bytes (salmon-mail's do).
+        A character the session cannot encode goes out as ``?`` (smtpd raised
+        UnicodeEncodeError and the channel was closed)."""
+        encoding = "utf-8" if self.require_SMTPUTF8 else "ascii"
+        asynchat.async_chat.push(self, bytes(msg + "\r\n", encoding, "replace"))
+
     def _nl_getfqdn(self) -> str:
         return socket.getfqdn()  # this module's global: a test may have replaced it
 

@@ -74,7 +74,9 @@ class SMTPChannel(SMTPProtocol, ChatChannel):
     def _nl_server_fqdn(self, server: Any) -> str:
         # Once per server: getfqdn() may wait on DNS, and the loop waits with it.
         fqdn = getattr(server, "_nl_fqdn", None)
-        if fqdn is None:
+        if type(fqdn) is not str:
+            # None, or what a stand-in server (a unittest.mock.Mock) answers for any name: no
+            # name cached (salmon-mail's tests make channels of a Mock server).
             fqdn = self._nl_getfqdn()
             try:
                 server._nl_fqdn = fqdn
