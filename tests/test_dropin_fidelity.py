@@ -728,6 +728,21 @@ def test_a_new_socket_on_a_channel_that_saw_end_of_input_is_read(
         conn.sendall(b"second")
         until(lambda: b"second" in c.got)
         assert c.got == [b"first", b"second"]
+        # Again, with a socket connected elsewhere and given to set_socket(): it takes the
+        # number the channel's socket had, which the map still holds.
+        conn.close()
+        until(lambda: c.closes == 2)
+        number = c.socket.fileno()
+        c.socket.close()
+        new = socket.create_connection(srv.getsockname())
+        assert new.fileno() == number
+        new.setblocking(False)
+        c.set_socket(new)
+        conn, _ = srv.accept()
+        conns.append(conn)
+        conn.sendall(b"third")
+        until(lambda: b"third" in c.got)
+        assert c.got == [b"first", b"second", b"third"]
     finally:
         c.close()
         for conn in conns:

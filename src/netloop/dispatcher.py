@@ -403,8 +403,16 @@ class Dispatcher:
             # (A client whose handle_close() keeps the channel and later reconnects on a new
             # socket with create_socket(), as irc-bot's SimpleIRCBot does.)
             self._nl_paused &= ~PAUSED_AT_EOF
+        fd = sock.fileno()
+        if fd == getattr(self, "_fileno", None) and sock is not getattr(self, "socket", None):
+            # The previous socket was closed by hand and this one took its number, which the
+            # loop still watches for this channel: for epoll that watch ended with the old
+            # file. Forget it, so that add_channel() watches the new file.
+            lp = getattr(self, "_nl_loop", None)
+            if lp is not None and lp._acquired and lp._objs.get(fd) is self:
+                lp._discard(fd)
         self.socket = sock
-        self._fileno = sock.fileno()
+        self._fileno = fd
         self.add_channel(map)
 
     def set_reuse_addr(self) -> None:
