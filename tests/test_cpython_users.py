@@ -19,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from typing import List, Tuple
 
 import pytest
@@ -50,10 +51,16 @@ RUNS = _runs()
 
 
 def run_pair(name: str, *extra: str) -> Tuple[dict, dict]:
-    """The reports of the netloop run and of the stdlib run of one selection, run at once."""
+    """The reports of the netloop run and of the stdlib run of one selection, run at once.
+
+    Each in a working directory of its own: suites write files there by fixed names
+    (test_logging's BasicConfigTest writes and removes ``test.log``), and two at once in one
+    directory removed each other's."""
+    dirs = [tempfile.TemporaryDirectory(prefix="cpython_users.") for _ in range(2)]
     procs = [subprocess.Popen([sys.executable, RUNNER, name, "--json", *extra, *stdlib],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for stdlib in ((), ("--stdlib",))]
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              cwd=cwd.name)
+             for stdlib, cwd in zip(((), ("--stdlib",)), dirs)]
     reports = []
     try:
         for proc in procs:
@@ -66,6 +73,8 @@ def run_pair(name: str, *extra: str) -> Tuple[dict, dict]:
             if proc.poll() is None:
                 proc.kill()
                 proc.communicate()
+        for cwd in dirs:
+            cwd.cleanup()
     ours, theirs = reports
     if "skipped" in ours and "run" not in ours:
         pytest.skip(ours["skipped"])
