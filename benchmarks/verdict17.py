@@ -57,6 +57,23 @@ def _find(summary: dict, servers: List[dict], role: str, tag: str,
     return None
 
 
+def _tags(data: dict) -> List[str]:
+    """The interpreters of a run (``3.11``, ``3.13``), sorted."""
+    return sorted({s["tag"] for s in data["servers"] if s.get("tag")})
+
+
+def _table(head: List[str], rows: List[List[str]], text_columns: int = 0) -> str:
+    """A Markdown table; columns after the first ``text_columns`` (but the last, a word)
+    are right-aligned figures when ``text_columns`` is given."""
+    if text_columns:
+        align = "---|" * text_columns + "---:|" * (len(head) - text_columns - 1) + "---|"
+    else:
+        align = "---|" * len(head)
+    lines = ["| " + " | ".join(head) + " |", "|" + align]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
 def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
     if a is None or b is None or not b:
         return None
@@ -88,7 +105,7 @@ TARGETS = [
 def figures(data: dict) -> dict:
     """{(target label, tag, server role): the ratio (MB for RSS), None when a cell is missing}."""
     summary, servers = data["summary"], data["servers"]
-    tags = sorted({s["tag"] for s in servers if s.get("tag")})
+    tags = _tags(data)
     out: dict = {}
 
     def cell(role: str, tag: str, scenario: str, key: str) -> Optional[float]:
@@ -121,7 +138,7 @@ def _judged(other: Optional[str], roles: Tuple[str, ...]) -> Tuple[str, ...]:
 
 def verdicts(data: dict) -> Tuple[List[str], List[List[str]], bool]:
     """(the interpreter tags, the table's rows, whether every target was met)."""
-    tags = sorted({s["tag"] for s in data["servers"] if s.get("tag")})
+    tags = _tags(data)
     found = figures(data)
     rows: List[List[str]] = []
     all_met = True
@@ -153,8 +170,7 @@ def across(runs: List[dict]) -> str:
     """The table of how often each target held over ``runs`` (results.json contents)."""
     per_run = [figures(d) for d in runs]
     tags = sorted({k[1] for f in per_run for k in f})
-    lines = ["| target | server | " + " | ".join(tags) + " |",
-             "|---|---|" + "---|" * len(tags)]
+    rows = []
     for label, _, _, other, limit, higher, roles in TARGETS:
         for role in roles:
             cells = []
@@ -166,15 +182,12 @@ def across(runs: List[dict]) -> str:
                 span = ("%.2f-%.2f%s" % (min(got), max(got), unit)) if got else "missing"
                 cells.append("%d/%d met (%s)" % (met, len(values), span))
             name = {"loop": "hand-written loop"}.get(role, role)
-            lines.append("| %s | %s | %s |" % (label, name, " | ".join(cells)))
-    return "\n".join(lines)
+            rows.append([label, name] + cells)
+    return _table(["target", "server"] + tags, rows)
 
 
 def render(tags: List[str], rows: List[List[str]]) -> str:
-    lines = ["| target | " + " | ".join(tags) + " |",
-             "|---|" + "---|" * len(tags)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
+    return _table(["target"] + tags, rows)
 
 
 # The CPU targets as split_gaps() reads them: target label -> (the summary keys of CPU, user
@@ -219,7 +232,7 @@ def split_gaps(data: dict, insn: dict) -> List[List[str]]:
     limit allows (a loop with the reference's user time would still miss); "Python floor"
     when a loop without netloop's own instructions would still miss; else "netloop"."""
     summary, servers = data["summary"], data["servers"]
-    tags = sorted({s["tag"] for s in servers if s.get("tag")})
+    tags = _tags(data)
     counts = insn.get("insn", {})
     rows: List[List[str]] = []
     for label, _, _, _, _, _, roles in TARGETS:
@@ -280,7 +293,7 @@ def split_idle(data: dict) -> List[List[str]]:
     connection costs a loop nothing per event; what moves is the kernel's side ("kernel" when
     most of the extra CPU is system time) or a server the client did not saturate."""
     summary, servers = data["summary"], data["servers"]
-    tags = sorted({s["tag"] for s in servers if s.get("tag")})
+    tags = _tags(data)
     keys = ("server_cpu_us_per_op", "server_user_us", "server_sys_us")
     rows: List[List[str]] = []
     for tag in tags:
@@ -306,9 +319,7 @@ def split_idle(data: dict) -> List[List[str]]:
 def render_idle(rows: List[List[str]]) -> str:
     head = ["python", "server", "throughput, idle / none", "CPU per request with 10k idle "
             "(user + sys), µs", "without", "user", "sys", "server CPU busy", "decided by"]
-    lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * 6 + "---|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
+    return _table(head, rows, text_columns=2)
 
 
 def render_gaps(rows: List[List[str]]) -> str:
@@ -316,9 +327,7 @@ def render_gaps(rows: List[List[str]]) -> str:
             "limit", "over by", "sys over the reference", "netloop's own: insn over the "
             "hand-written loop, µs", "Python floor: the loop's insn over uvloop's, µs",
             "decided by"]
-    lines = ["| " + " | ".join(head) + " |", "|---|---|---|" + "---:|" * 7 + "---|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
+    return _table(head, rows, text_columns=3)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

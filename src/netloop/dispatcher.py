@@ -401,7 +401,9 @@ class Dispatcher:
         if getattr(self, "_nl_paused", 0) & PAUSED_AT_EOF:
             # The end of input of this channel's previous socket is not this one's: read it.
             # (A client whose handle_close() keeps the channel and later reconnects on a new
-            # socket with create_socket(), as irc-bot's SimpleIRCBot does.)
+            # socket with create_socket(), as irc-bot's SimpleIRCBot does.) The bit only:
+            # _set_paused() would have the loop watch the old descriptor again; add_channel()
+            # below watches the new one with this mask.
             self._nl_paused &= ~PAUSED_AT_EOF
         fd = sock.fileno()
         if fd == getattr(self, "_fileno", None) and sock is not getattr(self, "socket", None):

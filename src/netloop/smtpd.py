@@ -114,8 +114,7 @@ class SMTPChannel(_server.SMTPChannel, asynchat.async_chat):
         patches that method with a mock sees the channel and the bytes (salmon-mail's do).
         A character the session cannot encode goes out as ``?`` (smtpd raised
         UnicodeEncodeError and the channel was closed)."""
-        encoding = "utf-8" if self.require_SMTPUTF8 else "ascii"
-        asynchat.async_chat.push(self, bytes(msg + "\r\n", encoding, "replace"))
+        asynchat.async_chat.push(self, _protocol.reply_bytes(msg, self.require_SMTPUTF8))
 
     def _nl_getfqdn(self) -> str:
         return socket.getfqdn()  # this module's global: a test may have replaced it

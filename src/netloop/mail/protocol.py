@@ -96,6 +96,13 @@ def parse_params(params: List[str]) -> Optional[Dict[str, Union[str, bool]]]:
     return found
 
 
+def reply_bytes(msg: str, utf8: bool) -> bytes:
+    """The reply line ``msg`` as it goes out: CRLF added, encoded for the session (UTF-8 once
+    SMTPUTF8 was asked for, else ASCII), a character that cannot be encoded sent as ``?``
+    rather than failing (a reply may echo what the client sent)."""
+    return bytes(msg + "\r\n", "utf-8" if utf8 else "ascii", "replace")
+
+
 def unstuff(data: Any, linesep: Any, newline: Any, dot: Any) -> Any:
     """Undo SMTP's dot-stuffing (RFC 5321 4.5.2) and turn each ``linesep`` into ``newline``.
 
@@ -248,8 +255,7 @@ class SMTPProtocol:
     # ------------------------------------------------------------------ output
     def push(self, msg: Any) -> None:
         """Send the reply line ``msg`` (a str, without CRLF)."""
-        encoding = "utf-8" if self.require_SMTPUTF8 else "ascii"
-        super().push(bytes(msg + "\r\n", encoding, "replace"))  # type: ignore[misc]
+        super().push(reply_bytes(msg, self.require_SMTPUTF8))  # type: ignore[misc]
 
     # ------------------------------------------------------------------ input
     def collect_incoming_data(self, data: bytes) -> None:
