@@ -283,6 +283,36 @@ def test_accept_burst_is_bounded():
                 c.close()
 
 
+@pytest.mark.skipif(netloop.dispatcher._TCP_INFO is None,
+                    reason="the accept queue is counted on Linux only (TCP_INFO)")
+def test_burst_makes_no_get_request_that_finds_nothing():
+    calls = []
+
+    class Counting(ss.TCPServer):
+        def get_request(self):
+            try:
+                pair = super().get_request()
+            except OSError as err:
+                calls.append(err.errno)
+                raise
+            calls.append("ok")
+            return pair
+
+    server = make(Counting, Recorder)
+    with server:
+        clients = [socket.create_connection(server.server_address) for _ in range(4)]
+        try:
+            for _ in range(10000):
+                if netloop.dispatcher.accept_queue_length(server.socket) >= 4:
+                    break
+            server.get_loop().run_once(5)
+            assert len(server.handled) == 4
+            assert calls == ["ok"] * 4  # no EAGAIN at the end of the burst
+        finally:
+            for c in clients:
+                c.close()
+
+
 def test_blocking_listener_takes_one_request_per_event():
     server = make(ss.TCPServer, Recorder)
     with server:

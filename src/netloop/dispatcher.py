@@ -9,7 +9,9 @@ and event routing) with these differences, each deliberate:
 - ``accept()`` failing for lack of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM) logs
   one clear line and pauses the listener briefly instead of raising, which in asyncore reached
   ``handle_error()`` and closed the listening socket (or, if caught, spun at 100% CPU).
-- The default ``handle_accept()`` accepts a bounded burst per readiness event, not one.
+- The default ``handle_accept()`` accepts a bounded burst per readiness event, not one. On
+  Linux, a TCP listener's burst is as long as the kernel's accept queue (``TCP_INFO``), so no
+  ``accept()`` is made that can only fail (``EAGAIN``).
 - A dispatcher made for a socket its loop accepted in the same pass takes ``addr`` from
   ``accept()`` instead of asking ``getpeername()`` (one system call less per connection). If
   the peer already reset, ``connected`` stays True and the first ``recv()`` reports the close,
@@ -28,6 +30,8 @@ import logging
 import mmap as _mmap
 import os
 import socket as _socket
+import struct
+import sys
 import time
 import weakref
 from errno import (EALREADY, EBADF, EINPROGRESS, EINVAL, EISCONN, ENOTCONN, EWOULDBLOCK,
@@ -53,8 +57,8 @@ if TYPE_CHECKING:
 # descriptors, when an import (which opens files) would fail too.
 logger = logging.getLogger("netloop")
 
-__all__ = ["Dispatcher", "known_interest", "READ_BUFFER_SIZE", "ACCEPT_BURST", "ACCEPT_BACKOFF",
-           "ACCEPT_EPISODE_GAP", "TLS_HANDSHAKE_TIMEOUT"]
+__all__ = ["Dispatcher", "known_interest", "accept_queue_length", "READ_BUFFER_SIZE",
+           "ACCEPT_BURST", "ACCEPT_BACKOFF", "ACCEPT_EPISODE_GAP", "TLS_HANDSHAKE_TIMEOUT"]
 
 _LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR,
            "debug": logging.DEBUG}
@@ -68,6 +72,30 @@ ACCEPT_BACKOFF = 0.1
 #: Seconds accept() must have worked before a new failure counts as a new episode (and logs a
 #: new line): freed descriptors are often taken again at once by the backlog that waited.
 ACCEPT_EPISODE_GAP = 2.0
+
+# How many connections a Linux TCP listener has waiting: for a listening socket, the kernel
+# fills tcp_info's tcpi_unacked field (offset 24) with its accept queue's length (what `ss -l`
+# shows as Recv-Q), and tcpi_state (offset 0) with TCP_LISTEN (10). One getsockopt() per
+# readiness event lets handle_accept() stop after the last connection instead of calling
+# accept() until it fails: a failing accept4() allocates a socket and a file before it finds
+# the queue empty, and costs 7.8 us here against 0.75 us for the getsockopt() (Linux 6.18).
+_TCP_INFO = getattr(_socket, "TCP_INFO", None) if sys.platform.startswith("linux") else None
+_TCP_INFO_LEN = 28
+_TCP_LISTEN = 10
+_waiting_in_queue = struct.Struct("=24xI").unpack_from
+
+
+def accept_queue_length(sock: Any) -> int:
+    """Connections waiting in the accept queue of ``sock``, a listening TCP socket on Linux;
+    -1 where the kernel cannot tell (another system, a Unix or UDP socket, a socket not
+    listening, an object that is not a socket)."""
+    if _TCP_INFO is None:
+        return -1
+    try:
+        info = sock.getsockopt(_socket.IPPROTO_TCP, _TCP_INFO, _TCP_INFO_LEN)
+        return _waiting_in_queue(info)[0] if info[0] == _TCP_LISTEN else -1
+    except Exception:
+        return -1
 
 #: Seconds ``start_tls()`` gives a handshake (and ``unwrap()`` a close_notify exchange) by
 #: default before the channel is closed: a silent peer cannot hold a channel forever.
@@ -189,6 +217,9 @@ class Dispatcher:
     # interest may have changed (Interest._update: connect, listen, TLS, pauses) and when it
     # registers. An instance attribute only, set by __init__.
     _nl_direct: bool
+    # On a listener: ask the kernel how many connections wait (_nl_accept_burst); cleared for a
+    # socket that cannot tell.
+    _nl_count_queue = _TCP_INFO is not None
     _nl_starved = False             # accept() is failing for lack of descriptors (logged once)
     _nl_recovered = -1e9            # time.monotonic() when accept() last worked again
     #: On a listener: take pending connections only to close them while the process is out of
@@ -977,10 +1008,11 @@ class Dispatcher:
     def handle_accept(self) -> None:
         """Called when a listener has connections waiting.
 
-        The default accepts up to ``ACCEPT_BURST`` of them and calls
-        ``handle_accepted(sock, addr)`` for each; an exception there closes only that
-        connection (on the asyncore facade's loop it reaches the listener's
-        ``handle_error()``, as in asyncore). Override ``handle_accepted()``, not this.
+        The default accepts up to ``ACCEPT_BURST`` of them (on Linux, for a TCP listener, as
+        many as the kernel says are waiting) and calls ``handle_accepted(sock, addr)`` for
+        each; an exception there closes only that connection (on the asyncore facade's loop it
+        reaches the listener's ``handle_error()``, as in asyncore). Override
+        ``handle_accepted()``, not this.
         """
         # A bounded burst: each accept() is one syscall; draining a few per event saves a pass
         # per connection under a connect storm, and the bound keeps other channels served.
@@ -990,8 +1022,9 @@ class Dispatcher:
         # *pair: each is a few hundred instructions per connection on 3.11.)
         lp = self._nl_loop
         limited = self._nl_limited
+        burst = self._nl_accept_burst() if self._nl_count_queue else ACCEPT_BURST
         if lp is not None and not lp._contain:
-            for _ in range(ACCEPT_BURST):
+            for _ in range(burst):
                 pair = self.accept()
                 if pair is None:
                     break
@@ -1004,7 +1037,7 @@ class Dispatcher:
                 if not self.accepting:
                     break
             return
-        for _ in range(ACCEPT_BURST):
+        for _ in range(burst):
             pair = self.accept()
             if pair is None:
                 break
@@ -1020,6 +1053,18 @@ class Dispatcher:
                 self._nl_settle()
             if not self.accepting:
                 break
+
+    def _nl_accept_burst(self) -> int:
+        """How many ``accept()`` calls this readiness event gets: the length of the kernel's
+        accept queue (at least 1, at most ``ACCEPT_BURST``) for a Linux TCP listener, else
+        ``ACCEPT_BURST`` (the burst then ends at the first ``accept()`` that finds nothing)."""
+        waiting = accept_queue_length(self.socket)
+        if waiting < 0:
+            self._nl_count_queue = False  # not a TCP listener: never asked again
+            return ACCEPT_BURST
+        # A readable listener with an empty queue (another process took the connection): one
+        # accept(), which finds out, as before.
+        return 1 if waiting < 1 else (waiting if waiting < ACCEPT_BURST else ACCEPT_BURST)
 
     def _nl_setup_failed(self, sock: Any, addr: Any, err: BaseException) -> None:
         """``handle_accepted()`` raised: close that connection (and any channel half made for

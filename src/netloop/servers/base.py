@@ -408,12 +408,16 @@ class BaseServer:
         """True if ``get_request()`` raises instead of blocking when nothing is pending."""
         return False
 
+    def _nl_burst(self, limit: int) -> int:
+        """How many ``get_request()`` calls one readiness event gets (at most ``limit``)."""
+        return limit if self._nl_can_burst() else 1
+
     def _nl_serve_ready(self, limit: int) -> None:
         # A bounded burst: one get_request() per loop pass would cost a pass per connection
         # under a connect storm; an unbounded one would let a flood starve every other channel
         # of the loop. A socket that may block takes one request per readiness event, as
         # socketserver did.
-        burst = limit if self._nl_can_burst() else 1
+        burst = self._nl_burst(limit)
         for _ in range(burst):
             if not self._nl_listening:
                 break
