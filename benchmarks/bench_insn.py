@@ -482,6 +482,10 @@ def _child_accept(kind: str, warmup: int, rounds: int) -> dict:
             channels, lp, close = _netloop_server(handler, asyncore.socket_map)
             _, EchoServer = make_dispatcher_classes(asyncore, LEGACY_RECV)
             server = EchoServer("127.0.0.1", 0)
+            # As asyncore.loop() serves it: select()-style dispatch (a reset is readable), and
+            # a failure in handle_accepted() reaches the listener's handle_error().
+            lp._hup_closes = False
+            lp._contain = False
         address = server.socket.getsockname()
         lp.run_once(0)
 

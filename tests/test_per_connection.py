@@ -313,6 +313,42 @@ def test_reset_reaches_a_channel_its_read_left_open(loop: netloop.Loop, caplog: 
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "WARNING")]
 
 
+def _select_style_pass(lp: netloop.Loop) -> None:
+    # One pass as asyncore.loop() runs it: select()-style dispatch, where a hang-up is only
+    # readable (and writable), never a close by itself.
+    netloop.asyncore.loop(timeout=0.01, map=lp.map, count=1)
+
+
+def test_reset_under_asyncore_loop_is_read_once_and_closes(loop: netloop.Loop,
+                                                           caplog: Any) -> None:
+    ch = _reset_peer_of(loop, lambda s: Counting(s, loop))
+    for _ in range(500):
+        _select_style_pass(loop)
+        if ch.reads:
+            break
+    assert (ch.reads, ch.closes) == (1, 1) and not loop.map and ch.socket.fileno() == -1
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "WARNING")]
+
+
+def test_reset_under_asyncore_loop_left_open_is_read_again(loop: netloop.Loop,
+                                                           caplog: Any) -> None:
+    # A read that ignores the reset leaves the channel open, and select()-style dispatch does
+    # not turn the hang-up into handle_close(): one read in that pass, and the next pass's
+    # read finds the reset.
+    ch = _reset_peer_of(loop, lambda s: Counting(s, loop, read_first=False))
+    for _ in range(500):
+        _select_style_pass(loop)
+        if ch.reads:
+            break
+    assert (ch.reads, ch.closes) == (1, 0)
+    for _ in range(500):
+        _select_style_pass(loop)
+        if ch.closes:
+            break
+    assert (ch.reads, ch.closes) == (2, 1) and not loop.map
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "WARNING")]
+
+
 def test_registration_fast_path_falls_back_to_the_poller(loop: netloop.Loop) -> None:
     # A new channel is registered, and a closed one forgotten, through the epoll object's own
     # C calls; a regular file (which epoll refuses) and a descriptor registered twice go

@@ -498,12 +498,15 @@ class Interest(Services):
                             raise
                         except BaseException as err:
                             _route_failure(obj, err, self)
-                    elif flags == _RESET and self._hup_closes and not self._alias:
+                    elif flags == _RESET and not self._alias:
                         # A reset peer (epoll reports in|err|hup): the read finds it out and closes
-                        # the channel, as _dispatch_flags would have, one call and a few flag
-                        # tests fewer per connection. A channel its read left open gets the rest.
-                        # (The READ block's routing again, on purpose: one block for both cost the
-                        # READ path 115-155 instructions per request, bench_insn.py pp-cli.)
+                        # the channel, as _dispatch_flags would have, two calls and a few flag
+                        # tests fewer per connection. A channel its read left open gets the rest:
+                        # the hang-up (poll()-style dispatch), or with select()-style dispatch
+                        # (asyncore's loop(), where a hang-up is only readable and writable) the
+                        # write event if it watches for one. (The READ block's routing again, on
+                        # purpose: one block for both cost the READ path 115-155 instructions per
+                        # request, bench_insn.py pp-cli.)
                         try:
                             if fd not in indirect and (obj._nl_direct or obj.connected
                                                        and not obj.accepting):
@@ -514,8 +517,12 @@ class Interest(Services):
                             raise
                         except BaseException as err:
                             _route_failure(obj, err, self)
-                        if get(fd) is obj and fd not in closed:
-                            self._dispatch_flags(fd, obj, flags & ~READ)
+                        else:
+                            if get(fd) is obj and fd not in closed:
+                                if self._hup_closes:
+                                    self._dispatch_flags(fd, obj, flags & ~READ)
+                                elif self._masks.get(fd, 0) & WRITE:
+                                    self._dispatch_flags(fd, obj, WRITE)
                     else:
                         self._dispatch_flags(fd, obj, flags)
                 # The pass's clean-up, after each pass of this loop as after a single one.
