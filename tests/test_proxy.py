@@ -435,6 +435,29 @@ def test_listener_takes_connections_once_their_header_is_there(loop):
     assert _deferring(server.socket) == 0
 
 
+@pytest.mark.skipif(netloop.dispatcher._TCP_INFO is None,
+                    reason="the accept queue is counted on Linux only (TCP_INFO)")
+def test_listener_burst_makes_no_accept_that_finds_nothing(loop):
+    calls: List[bool] = []
+
+    class Counting(_Server):
+        def accept(self) -> Any:
+            pair = super().accept()
+            calls.append(pair is not None)
+            return pair
+
+    server = Counting(loop)
+    clients = [_client(server.address) for _ in range(3)]
+    try:
+        for i, c in enumerate(clients):
+            c.sendall(format_v1(("192.0.2.%d" % (i + 1), 1000), ("192.0.2.100", 80)) + b"x")
+        run_until(loop, lambda: len(server.peers) == 3)
+        assert calls == [True] * 3
+    finally:
+        for c in clients:
+            c.close()
+
+
 @needs_defer
 def test_socketserver_mixin_defers_accept(loop):
     class Server(proxy.ProxyProtocolServerMixIn, ss.TCPServer):

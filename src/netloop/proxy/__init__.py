@@ -299,7 +299,10 @@ class ProxyProtocolListener:
                          self.proxy_header_timeout if self.proxy_protocol else 0)
         accept = self.accept  # type: ignore[attr-defined]
         limited = self._nl_limited
-        for _ in range(ACCEPT_BURST):
+        # As Dispatcher.handle_accept(): on Linux no more accept() calls than connections wait.
+        burst = (self._nl_accept_burst()  # type: ignore[attr-defined]
+                 if getattr(self, "_nl_count_queue", False) else ACCEPT_BURST)
+        for _ in range(burst):
             pair = accept()
             if pair is None:
                 break
