@@ -244,6 +244,17 @@ def test_in_process_benches(script):
         assert "us CPU per" in proc.stdout
 
 
+def test_accept_syscalls_bench():
+    env = dict(os.environ, ROUNDS="2", BATCH="10")
+    proc = subprocess.run([sys.executable, os.path.join(BENCH_DIR, "bench_accept_syscalls.py")],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    assert [r.split(" | ")[0] for r in rows[1:]] == [
+        "| accept", "| + failing accept", "| + queue length"]
+
+
 def test_idle_cpu_bench():
     env = dict(os.environ, N="20", SECONDS="0.2")
     proc = subprocess.run([sys.executable, os.path.join(BENCH_DIR, "bench_idle_cpu.py")],
