@@ -244,24 +244,25 @@ def test_in_process_benches(script):
         assert "us CPU per" in proc.stdout
 
 
-def test_accept_syscalls_bench():
-    env = dict(os.environ, ROUNDS="2", BATCH="10")
-    proc = subprocess.run([sys.executable, os.path.join(BENCH_DIR, "bench_accept_syscalls.py")],
+def run_script(script, **env):
+    """Run a benchmark script of this directory with ``env`` added; its standard output."""
+    proc = subprocess.run([sys.executable, os.path.join(BENCH_DIR, script)],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env=env, timeout=60)
+                          env=dict(os.environ, **env), timeout=60)
     assert proc.returncode == 0, proc.stderr
-    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    return proc.stdout
+
+
+def test_accept_syscalls_bench():
+    out = run_script("bench_accept_syscalls.py", ROUNDS="2", BATCH="10")
+    rows = [line for line in out.splitlines() if line.startswith("| ")]
     assert [r.split(" | ")[0] for r in rows[1:]] == [
         "| accept", "| + failing accept", "| + queue length"]
 
 
 def test_idle_cpu_bench():
-    env = dict(os.environ, N="20", SECONDS="0.2")
-    proc = subprocess.run([sys.executable, os.path.join(BENCH_DIR, "bench_idle_cpu.py")],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env=env, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    assert "20 idle connections" in proc.stdout and "% CPU" in proc.stdout
+    out = run_script("bench_idle_cpu.py", N="20", SECONDS="0.2")
+    assert "20 idle connections" in out and "% CPU" in out
 
 
 def test_tls_rows_netloop_and_asyncio(loadgen):

@@ -57,8 +57,9 @@ if TYPE_CHECKING:
 # descriptors, when an import (which opens files) would fail too.
 logger = logging.getLogger("netloop")
 
-__all__ = ["Dispatcher", "known_interest", "accept_queue_length", "READ_BUFFER_SIZE",
-           "ACCEPT_BURST", "ACCEPT_BACKOFF", "ACCEPT_EPISODE_GAP", "TLS_HANDSHAKE_TIMEOUT"]
+__all__ = ["Dispatcher", "known_interest", "accept_burst", "accept_queue_length",
+           "READ_BUFFER_SIZE", "ACCEPT_BURST", "ACCEPT_BACKOFF", "ACCEPT_EPISODE_GAP",
+           "TLS_HANDSHAKE_TIMEOUT"]
 
 _LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR,
            "debug": logging.DEBUG}
@@ -97,6 +98,18 @@ def accept_queue_length(sock: Any) -> int:
         return _waiting_in_queue(info)[0] if info[0] == _TCP_LISTEN else -1
     except Exception:
         return -1
+
+
+def accept_burst(sock: Any, limit: int) -> int:
+    """How many ``accept()`` calls a readiness event of the listener ``sock`` gets: as many as
+    wait in its accept queue, at least 1 and at most ``limit``; -1 where the queue cannot be
+    counted (the caller then accepts up to ``limit``, until a call finds nothing)."""
+    waiting = accept_queue_length(sock)
+    if waiting < 0:
+        return -1
+    # A readable listener with an empty queue (another process took the connection): one
+    # accept(), which finds out, as before.
+    return 1 if waiting < 1 else (waiting if waiting < limit else limit)
 
 #: Seconds ``start_tls()`` gives a handshake (and ``unwrap()`` a close_notify exchange) by
 #: default before the channel is closed: a silent peer cannot hold a channel forever.
@@ -1023,7 +1036,7 @@ class Dispatcher:
         # *pair: each is a few hundred instructions per connection on 3.11.)
         lp = self._nl_loop
         limited = self._nl_limited
-        burst = self._nl_accept_burst() if self._nl_count_queue else ACCEPT_BURST
+        burst = self._nl_accept_burst()
         if lp is not None and not lp._contain:
             for _ in range(burst):
                 pair = self.accept()
@@ -1056,16 +1069,14 @@ class Dispatcher:
                 break
 
     def _nl_accept_burst(self) -> int:
-        """How many ``accept()`` calls this readiness event gets: the length of the kernel's
-        accept queue (at least 1, at most ``ACCEPT_BURST``) for a Linux TCP listener, else
-        ``ACCEPT_BURST`` (the burst then ends at the first ``accept()`` that finds nothing)."""
-        waiting = accept_queue_length(self.socket)
-        if waiting < 0:
+        """How many ``accept()`` calls this readiness event gets (``accept_burst()``), or
+        ``ACCEPT_BURST`` for a listener whose queue cannot be counted."""
+        if self._nl_count_queue:
+            burst = accept_burst(self.socket, ACCEPT_BURST)
+            if burst > 0:
+                return burst
             self._nl_count_queue = False  # not a TCP listener: never asked again
-            return ACCEPT_BURST
-        # A readable listener with an empty queue (another process took the connection): one
-        # accept(), which finds out, as before.
-        return 1 if waiting < 1 else (waiting if waiting < ACCEPT_BURST else ACCEPT_BURST)
+        return ACCEPT_BURST
 
     def _nl_setup_failed(self, sock: Any, addr: Any, err: BaseException) -> None:
         """``handle_accepted()`` raised: close that connection (and any channel half made for

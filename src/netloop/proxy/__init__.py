@@ -39,7 +39,7 @@ import socket
 import weakref
 from typing import Any, Callable
 
-from ..dispatcher import ACCEPT_BURST, Dispatcher, known_interest
+from ..dispatcher import Dispatcher, known_interest
 from ..pollers import READ_MASK
 from ..reactor import _lookup
 from .header import (DEFAULT_MAX_HEADER, V1_MAX_LENGTH, V2_SIGNATURE, ProxyHeader,
@@ -300,9 +300,7 @@ class ProxyProtocolListener:
         accept = self.accept  # type: ignore[attr-defined]
         limited = self._nl_limited
         # As Dispatcher.handle_accept(): on Linux no more accept() calls than connections wait.
-        burst = (self._nl_accept_burst()  # type: ignore[attr-defined]
-                 if getattr(self, "_nl_count_queue", False) else ACCEPT_BURST)
-        for _ in range(burst):
+        for _ in range(self._nl_accept_burst()):  # type: ignore[attr-defined]
             pair = accept()
             if pair is None:
                 break

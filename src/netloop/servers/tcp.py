@@ -12,7 +12,7 @@ import socket
 import sys
 from typing import Any, Callable, Optional
 
-from ..dispatcher import accept_queue_length
+from ..dispatcher import accept_burst
 from ..reactor import ChannelMap, Loop
 from .base import BaseServer
 
@@ -69,15 +69,14 @@ class TCPServer(BaseServer):
     def _nl_burst(self, limit: int) -> int:
         # On Linux, no more get_request() calls than connections wait in the accept queue: the
         # call after the last would only fail, and a failing accept() is the dearest system
-        # call of a connection (see dispatcher.accept_queue_length).
+        # call of a connection (see dispatcher.accept_burst).
         if not self._nl_can_burst():
             return 1
         if self._nl_count_queue:
-            waiting = accept_queue_length(self.socket)
-            if waiting < 0:
-                self._nl_count_queue = False
-            elif waiting < limit:
-                return waiting if waiting > 0 else 1
+            burst = accept_burst(self.socket, limit)
+            if burst > 0:
+                return burst
+            self._nl_count_queue = False
         return limit
 
     def server_bind(self) -> None:
