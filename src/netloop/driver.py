@@ -14,8 +14,16 @@ from __future__ import annotations
 
 from _thread import get_ident as _get_ident
 
+import os
+
 from .interest import Interest
 from .pollers import INVALID, SelectPoller
+
+# A run's periodic timer: none on systems without Linux's timerfd in the os module (before
+# Python 3.13), nor for timeouts it cannot hold (about 68 years: the kernel's time limit is
+# far past that, and no run waits so long).
+_NO_TICK = not hasattr(os, "timerfd_create")
+_TICK_MAX = float(2 ** 31)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -184,14 +192,19 @@ class PollDriver(Interest):
             if count is None and (forever or channels_only):
                 # The usual runs (run_forever(), asyncore's loop()): the leanest loop body.
                 one_pass = self._pass
+                # With a timeout (asyncore's loop() has 30 s), a periodic timer ends the waits
+                # in place of a timeout on each poll where the system has one (_arm_tick):
+                # the outermost run only, as a nested legacy run has a timeout of its own.
+                ticking = (lock is not None and timeout and timeout < _TICK_MAX
+                           and self._start_tick(timeout))
                 if forever:
                     while True:
-                        one_pass(timeout, True)
+                        one_pass(None if ticking and self._tick_fd >= 0 else timeout, True)
                         if self._stopping:
                             break
                 else:
                     while map:
-                        one_pass(timeout, True)
+                        one_pass(None if ticking and self._tick_fd >= 0 else timeout, True)
                         if self._stopping:
                             break
             else:
@@ -211,11 +224,24 @@ class PollDriver(Interest):
         finally:
             self._running -= 1
             if lock is not None:
+                if self._tick_period is not None:
+                    self._tick_period = None
+                    self._close_tick()
                 self._stopping = False
                 self._thread_id = None
                 lock.release()
                 if not self._running and not self.map:
                     self._maybe_release()
+
+    def _start_tick(self, period: float) -> bool:
+        """Ask for the run's periodic timer (see ``Loop._arm_tick``); True when it is armed.
+        Takes the kernel objects first if the loop holds none yet (the first pass would)."""
+        if _NO_TICK:
+            return False
+        self._tick_period = period
+        if not self._acquired:
+            self._acquire()
+        return self._arm_tick()
 
     def stop(self) -> None:
         """Make ``run()``/``loop()`` return after the current pass. Safe from any thread and

@@ -63,6 +63,8 @@ class Interest(Services):
         _running: int
         _poller: Optional[Poller]
         _wake_fd: int
+        _tick_fd: int
+        _tick_period: Optional[float]
         _waker: Any
         _reserve: int
         _kernel_register: Callable[[int, int], None]
@@ -76,6 +78,9 @@ class Interest(Services):
         _thread_id: Optional[int]
 
         def _maybe_release(self) -> None: ...
+        def _on_tick(self) -> None: ...
+        def _arm_tick(self) -> bool: ...
+        def _close_tick(self) -> None: ...
         def _poll_failed(self, err: OSError) -> List[Tuple[int, int]]: ...
         def _with_bad(self, events: Any) -> List[Tuple[int, int]]: ...
 
@@ -377,8 +382,8 @@ class Interest(Services):
                 self._add(key, obj)
 
     def _own_fds(self) -> Set[int]:
-        """The descriptors the loop holds itself: poller, wake-up pipe, reserve."""
-        own = {self._wake_fd, self._reserve}
+        """The descriptors the loop holds itself: poller, wake-up pipe, reserve, run timer."""
+        own = {self._wake_fd, self._reserve, self._tick_fd}
         waker = self._waker
         if waker is not None:
             own.add(waker.wfd)
@@ -472,6 +477,9 @@ class Interest(Services):
                     if obj is None:
                         if fd == self._wake_fd:
                             self._on_wake()
+                            continue
+                        if fd == self._tick_fd:
+                            self._on_tick()
                             continue
                         obj = self._aliased(fd)
                         if obj is None:

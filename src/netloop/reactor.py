@@ -78,6 +78,12 @@ from .services import logger as logger
 from .timers import TimerQueue
 from .waker import Waker
 
+# Linux timerfd, in the os module from Python 3.13 (see Loop._arm_tick); None elsewhere.
+_timerfd_create: Any = getattr(os, "timerfd_create", None)
+_timerfd_settime: Any = getattr(os, "timerfd_settime", None)
+_TFD_FLAGS = getattr(os, "TFD_NONBLOCK", 0) | getattr(os, "TFD_CLOEXEC", 0)
+_TICKED = frozenset(("epoll", "poll", "select"))  # the pollers that wait in a system call
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable, Deque, Dict, List, MutableMapping, Optional, Set, Tuple, Union
@@ -275,7 +281,7 @@ class Loop(PollDriver):
                  "_old_wakeup_fd", "_stopping", "_running", "_thread_id", "_run_lock",
                  "_acquired", "_implicit", "_closed", "_slow", "_notify", "_hup_closes",
                  "_contain", "_read_view", "_read_cut", "_read_cut_len", "_map_get",
-                 "_kernel_register", "_kernel_unregister", "_weak")
+                 "_kernel_register", "_kernel_unregister", "_weak", "_tick_fd", "_tick_period")
     if TYPE_CHECKING:
         _closed: bool
         _implicit: bool
@@ -308,6 +314,11 @@ class Loop(PollDriver):
         self._kernel_unregister: Any = None
         self._waker: Optional[Waker] = None
         self._wake_fd = -1
+        # A periodic timer descriptor (Linux timerfd, Python 3.13+) that bounds each wait of a
+        # long run with a timeout (asyncore's loop(timeout=30.0)) in place of a timeout on
+        # every poll: see _arm_tick(). The run's timeout while it wants one, else None.
+        self._tick_fd = -1
+        self._tick_period: Optional[float] = None
         self._objs: Dict[Any, Any] = {}      # map key -> channel as registered
         # fd -> map key, for keys that are not the fd itself: socket objects (anything with
         # fileno(), as select() took). A key of None (a dispatcher with no socket, as
@@ -409,6 +420,8 @@ class Loop(PollDriver):
         self._notify = getattr(self._poller, "notify", None) or self._wake
         self._timers.on_schedule = self._scheduled
         self._take_reserve()
+        if self._tick_period is not None:
+            self._arm_tick()  # taken again (after a fork, say) for the run that wants it
         self._acquired = True
         _active.add(self)
         self._reconcile()
@@ -436,6 +449,7 @@ class Loop(PollDriver):
         self._to_ask.clear()
         self._indirect.clear()
         self._bad.clear()
+        self._close_tick()
         if self._poller is not None:
             self._poller.close()
             self._poller = self._kernel_register = self._kernel_unregister = None
@@ -444,6 +458,60 @@ class Loop(PollDriver):
             self._waker = None
         self._wake_fd = -1
         self._give_up_reserve()
+
+    def _arm_tick(self) -> bool:
+        """Take the periodic timer of a run that wants one (``_tick_period`` set): True when
+        armed. Its expirations end the waits of every pass, as a timeout on each poll would.
+
+        Why: a poll with a timeout arms and cancels a kernel timer each time it sleeps, and
+        that costs kernel time on every wake-up (about 1.2 us per request of a one-connection
+        ping-pong on a KVM guest, benchmarks/README.md); a periodic timer is armed once per
+        run. A pass still waits at most the timeout: the timer expires at least that often
+        (earlier is allowed, as an early return of select() was). Where it cannot be had
+        (before Python 3.13, not Linux, no descriptor left) the passes keep their timeout.
+        """
+        if self._tick_fd >= 0:
+            return True
+        if self._poller is None or _timerfd_create is None or self._poller.name not in _TICKED:
+            return False  # (a loop attached to asyncio waits by asyncio's own timers)
+        period = self._tick_period
+        if period is None:
+            return False
+        try:
+            fd = _timerfd_create(time.CLOCK_MONOTONIC, flags=_TFD_FLAGS)
+        except OSError:
+            return False  # out of descriptors, say: the passes wait with their timeout
+        try:
+            _timerfd_settime(fd, initial=period, interval=period)
+            self._poller.register(fd, READ)
+        except (OSError, ValueError, OverflowError):
+            os.close(fd)
+            return False
+        self._tick_fd = fd
+        return True
+
+    def _close_tick(self) -> None:
+        fd, self._tick_fd = self._tick_fd, -1
+        if fd < 0:
+            return
+        poller = self._poller
+        if poller is not None:
+            try:
+                poller.unregister(fd)
+            except (OSError, KeyError, ValueError):
+                pass
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+    def _on_tick(self) -> None:
+        # The timer expired: consume the expirations (an 8-byte count). Nothing else: a pass
+        # that ends this way is one whose poll timed out.
+        try:
+            os.read(self._tick_fd, 8)
+        except OSError:
+            pass  # (read already: EAGAIN)
 
     def _take_reserve(self) -> None:
         if self._reserve < 0:
@@ -504,6 +572,14 @@ class Loop(PollDriver):
                     closer.close()  # closes this process's descriptor copies only
                 except OSError:
                     pass  # kqueue descriptors are not inherited by a child
+        if self._tick_fd >= 0:
+            # The timer is shared with the parent too: close this copy, never disarm it. A
+            # run that goes on in the child takes its own at its next pass (_acquire).
+            try:
+                os.close(self._tick_fd)
+            except OSError:
+                pass
+            self._tick_fd = -1
         self._poller = self._kernel_register = self._kernel_unregister = None
         self._waker = None
         self._wake_fd = -1

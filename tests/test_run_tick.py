@@ -1,0 +1,278 @@
+"""A long run with a timeout (asyncore's ``loop(timeout=30.0)``) bounds its waits with one
+periodic timer (Linux timerfd, Python 3.13+) instead of a timeout on every poll, which arms
+and cancels a kernel timer each time the loop sleeps. What the timeout promised still holds:
+no pass waits longer than it, so changes made behind the loop's back (a signal handler or
+another thread emptying the map) are seen within it. Where the timer cannot be had (before
+3.13, other systems, no descriptor left) every poll keeps the timeout, as before."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import socket
+import threading
+from typing import Any, List, Optional
+
+import pytest
+
+import netloop
+import netloop.asyncore as asyncore
+from netloop import driver
+from coresupport import CountingPoller
+
+pytestmark = pytest.mark.timeout(20)
+
+TICKS = hasattr(os, "timerfd_create")
+KERNEL_POLLERS = [name for name in netloop.pollers.available() if name != "kqueue"]
+
+
+class Idle(asyncore.dispatcher):
+    """A connected channel that never gets an event (its peer stays silent)."""
+
+    def __init__(self, sock: socket.socket, map: Any) -> None:
+        asyncore.dispatcher.__init__(self, sock, map=map)
+
+    def handle_read(self) -> None:
+        self.recv(100)
+
+    def writable(self) -> bool:
+        return False
+
+
+class Asked(Idle):
+    """Counts the passes: an overriding readable() is asked before every poll."""
+
+    def __init__(self, sock: socket.socket, map: Any, stop_after: int) -> None:
+        Idle.__init__(self, sock, map)
+        self.asked = 0
+        self.stop_after = stop_after
+        self.seen: List[Any] = []
+
+    def readable(self) -> bool:
+        self.asked += 1
+        if self.asked >= self.stop_after:
+            self.close()
+        return True
+
+
+def idle_pair(map: Any, cls: Any = Idle, **kw: Any) -> Any:
+    a, b = socket.socketpair()
+    return cls(a, map, **kw), b
+
+
+def acquired_loop(poller_name: str) -> Any:
+    poller = CountingPoller(poller_name)
+    map: dict = {}
+    lp = netloop.Loop(map, poller=poller)
+    lp.run_once(0)  # takes the kernel objects now: the poller is the one recorded
+    return lp, map, poller
+
+
+def open_fds() -> set:
+    return {fd for fd in os.listdir("/proc/self/fd") if os.path.exists("/proc/self/fd/" + fd)}
+
+
+@pytest.mark.parametrize("poller_name", KERNEL_POLLERS)
+def test_polls_of_a_long_run_wait_on_the_timer_not_a_timeout(poller_name):
+    lp, map, poller = acquired_loop(poller_name)
+    ch, peer = idle_pair(map, Asked, stop_after=4)
+    seen: List[int] = []
+    orig = ch.readable
+
+    def readable() -> bool:
+        seen.append(lp._tick_fd)
+        return orig()
+
+    ch.readable = readable
+    try:
+        # Each of the passes waits for the timer (timeout 0.02 s): 4 passes, then the channel
+        # closes itself and the run ends.
+        poller.timeouts.clear()
+        asyncore.loop(timeout=0.02, map=map)
+        assert ch.asked >= 4
+        if TICKS:
+            assert all(fd >= 0 for fd in seen), seen
+            assert poller.timeouts and all(t is None for t in poller.timeouts), poller.timeouts
+        else:
+            assert seen == [-1] * len(seen)
+            assert poller.timeouts and all(t == 0.02 for t in poller.timeouts), poller.timeouts
+        assert lp._tick_fd == -1 and lp._tick_period is None  # closed when the run ends
+    finally:
+        peer.close()
+        lp.close()
+
+
+@pytest.mark.parametrize("poller_name", KERNEL_POLLERS)
+def test_run_leaves_no_descriptor_and_the_next_run_ticks_again(poller_name):
+    lp, map, poller = acquired_loop(poller_name)
+    before = open_fds()
+    try:
+        for _ in range(3):
+            ch, peer = idle_pair(map, Asked, stop_after=3)
+            asyncore.loop(timeout=0.01, map=map)
+            peer.close()
+            assert lp._tick_fd == -1
+        # The loop gave its kernel objects back when the map emptied; the timer went with it.
+        assert open_fds() <= before
+    finally:
+        lp.close()
+
+
+@pytest.mark.parametrize("poller_name", KERNEL_POLLERS)
+def test_signal_handler_that_empties_the_map_ends_the_run(poller_name):
+    # asyncore's promise: loop() sees an empty map after at most its timeout, even when the
+    # map was emptied by a signal handler (Python resumes the interrupted poll by itself).
+    # SIGUSR1, sent to the main thread (pytest-timeout's own alarm is SIGALRM).
+    map: dict = {}
+    lp = netloop.Loop(map, poller=poller_name)
+    ch, peer = idle_pair(map)
+    fired: List[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        fired.append(signum)
+        map.clear()  # a plain dict edit: the loop is not told
+
+    old = signal.signal(signal.SIGUSR1, handler)
+    sender = threading.Timer(0.05, signal.pthread_kill,
+                             (threading.main_thread().ident, signal.SIGUSR1))
+    try:
+        sender.start()
+        asyncore.loop(timeout=0.2, map=map)  # hangs if no pass ends after the handler
+        assert fired == [signal.SIGUSR1]
+        assert not map
+    finally:
+        sender.cancel()
+        sender.join(5)
+        signal.signal(signal.SIGUSR1, old)
+        ch.close()
+        peer.close()
+        lp.close()
+
+
+@pytest.mark.parametrize("poller_name", KERNEL_POLLERS)
+def test_another_thread_that_empties_the_map_ends_the_run(poller_name):
+    map: dict = {}
+    lp = netloop.Loop(map, poller=poller_name)
+    polling = threading.Event()
+
+    class Told(Idle):
+        def readable(self) -> bool:
+            polling.set()  # asked just before the pass polls
+            return True
+
+    ch, peer = idle_pair(map, Told)
+    t = threading.Thread(target=asyncore.loop, kwargs={"timeout": 0.05, "map": map})
+    t.start()
+    try:
+        assert polling.wait(5)
+        map.clear()  # from this thread, a plain dict edit: nothing the loop waits on says so
+        t.join(10)
+        assert not t.is_alive(), "loop() did not see the emptied map"
+    finally:
+        if t.is_alive():
+            os.write(lp._waker.wfd, b"\0")
+        t.join(5)
+        ch.close()
+        peer.close()
+        lp.close()
+
+
+@pytest.mark.skipif(not TICKS, reason="no timerfd in this Python's os module (3.13+, Linux)")
+@pytest.mark.parametrize("poller_name", KERNEL_POLLERS)
+def test_out_of_descriptors_the_run_keeps_its_timeouts(poller_name):
+    lp, map, poller = acquired_loop(poller_name)
+    ch, peer = idle_pair(map, Asked, stop_after=4)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    top = max(int(fd) for fd in open_fds())
+    fillers: List[int] = []
+    poller.timeouts.clear()
+    try:
+        # No free descriptor: the timer cannot be made, the passes wait with the timeout.
+        resource.setrlimit(resource.RLIMIT_NOFILE, (top + 1, hard))
+        with pytest.raises(OSError):
+            for _ in range(top + 1):
+                fillers.append(os.dup(0))
+        asyncore.loop(timeout=0.01, map=map)
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        peer.close()
+        lp.close()
+    assert ch.asked >= 4
+    assert poller.timeouts and all(t == 0.01 for t in poller.timeouts), poller.timeouts
+
+
+@pytest.mark.parametrize("poller_name", KERNEL_POLLERS)
+def test_a_nested_legacy_run_waits_with_its_own_timeout(poller_name):
+    lp, map, poller = acquired_loop(poller_name)
+    inner_timeouts: List[Optional[float]] = []
+
+    class Nester(Asked):
+        def readable(self) -> bool:
+            if self.asked == 2:
+                n = len(poller.timeouts)
+                asyncore.loop(timeout=0.01, map=map, count=2)
+                inner_timeouts.extend(poller.timeouts[n:])
+            return Asked.readable(self)
+
+    ch, peer = idle_pair(map, Nester, stop_after=5)
+    try:
+        poller.timeouts.clear()
+        asyncore.loop(timeout=0.03, map=map)
+        assert inner_timeouts and all(t == 0.01 for t in inner_timeouts), inner_timeouts
+        outer = [t for t in poller.timeouts if t != 0.01]
+        assert outer and all(t == (None if TICKS else 0.03) for t in outer), poller.timeouts
+    finally:
+        peer.close()
+        lp.close()
+
+
+@pytest.mark.skipif(not TICKS, reason="no timerfd in this Python's os module (3.13+, Linux)")
+def test_forked_child_closes_its_copy_and_leaves_the_parents_timer():
+    map: dict = {}
+    lp = netloop.Loop(map, poller="epoll")
+    r, w = os.pipe()
+    pids: List[int] = []
+
+    class Forker(Asked):
+        def readable(self) -> bool:
+            if self.asked == 1:
+                pid = os.fork()
+                if pid == 0:  # the child: the parent's timer is not its own
+                    try:
+                        ok = lp._tick_fd == -1 and lp._tick_period is not None
+                        os.write(w, b"1" if ok else b"0")
+                    finally:
+                        os._exit(0)
+                pids.append(pid)
+            return Asked.readable(self)
+
+    ch, peer = idle_pair(map, Forker, stop_after=5)
+    try:
+        # The parent goes on waking on its timer after the child closed its copy.
+        asyncore.loop(timeout=0.02, map=map)
+        _, status = os.waitpid(pids[0], 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert os.read(r, 1) == b"1"
+        assert ch.asked >= 5
+    finally:
+        os.close(r)
+        os.close(w)
+        peer.close()
+        lp.close()
+
+
+def test_no_timer_without_timerfd(monkeypatch):
+    # Where the os module has no timerfd (before 3.13): the run does not ask for one.
+    monkeypatch.setattr(driver, "_NO_TICK", True)
+    lp, map, poller = acquired_loop("epoll" if "epoll" in KERNEL_POLLERS else "poll")
+    ch, peer = idle_pair(map, Asked, stop_after=3)
+    try:
+        poller.timeouts.clear()
+        asyncore.loop(timeout=0.01, map=map)
+        assert all(t == 0.01 for t in poller.timeouts), poller.timeouts
+    finally:
+        peer.close()
+        lp.close()
