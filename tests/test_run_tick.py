@@ -1,16 +1,20 @@
 """A long run with a timeout (asyncore's ``loop(timeout=30.0)``) bounds its waits with one
-periodic timer (Linux timerfd, Python 3.13+) instead of a timeout on every poll, which arms
-and cancels a kernel timer each time the loop sleeps. What the timeout promised still holds:
-no pass waits longer than it, so changes made behind the loop's back (a signal handler or
-another thread emptying the map) are seen within it. Where the timer cannot be had (before
-3.13, other systems, no descriptor left) every poll keeps the timeout, as before."""
+periodic timer (Linux timerfd: the os module's on 3.13+, the C library's through ctypes
+before) instead of a timeout on every poll, which arms and cancels a kernel timer each time
+the loop sleeps. What the timeout promised still holds: no pass waits longer than it, so
+changes made behind the loop's back (a signal handler or another thread emptying the map) are
+seen within it. Where the timer cannot be had (other systems, no descriptor left) every poll
+keeps the timeout, as before."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import resource
+import select
 import signal
 import socket
+import struct
 import threading
 from typing import Any, List, Optional
 
@@ -18,12 +22,12 @@ import pytest
 
 import netloop
 import netloop.asyncore as asyncore
-from netloop import driver
+from netloop import _timerfd, driver
 from coresupport import CountingPoller
 
 pytestmark = pytest.mark.timeout(20)
 
-TICKS = hasattr(os, "timerfd_create")
+TICKS = _timerfd.AVAILABLE
 KERNEL_POLLERS = [name for name in netloop.pollers.available() if name != "kqueue"]
 
 
@@ -178,7 +182,7 @@ def test_another_thread_that_empties_the_map_ends_the_run(poller_name):
         lp.close()
 
 
-@pytest.mark.skipif(not TICKS, reason="no timerfd in this Python's os module (3.13+, Linux)")
+@pytest.mark.skipif(not TICKS, reason="no timerfd on this system (Linux only)")
 @pytest.mark.parametrize("poller_name", KERNEL_POLLERS)
 def test_out_of_descriptors_the_run_keeps_its_timeouts(poller_name):
     lp, map, poller = acquired_loop(poller_name)
@@ -229,7 +233,7 @@ def test_a_nested_legacy_run_waits_with_its_own_timeout(poller_name):
         lp.close()
 
 
-@pytest.mark.skipif(not TICKS, reason="no timerfd in this Python's os module (3.13+, Linux)")
+@pytest.mark.skipif(not TICKS, reason="no timerfd on this system (Linux only)")
 def test_forked_child_closes_its_copy_and_leaves_the_parents_timer():
     map: dict = {}
     lp = netloop.Loop(map, poller="epoll")
@@ -276,3 +280,33 @@ def test_no_timer_without_timerfd(monkeypatch):
     finally:
         peer.close()
         lp.close()
+
+
+@pytest.mark.skipif(not TICKS, reason="no timerfd on this system (Linux only)")
+@pytest.mark.parametrize("source", ["os", "libc"])
+def test_periodic_timer_expires_repeatedly(source, monkeypatch):
+    if source == "libc":
+        # The ctypes path of 3.9-3.12, also where the os module has timerfd (3.13+).
+        monkeypatch.delattr(os, "timerfd_create", raising=False)
+    elif not hasattr(os, "timerfd_create"):
+        pytest.skip("this Python's os module has no timerfd_create (3.13+)")
+    fd = _timerfd.periodic(0.01)
+    try:
+        assert os.get_blocking(fd) is False
+        assert fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+        with pytest.raises(BlockingIOError):
+            os.read(fd, 8)  # not expired yet
+        for _ in range(3):  # periodic: it expires again after each read
+            r, _, _ = select.select([fd], [], [], 5)
+            assert r == [fd]
+            (count,) = struct.unpack("=Q", os.read(fd, 8))
+            assert count >= 1
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.skipif(not TICKS, reason="no timerfd on this system (Linux only)")
+def test_periodic_timer_rejects_periods_it_cannot_hold():
+    for bad in (0, -1.0, 2.0 ** 31):
+        with pytest.raises(ValueError):
+            _timerfd.periodic(bad)

@@ -260,6 +260,13 @@ def test_accept_syscalls_bench():
         "| accept", "| + failing accept", "| + queue length"]
 
 
+def test_timed_wait_bench(loadgen):
+    out = run_script("bench_timed_wait.py", ROUNDS="1", SECONDS="0.5")
+    rows = [line for line in out.splitlines() if line.startswith("| ")]
+    assert [r.split(" | ")[0] for r in rows[1:]] == ["| poll()", "| poll(30.0)"]
+    assert "timeout on every poll:" in out
+
+
 def test_idle_cpu_bench():
     out = run_script("bench_idle_cpu.py", N="20", SECONDS="0.2")
     assert "20 idle connections" in out and "% CPU" in out

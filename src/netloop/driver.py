@@ -14,15 +14,13 @@ from __future__ import annotations
 
 from _thread import get_ident as _get_ident
 
-import os
-
+from . import _timerfd
 from .interest import Interest
 from .pollers import INVALID, SelectPoller
 
-# A run's periodic timer: none on systems without Linux's timerfd in the os module (before
-# Python 3.13), nor for timeouts it cannot hold (about 68 years: the kernel's time limit is
-# far past that, and no run waits so long).
-_NO_TICK = not hasattr(os, "timerfd_create")
+# A run's periodic timer: none on systems without Linux's timerfd, nor for timeouts it cannot
+# hold (about 68 years; no run waits so long).
+_NO_TICK = not _timerfd.AVAILABLE
 _TICK_MAX = float(2 ** 31)
 
 TYPE_CHECKING = False
@@ -157,7 +155,10 @@ class PollDriver(Interest):
         self._run(timeout, count, forever=False)
 
     def run_forever(self, timeout: Optional[float] = None) -> None:
-        """Like ``run()`` but only ``stop()`` ends it, even when nothing is registered."""
+        """Like ``run()`` but only ``stop()`` ends it, even when nothing is registered.
+
+        A ``timeout`` is kept by one periodic timer for the run where the system has one
+        (Linux), not by a timeout on each poll; see ``Loop._arm_tick``."""
         self._run(timeout, None, forever=True)
 
     def _claim(self, legacy: bool) -> Any:

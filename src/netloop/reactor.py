@@ -77,11 +77,8 @@ from .services import _ignore_in_frame as _ignore_in_frame
 from .services import logger as logger
 from .timers import TimerQueue
 from .waker import Waker
+from . import _timerfd
 
-# Linux timerfd, in the os module from Python 3.13 (see Loop._arm_tick); None elsewhere.
-_timerfd_create: Any = getattr(os, "timerfd_create", None)
-_timerfd_settime: Any = getattr(os, "timerfd_settime", None)
-_TFD_FLAGS = getattr(os, "TFD_NONBLOCK", 0) | getattr(os, "TFD_CLOEXEC", 0)
 _TICKED = frozenset(("epoll", "poll", "select"))  # the pollers that wait in a system call
 
 TYPE_CHECKING = False
@@ -314,7 +311,7 @@ class Loop(PollDriver):
         self._kernel_unregister: Any = None
         self._waker: Optional[Waker] = None
         self._wake_fd = -1
-        # A periodic timer descriptor (Linux timerfd, Python 3.13+) that bounds each wait of a
+        # A periodic timer descriptor (Linux timerfd) that bounds each wait of a
         # long run with a timeout (asyncore's loop(timeout=30.0)) in place of a timeout on
         # every poll: see _arm_tick(). The run's timeout while it wants one, else None.
         self._tick_fd = -1
@@ -468,23 +465,21 @@ class Loop(PollDriver):
         ping-pong on a KVM guest, benchmarks/README.md); a periodic timer is armed once per
         run. A pass still waits at most the timeout: the timer expires at least that often
         (earlier is allowed, as an early return of select() was). Where it cannot be had
-        (before Python 3.13, not Linux, no descriptor left) the passes keep their timeout.
+        (not Linux, no ctypes before Python 3.13, no descriptor left) the passes keep their
+        timeout (netloop._timerfd).
         """
         if self._tick_fd >= 0:
             return True
-        if self._poller is None or _timerfd_create is None or self._poller.name not in _TICKED:
-            return False  # (a loop attached to asyncio waits by asyncio's own timers)
         period = self._tick_period
-        if period is None:
-            return False
+        if period is None or self._poller is None or self._poller.name not in _TICKED:
+            return False  # (a loop attached to asyncio waits by asyncio's own timers)
         try:
-            fd = _timerfd_create(time.CLOCK_MONOTONIC, flags=_TFD_FLAGS)
-        except OSError:
+            fd = _timerfd.periodic(period)
+        except (OSError, ValueError, OverflowError):
             return False  # out of descriptors, say: the passes wait with their timeout
         try:
-            _timerfd_settime(fd, initial=period, interval=period)
             self._poller.register(fd, READ)
-        except (OSError, ValueError, OverflowError):
+        except (OSError, ValueError):
             os.close(fd)
             return False
         self._tick_fd = fd
@@ -701,7 +696,8 @@ def loop(timeout: Optional[float] = 30.0, use_poll: bool = False,
          poller: Union[None, str, Poller] = None) -> None:
     """asyncore's ``loop()``: poll the map until it is empty, or for ``count`` passes.
 
-    ``timeout`` caps each pass's wait. ``use_poll=True`` asks for the poll backend (unless
+    ``timeout`` caps each pass's wait (with ``count`` None, on Linux, by one periodic timer for
+    the run rather than a timeout on each poll). ``use_poll=True`` asks for the poll backend (unless
     ``$NETLOOP_POLLER`` or ``poller=`` names another); otherwise the best backend serves,
     with select()-style dispatch (a hang-up is seen by reading, not by ``handle_close()``) as
     asyncore's select loop had. Timers of the map's loop run too, but only channels keep this
