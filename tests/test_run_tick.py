@@ -310,3 +310,41 @@ def test_periodic_timer_rejects_periods_it_cannot_hold():
     for bad in (0, -1.0, 2.0 ** 31):
         with pytest.raises(ValueError):
             _timerfd.periodic(bad)
+
+
+@pytest.mark.parametrize("poller_name", KERNEL_POLLERS)
+def test_serve_forever_waits_on_the_timer_and_still_runs_service_actions(poller_name):
+    # socketserver's serve_forever(poll_interval): service_actions() after every pass, and no
+    # pass longer than poll_interval; here with no request at all, so only the timer (or, without
+    # one, the timeout) ends each wait. It hangs if neither does.
+    import netloop.socketserver as socketserver
+
+    poller = CountingPoller(poller_name)
+    lp = netloop.Loop(poller=poller)
+
+    class Server(socketserver.TCPServer):
+        actions = 0
+        seen: List[int] = []
+        # (A server on a loop passed in also runs service_actions() from a 0.5 s loop timer,
+        # whose deadline would time the polls: not wanted here.)
+        service_interval = None
+
+        def service_actions(self) -> None:
+            self.actions += 1
+            self.seen.append(lp._tick_fd)
+            if self.actions >= 4:
+                self.shutdown()  # on the loop's thread: serve_forever() returns after this pass
+
+    server = Server(("127.0.0.1", 0), socketserver.BaseRequestHandler, loop=lp)
+    try:
+        server.serve_forever(poll_interval=0.02)
+        assert server.actions == 4
+        if TICKS:
+            assert all(fd >= 0 for fd in server.seen), server.seen
+            assert poller.timeouts and all(t is None for t in poller.timeouts), poller.timeouts
+        else:
+            assert all(t == 0.02 for t in poller.timeouts), poller.timeouts
+        assert lp._tick_fd == -1 and lp._tick_period is None
+    finally:
+        server.server_close()
+        lp.close()

@@ -226,8 +226,7 @@ class PollDriver(Interest):
             self._running -= 1
             if lock is not None:
                 if self._tick_period is not None:
-                    self._tick_period = None
-                    self._close_tick()
+                    self._end_tick()
                 self._stopping = False
                 self._thread_id = None
                 lock.release()
@@ -243,6 +242,11 @@ class PollDriver(Interest):
         if not self._acquired:
             self._acquire()
         return self._arm_tick()
+
+    def _end_tick(self) -> None:
+        """The run that asked for the periodic timer ends: close it."""
+        self._tick_period = None
+        self._close_tick()
 
     def stop(self) -> None:
         """Make ``run()``/``loop()`` return after the current pass. Safe from any thread and

@@ -70,6 +70,7 @@ from time import monotonic as _time
 from typing import Any, Callable, Dict, List, Optional, TypeVar
 
 from ..dispatcher import ACCEPT_BACKOFF, ACCEPT_BURST, Dispatcher
+from ..driver import _TICK_MAX
 from ..errors import ACCEPT_RESOURCE, ACCEPT_RETRY, WOULD_BLOCK
 from ..limits import HostTally, check_limits
 from ..reactor import ChannelMap, Loop
@@ -618,7 +619,8 @@ class BaseServer:
     def serve_forever(self, poll_interval: Optional[float] = 0.5) -> None:
         """Serve requests (and every other channel of the loop) until ``shutdown()``.
 
-        ``poll_interval`` caps each pass's wait; ``service_actions()`` runs after every pass.
+        ``poll_interval`` caps each pass's wait (on Linux by one periodic timer, not a timeout
+        on each poll); ``service_actions()`` runs after every pass.
         ``shutdown()`` needs no pass to end: it wakes the loop.
         """
         lp = self.get_loop()
@@ -637,16 +639,25 @@ class BaseServer:
                 self._nl_listening = True
         previous = _drivers.get(lp)
         _drivers[lp] = me
+        ticking = asked = False
         try:
             if not stop_now:
                 self._nl_attach()
+                # As for asyncore's loop(): one periodic timer bounds the waits where the system
+                # has one, not a timeout on every poll (a kernel timer armed per sleep; see
+                # Loop._arm_tick). service_actions() still runs at least every poll_interval.
+                if poll_interval is not None and 0 < poll_interval < _TICK_MAX:
+                    asked = True
+                    ticking = lp._start_tick(poll_interval)
                 while not self.__shutdown_request:
-                    lp.run_once(poll_interval)
+                    lp.run_once(None if ticking and lp._tick_fd >= 0 else poll_interval)
                     self._nl_raise_deferred()
                     if self.__shutdown_request:
                         break
                     self.service_actions()
         finally:
+            if asked:
+                lp._end_tick()
             if previous is None:
                 _drivers.pop(lp, None)
             else:
