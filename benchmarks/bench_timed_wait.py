@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""What a timeout on every poll costs the kernel: one-connection ping-pong against the same
-hand-written epoll echo loop, once polling with ``poll()`` (no timeout) and once with
-``poll(30.0)`` (asyncore's default ``loop(timeout=30.0)``, polled as 3.11's asyncore does).
+"""What a timeout on every poll costs the kernel: one-connection ping-pong against the
+benchmarks' hand-written epoll echo loop (``servers.py --kind minimal-epoll``), once polling with
+``poll()`` (no timeout, as in every other run) and once with ``poll(30.0)`` (``--poll-timeout
+30``: asyncore's default ``loop(timeout=30.0)``, polled as 3.11's asyncore does).
 
 A wait with a timeout arms a kernel timer when the process sleeps and cancels it when an
 event wakes it; at one connection the server sleeps once per request, so the difference
@@ -33,65 +34,27 @@ import benchlib  # noqa: E402
 
 ROUNDS = int(os.environ.get("ROUNDS", 9))
 SECONDS = float(os.environ.get("SECONDS", 3))
-VARIANTS = {"poll()": "None", "poll(30.0)": "30.0"}
-
-SERVER = r"""
-import select, socket, sys
-timeout = %s
-ls = socket.socket()
-ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-ls.bind(("127.0.0.1", 0))
-ls.listen(16)
-ls.setblocking(False)
-ep = select.epoll()
-ep.register(ls.fileno(), select.EPOLLIN)
-socks = {}
-print(ls.getsockname()[1], flush=True)
-while True:
-    for fd, ev in ep.poll(timeout):
-        if fd == ls.fileno():
-            try:
-                s, _ = ls.accept()
-            except OSError:
-                continue
-            s.setblocking(False)
-            socks[s.fileno()] = s
-            ep.register(s.fileno(), select.EPOLLIN)
-            continue
-        s = socks[fd]
-        try:
-            data = s.recv(65536)
-        except OSError:
-            data = b""
-        if not data:
-            ep.unregister(fd)
-            del socks[fd]
-            s.close()
-            continue
-        s.send(data)
-"""
-
+VARIANTS = {"poll()": [], "poll(30.0)": ["--poll-timeout", "30.0"]}
 
 def one_run(loadgen: str, variant: str) -> dict:
+    """One loadgen run against the benchmarks' hand-written loop (servers.py minimal-epoll)."""
     two = len(os.sched_getaffinity(0)) >= 2
-    cmd = [sys.executable, "-c", SERVER % VARIANTS[variant]]
-    if two:
-        cmd = ["taskset", "-c", "0"] + cmd
-    srv = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    cmd = [sys.executable, benchlib.SERVERS_PY, "--kind", "minimal-epoll", "--port", "0"]
+    srv = benchlib.ServerProcess(cmd + VARIANTS[variant], cpu=0 if two else None,
+                                 name="minimal-epoll " + variant)
+    srv.start()
     try:
-        port = srv.stdout.readline().strip()
-        lg = [loadgen, "--host", "127.0.0.1", "--port", port, "--mode", "pingpong",
+        lg = [loadgen, "--host", "127.0.0.1", "--port", str(srv.port), "--mode", "pingpong",
               "--conns", "1", "--size", "64", "--duration", str(SECONDS),
-              "--warmup", str(min(1.0, SECONDS / 2)), "--server-pid", str(srv.pid)]
+              "--warmup", str(min(1.0, SECONDS / 2)), "--server-pid", str(srv.proc.pid)]
         if two:
             lg += ["--cpu", "1"]
         out = subprocess.run(lg, stdout=subprocess.PIPE, text=True, timeout=SECONDS + 60,
                              check=True).stdout
         return json.loads(out.strip().splitlines()[-1])
     finally:
-        srv.kill()
-        srv.wait()
-        srv.stdout.close()
+        srv.stop()
+        srv.cleanup_files()
 
 
 def main() -> None:

@@ -371,6 +371,7 @@ def serve_minimal_epoll(args):
     import select
 
     recv_size = args.recv_size or MAX_RECV
+    poll_timeout = getattr(args, "poll_timeout", None)
     lsock = listening_socket(args.host, args.port)
     lsock.setblocking(False)
     lfd = lsock.fileno()
@@ -393,7 +394,7 @@ def serve_minimal_epoll(args):
     announce(lsock.getsockname()[1])
     try:
         while True:
-            for fd, _events in ep.poll():
+            for fd, _events in ep.poll(poll_timeout):
                 if fd == lfd:
                     while True:
                         try:
@@ -584,6 +585,9 @@ def main(argv=None):
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--recv-size", type=int, default=0, help="bytes per recv (max 65536)")
+    ap.add_argument("--poll-timeout", type=float, default=None,
+                    help="minimal-epoll: poll with this timeout (default: none), as a loop "
+                         "that keeps a timeout per poll does (bench_timed_wait.py)")
     ap.add_argument("--cpu", type=int, default=None, help="pin to this CPU")
     ap.add_argument("--nofile", type=int, default=0, help="raise RLIMIT_NOFILE to this")
     ap.add_argument("--probe", action="store_true", help="print capabilities as JSON")
