@@ -15,6 +15,8 @@ import select
 import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 from typing import Any, List, Optional
 
@@ -288,6 +290,8 @@ def test_periodic_timer_expires_repeatedly(source, monkeypatch):
     if source == "libc":
         # The ctypes path of 3.9-3.12, also where the os module has timerfd (3.13+).
         monkeypatch.delattr(os, "timerfd_create", raising=False)
+        if _timerfd._libc is None:
+            monkeypatch.setattr(_timerfd, "_libc", _timerfd._load_libc())
     elif not hasattr(os, "timerfd_create"):
         pytest.skip("this Python's os module has no timerfd_create (3.13+)")
     fd = _timerfd.periodic(0.01)
@@ -348,3 +352,43 @@ def test_serve_forever_waits_on_the_timer_and_still_runs_service_actions(poller_
     finally:
         server.server_close()
         lp.close()
+
+
+def test_no_module_is_imported_when_a_run_starts():
+    # A signal that arrives while the loop starts (systemd's SIGTERM just after "listening")
+    # must not land in an import: Python ignores a KeyboardInterrupt raised in importlib's
+    # callbacks, and the server then ran on. The timer's ctypes is imported with netloop.
+    code = """if 1:
+        import socket, sys
+        import netloop.asyncore as asyncore
+        import netloop.socketserver as socketserver
+
+        class Once(asyncore.dispatcher):
+            def readable(self):
+                self.close()
+                return True
+            def writable(self):
+                return False
+
+        a, b = socket.socketpair()
+        Once(a)
+        before = set(sys.modules)
+        asyncore.loop(timeout=0.05)
+
+        class Server(socketserver.TCPServer):
+            service_interval = None
+            def service_actions(self):
+                self.shutdown()
+
+        server = Server(("127.0.0.1", 0), socketserver.BaseRequestHandler)
+        server.serve_forever(poll_interval=0.05)
+        server.server_close()
+        b.close()
+        print(sorted(set(sys.modules) - before))
+    """
+    env = dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), "src"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout

@@ -1,9 +1,12 @@
 """A periodic timer descriptor (Linux ``timerfd``) for the loop's long runs (``Loop._arm_tick``).
 
 Python 3.13 has ``os.timerfd_create``; on 3.9-3.12 the same two C library calls are made through
-``ctypes``, imported the first time a run asks for a timer (``import ctypes`` adds about 400 KB
-to a process, which a program that never runs such a loop does not pay). If that import or the
-C library fails, it is not tried again: the loop's polls keep their timeouts, as without it.
+``ctypes``. That is imported here, with netloop, never when a run starts: a module imported
+while the loop starts runs importlib's own callbacks, and a KeyboardInterrupt that a signal
+handler raises inside one of them is ignored by Python ("Exception ignored in ... cb"), so a
+SIGTERM sent just as a server came up was lost (found by tests/test_examples.py on 3.9). It
+costs about 400 KB of RSS on those versions. If ctypes or the C library fails, there is no timer
+and the loop's polls keep their timeouts, as without it.
 """
 
 from __future__ import annotations
@@ -23,36 +26,33 @@ _CLOCK_MONOTONIC = getattr(time, "CLOCK_MONOTONIC", 1)
 # On Linux TFD_NONBLOCK and TFD_CLOEXEC are O_NONBLOCK and O_CLOEXEC (the kernel defines them so).
 _FLAGS = getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 
-# (timerfd_create, timerfd_settime, itimerspec type, get_errno) from the C library; False once
-# that failed.
-_libc: Any = None
+def _load_libc() -> Optional[Tuple[Any, Any, Any, Any]]:
+    """(timerfd_create, timerfd_settime, the itimerspec type, get_errno) from the C library
+    through ctypes; None where that cannot be had."""
+    try:
+        import ctypes
+
+        class Timespec(ctypes.Structure):
+            _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+        class Itimerspec(ctypes.Structure):
+            _fields_ = [("it_interval", Timespec), ("it_value", Timespec)]
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        create = libc.timerfd_create
+        create.argtypes = [ctypes.c_int, ctypes.c_int]
+        create.restype = ctypes.c_int
+        settime = libc.timerfd_settime
+        settime.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.POINTER(Itimerspec),
+                            ctypes.c_void_p]
+        settime.restype = ctypes.c_int
+        return (create, settime, Itimerspec, ctypes.get_errno)
+    except Exception:  # no ctypes in this build, no such symbol: no timer
+        return None
 
 
-def _from_libc() -> Optional[Tuple[Any, Any, Any, Any]]:
-    global _libc
-    if _libc is None:
-        _libc = False
-        try:
-            import ctypes
-
-            class Timespec(ctypes.Structure):
-                _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
-
-            class Itimerspec(ctypes.Structure):
-                _fields_ = [("it_interval", Timespec), ("it_value", Timespec)]
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            create = libc.timerfd_create
-            create.argtypes = [ctypes.c_int, ctypes.c_int]
-            create.restype = ctypes.c_int
-            settime = libc.timerfd_settime
-            settime.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.POINTER(Itimerspec),
-                                ctypes.c_void_p]
-            settime.restype = ctypes.c_int
-            _libc = (create, settime, Itimerspec, ctypes.get_errno)
-        except Exception:  # no ctypes in this build, no such symbol: no timer, ever
-            _libc = False
-    return _libc or None
+# Loaded now (see the module's docstring), only where the os module has no timerfd.
+_libc = _load_libc() if AVAILABLE and not hasattr(os, "timerfd_create") else None
 
 
 def periodic(seconds: float) -> int:
@@ -71,7 +71,7 @@ def periodic(seconds: float) -> int:
             os.close(fd)
             raise
         return fd  # type: ignore[no-any-return]
-    libc = _from_libc()
+    libc = _libc
     if libc is None:
         raise OSError(38, "no timerfd in this Python (no ctypes)")
     create, settime, itimerspec, get_errno = libc
