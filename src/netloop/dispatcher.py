@@ -1068,15 +1068,15 @@ class Dispatcher:
             if not self.accepting:
                 break
 
-    def _nl_accept_burst(self) -> int:
+    def _nl_accept_burst(self, limit: int = ACCEPT_BURST) -> int:
         """How many ``accept()`` calls this readiness event gets (``accept_burst()``), or
-        ``ACCEPT_BURST`` for a listener whose queue cannot be counted."""
+        ``limit`` for a listener whose queue cannot be counted."""
         if self._nl_count_queue:
-            burst = accept_burst(self.socket, ACCEPT_BURST)
+            burst = accept_burst(self.socket, limit)
             if burst > 0:
                 return burst
             self._nl_count_queue = False  # not a TCP listener: never asked again
-        return ACCEPT_BURST
+        return limit
 
     def _nl_setup_failed(self, sock: Any, addr: Any, err: BaseException) -> None:
         """``handle_accepted()`` raised: close that connection (and any channel half made for

@@ -18,10 +18,8 @@ from . import _timerfd
 from .interest import Interest
 from .pollers import INVALID, SelectPoller
 
-# A run's periodic timer: none on systems without Linux's timerfd, nor for timeouts it cannot
-# hold (about 68 years; no run waits so long).
+# A run's periodic timer: none on systems without Linux's timerfd.
 _NO_TICK = not _timerfd.AVAILABLE
-_TICK_MAX = float(2 ** 31)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -196,8 +194,7 @@ class PollDriver(Interest):
                 # With a timeout (asyncore's loop() has 30 s), a periodic timer ends the waits
                 # in place of a timeout on each poll where the system has one (_arm_tick):
                 # the outermost run only, as a nested legacy run has a timeout of its own.
-                ticking = (lock is not None and timeout and timeout < _TICK_MAX
-                           and self._start_tick(timeout))
+                ticking = lock is not None and self._start_tick(timeout)
                 if forever:
                     while True:
                         one_pass(None if ticking and self._tick_fd >= 0 else timeout, True)
@@ -233,10 +230,12 @@ class PollDriver(Interest):
                 if not self._running and not self.map:
                     self._maybe_release()
 
-    def _start_tick(self, period: float) -> bool:
+    def _start_tick(self, period: Optional[float]) -> bool:
         """Ask for the run's periodic timer (see ``Loop._arm_tick``); True when it is armed.
-        Takes the kernel objects first if the loop holds none yet (the first pass would)."""
-        if _NO_TICK:
+        Takes the kernel objects first if the loop holds none yet (the first pass would).
+        No timer for a wait that has no bound or never blocks (None, 0); a period the timer
+        cannot hold (``_timerfd.periodic`` refuses it) leaves the polls their timeout."""
+        if _NO_TICK or not period:
             return False
         self._tick_period = period
         if not self._acquired:

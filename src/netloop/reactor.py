@@ -485,12 +485,14 @@ class Loop(PollDriver):
         self._tick_fd = fd
         return True
 
-    def _close_tick(self) -> None:
+    def _close_tick(self, unregister: bool = True) -> None:
+        # unregister=False: in a forked child, whose poller is shared with the parent (and the
+        # timer too: this closes the child's copy and never disarms it).
         fd, self._tick_fd = self._tick_fd, -1
         if fd < 0:
             return
         poller = self._poller
-        if poller is not None:
+        if poller is not None and unregister:
             try:
                 poller.unregister(fd)
             except (OSError, KeyError, ValueError):
@@ -567,14 +569,8 @@ class Loop(PollDriver):
                     closer.close()  # closes this process's descriptor copies only
                 except OSError:
                     pass  # kqueue descriptors are not inherited by a child
-        if self._tick_fd >= 0:
-            # The timer is shared with the parent too: close this copy, never disarm it. A
-            # run that goes on in the child takes its own at its next pass (_acquire).
-            try:
-                os.close(self._tick_fd)
-            except OSError:
-                pass
-            self._tick_fd = -1
+        # A run that goes on in the child takes a timer of its own at its next pass (_acquire).
+        self._close_tick(unregister=False)
         self._poller = self._kernel_register = self._kernel_unregister = None
         self._waker = None
         self._wake_fd = -1

@@ -70,7 +70,6 @@ from time import monotonic as _time
 from typing import Any, Callable, Dict, List, Optional, TypeVar
 
 from ..dispatcher import ACCEPT_BACKOFF, ACCEPT_BURST, Dispatcher
-from ..driver import _TICK_MAX
 from ..errors import ACCEPT_RESOURCE, ACCEPT_RETRY, WOULD_BLOCK
 from ..limits import HostTally, check_limits
 from ..reactor import ChannelMap, Loop
@@ -410,8 +409,14 @@ class BaseServer:
         return False
 
     def _nl_burst(self, limit: int) -> int:
-        """How many ``get_request()`` calls one readiness event gets (at most ``limit``)."""
-        return limit if self._nl_can_burst() else 1
+        """How many ``get_request()`` calls one readiness event gets (at most ``limit``): one
+        for a socket that may block; else, on Linux, as many as wait in a TCP listener's
+        accept queue (the listener's ``_nl_accept_burst()``: the call after the last would
+        only fail, and a failing accept() is the dearest system call of a connection)."""
+        if not self._nl_can_burst():
+            return 1
+        listener = self._nl_listener
+        return limit if listener is None else listener._nl_accept_burst(limit)
 
     def _nl_serve_ready(self, limit: int) -> None:
         # A bounded burst: one get_request() per loop pass would cost a pass per connection
@@ -639,25 +644,22 @@ class BaseServer:
                 self._nl_listening = True
         previous = _drivers.get(lp)
         _drivers[lp] = me
-        ticking = asked = False
         try:
             if not stop_now:
                 self._nl_attach()
                 # As for asyncore's loop(): one periodic timer bounds the waits where the system
                 # has one, not a timeout on every poll (a kernel timer armed per sleep; see
                 # Loop._arm_tick). service_actions() still runs at least every poll_interval.
-                if poll_interval is not None and 0 < poll_interval < _TICK_MAX:
-                    asked = True
-                    ticking = lp._start_tick(poll_interval)
+                # (Nothing else runs this loop meanwhile: a timer it holds is this call's.)
+                lp._start_tick(poll_interval)
                 while not self.__shutdown_request:
-                    lp.run_once(None if ticking and lp._tick_fd >= 0 else poll_interval)
+                    lp.run_once(None if lp._tick_fd >= 0 else poll_interval)
                     self._nl_raise_deferred()
                     if self.__shutdown_request:
                         break
                     self.service_actions()
         finally:
-            if asked:
-                lp._end_tick()
+            lp._end_tick()
             if previous is None:
                 _drivers.pop(lp, None)
             else:

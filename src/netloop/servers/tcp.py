@@ -12,7 +12,6 @@ import socket
 import sys
 from typing import Any, Callable, Optional
 
-from ..dispatcher import accept_burst
 from ..reactor import ChannelMap, Loop
 from .base import BaseServer
 
@@ -62,22 +61,6 @@ class TCPServer(BaseServer):
 
     def _nl_can_burst(self) -> bool:
         return self.socket.gettimeout() == 0.0
-
-    # Cleared for a socket whose accept queue the kernel cannot count (Unix, not Linux).
-    _nl_count_queue = True
-
-    def _nl_burst(self, limit: int) -> int:
-        # On Linux, no more get_request() calls than connections wait in the accept queue: the
-        # call after the last would only fail, and a failing accept() is the dearest system
-        # call of a connection (see dispatcher.accept_burst).
-        if not self._nl_can_burst():
-            return 1
-        if self._nl_count_queue:
-            burst = accept_burst(self.socket, limit)
-            if burst > 0:
-                return burst
-            self._nl_count_queue = False
-        return limit
 
     def server_bind(self) -> None:
         """Set the reuse options asked for, bind, and record the address bound."""
