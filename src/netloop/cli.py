@@ -56,7 +56,14 @@ class EchoHandler(BufferedDispatcher):
     It reads into the loop's shared 128 KiB buffer (``recv_view()``) and sends from it: on a
     bulk stream that is one read and one send per 128 KiB, with no object made for the bytes.
     What the socket does not take at once is copied into the output queue (by ``send()``).
+
+    A connection its peer resets is closed without a read (``handle_close()`` alone): bytes
+    that peer sent just before the reset are not read, as no echo can reach it any more.
+    A subclass that overrides ``handle_read()``, ``recv_view()`` or ``send()`` reads a reset
+    connection as any dispatcher does.
     """
+
+    _nl_close_on_reset = True  # see Dispatcher
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -65,6 +72,8 @@ class EchoHandler(BufferedDispatcher):
         if "handle_read" not in cls.__dict__ and (cls.recv_view is not EchoHandler.recv_view
                                                   or cls.send is not EchoHandler.send):
             cls.handle_read = EchoHandler._handle_read_by_methods  # type: ignore[method-assign]
+        if cls.handle_read is not EchoHandler.handle_read:
+            cls._nl_close_on_reset = False  # it reads its own way: let it find the reset
 
     def _handle_read_by_methods(self) -> None:
         # None given, not defaulted: CPython 3.13 makes a call with every argument given

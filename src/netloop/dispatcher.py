@@ -39,6 +39,7 @@ from errno import (EALREADY, EBADF, EINPROGRESS, EINVAL, EISCONN, ENOTCONN, EWOU
 
 from .errors import (ACCEPT_RESOURCE, ACCEPT_RETRY, DISCONNECTED, RERAISED, WOULD_BLOCK,
                      compact_traceback, strerror)
+from .interest import _allow_close_on_reset
 from .limits import HostTally, check_limits
 from .pollers import READ_MASK, WRITE
 from .reactor import (PAUSED_AT_EOF, PAUSED_RESTING, _abandon, _as_map, _describe, _lookup,
@@ -221,6 +222,11 @@ class Dispatcher:
     # set_socket, add_channel and del_channel are this class's own: __init__ and close() do
     # their work in line (one connection set up and torn down makes three calls fewer).
     _nl_plain_map = True
+    # Close a connection the peer reset (the poller reports an error with the hang-up) with
+    # handle_close() alone, without calling handle_read(): for a class whose handle_read()
+    # would only find the reset (its read failing), and that wants nothing the peer sent
+    # before it (an echo cannot answer a peer that is gone). Set in the class body.
+    _nl_close_on_reset = False
     # Why reading is paused: reactor.PAUSED_* bits (0: reads). An instance attribute only, set
     # by __init__ (read at every registration and close: a class default is read the slow way).
     _nl_paused: int
@@ -258,6 +264,8 @@ class Dispatcher:
                          and getattr(cls.writable, "_nl_known", False))
         cls._nl_plain_read = cls.handle_read_event is Dispatcher.handle_read_event
         cls._nl_registration = (cls._nl_plain_read, cls._nl_known)
+        if cls._nl_close_on_reset:
+            _allow_close_on_reset()
         cls._nl_plain_map = (cls.set_socket is Dispatcher.set_socket
                              and cls.add_channel is Dispatcher.add_channel
                              and cls.del_channel is Dispatcher.del_channel)

@@ -1,0 +1,154 @@
+"""A connection its peer resets: the CLI's echo closes it without a read (no failing read, no
+Python exception); every other dispatcher still reads it, as asyncore's did."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import Any, List
+
+import pytest
+
+import netloop
+import netloop.asyncore
+from netloop import cli
+from support import run_until
+
+pytestmark = pytest.mark.timeout(30)
+
+# The pollers that report a reset as an error with the hang-up (select() only says readable).
+REPORTS_ERRORS = {"epoll", "poll"}
+
+
+def _reset(sock: socket.socket) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def _echo(lp: netloop.Loop, sock: socket.socket, payload: bytes) -> None:
+    sock.setblocking(False)
+    sock.sendall(payload)
+    got = b""
+
+    def echoed() -> bool:
+        nonlocal got
+        try:
+            got += sock.recv(65536)
+        except BlockingIOError:
+            pass
+        return got == payload
+
+    run_until(lp, echoed)
+
+
+def _counting(base: Any, reads: List[int]) -> Any:
+    """``base``'s handle_read() counted, set after the class is made (so the class keeps the
+    reset rule its base gives it)."""
+    class Counted(base):  # type: ignore[misc,valid-type]
+        pass
+    original = base.handle_read
+
+    def handle_read(self: Any) -> None:
+        reads.append(1)
+        original(self)
+    Counted.handle_read = handle_read  # type: ignore[method-assign]
+    return Counted
+
+
+def test_the_echo_closes_a_reset_connection_without_reading_it(loop: netloop.Loop,
+                                                               poller_name: str) -> None:
+    reads: List[int] = []
+    server = cli.EchoServer("127.0.0.1", 0, loop.map)
+    server.handler_class = _counting(cli.EchoHandler, reads)
+    client = socket.create_connection(server.address)
+    _echo(loop, client, b"ping")
+    before = len(reads)
+    _reset(client)
+    run_until(loop, lambda: len(loop.map) == 1)
+    if poller_name in REPORTS_ERRORS:
+        assert len(reads) == before  # closed by handle_close() alone
+    else:
+        assert len(reads) == before + 1  # select(): readable, and the read finds the reset
+    # The server goes on.
+    other = socket.create_connection(server.address)
+    try:
+        _echo(loop, other, b"still here")
+    finally:
+        other.close()
+    run_until(loop, lambda: len(loop.map) == 1)
+
+
+def test_bytes_sent_just_before_a_reset_are_not_echoed_and_nothing_breaks(
+        loop: netloop.Loop) -> None:
+    server = cli.EchoServer("127.0.0.1", 0, loop.map)
+    doomed = socket.create_connection(server.address)
+    run_until(loop, lambda: len(loop.map) == 2)
+    doomed.sendall(b"x" * 1000)
+    _reset(doomed)  # before the loop has read a byte of it
+    run_until(loop, lambda: len(loop.map) == 1)
+    other = socket.create_connection(server.address)
+    try:
+        _echo(loop, other, b"y" * 100000)
+    finally:
+        other.close()
+
+
+class _ReadsItself(cli.EchoHandler):
+    def handle_read(self) -> None:
+        cli.EchoHandler.handle_read(self)
+
+
+class _SendsItsWay(cli.EchoHandler):
+    def send(self, data: Any) -> None:
+        cli.EchoHandler.send(self, bytes(data))
+
+
+@pytest.mark.parametrize("handler", [_ReadsItself, _SendsItsWay])
+def test_an_echo_subclass_that_reads_its_own_way_reads_the_reset(loop: netloop.Loop,
+                                                                 handler: Any) -> None:
+    assert handler._nl_close_on_reset is False
+    assert cli.EchoHandler._nl_close_on_reset is True
+    reads: List[int] = []
+    server = cli.EchoServer("127.0.0.1", 0, loop.map)
+    server.handler_class = _counting(handler, reads)
+    client = socket.create_connection(server.address)
+    _echo(loop, client, b"ping")
+    before = len(reads)
+    _reset(client)
+    run_until(loop, lambda: len(loop.map) == 1)
+    assert len(reads) == before + 1
+
+
+def test_asyncore_handlers_still_read_a_reset_connection(loop: netloop.Loop) -> None:
+    """asyncore's contract: a reset reaches handle_read(), whose recv() calls handle_close()
+    and returns b''."""
+    events: List[Any] = []
+
+    class Handler(netloop.asyncore.dispatcher_with_send):
+        def handle_read(self) -> None:
+            data = self.recv(8192)
+            events.append(data)
+            if data:
+                self.send(data)
+
+        def handle_close(self) -> None:
+            events.append("close")
+            self.close()
+
+    class Server(netloop.asyncore.dispatcher):
+        def __init__(self) -> None:
+            netloop.asyncore.dispatcher.__init__(self, map=loop.map)
+            self.create_socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.bind(("127.0.0.1", 0))
+            self.listen(5)
+
+        def handle_accepted(self, sock: socket.socket, addr: Any) -> None:
+            Handler(sock, map=loop.map)
+
+    assert Handler._nl_close_on_reset is False
+    server = Server()
+    client = socket.create_connection(server.socket.getsockname())
+    _echo(loop, client, b"ping")
+    _reset(client)
+    run_until(loop, lambda: len(loop.map) == 1)
+    assert events == [b"ping", "close", b""]  # recv() called handle_close(), then returned
