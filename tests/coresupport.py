@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import collections
 import socket
+import struct
 import time
 from typing import Any, Callable, List, Optional, Tuple
 
 import netloop
 from netloop import pollers
+from support import run_until
 
 
 class CountingPoller:
@@ -107,6 +109,21 @@ def recv_some(sock: socket.socket, into: bytearray, size: int = 65536) -> None:
         if not data:
             return
         into.extend(data)
+
+
+def rst_close(sock: socket.socket) -> None:
+    """Close with RST instead of FIN (SO_LINGER on, zero timeout)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def echo_roundtrip(lp: netloop.Loop, client: socket.socket, data: bytes) -> None:
+    """Send ``data`` on ``client`` (made non-blocking) and run ``lp`` until all of it is back."""
+    client.setblocking(False)
+    client.send(data)
+    got = bytearray()
+    run_until(lp, lambda: recv_some(client, got) or len(got) >= len(data))
+    assert got == data
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 5.0, step: float = 0.005) -> None:

@@ -4,7 +4,6 @@ Python exception); every other dispatcher still reads it, as asyncore's did."""
 from __future__ import annotations
 
 import socket
-import struct
 from typing import Any, List
 
 import pytest
@@ -12,33 +11,13 @@ import pytest
 import netloop
 import netloop.asyncore
 from netloop import cli
+from coresupport import echo_roundtrip, rst_close
 from support import run_until
 
 pytestmark = pytest.mark.timeout(30)
 
 # The pollers that report a reset as an error with the hang-up (select() only says readable).
 REPORTS_ERRORS = {"epoll", "poll"}
-
-
-def _reset(sock: socket.socket) -> None:
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
-
-
-def _echo(lp: netloop.Loop, sock: socket.socket, payload: bytes) -> None:
-    sock.setblocking(False)
-    sock.sendall(payload)
-    got = b""
-
-    def echoed() -> bool:
-        nonlocal got
-        try:
-            got += sock.recv(65536)
-        except BlockingIOError:
-            pass
-        return got == payload
-
-    run_until(lp, echoed)
 
 
 def _counting(base: Any, reads: List[int]) -> Any:
@@ -61,9 +40,9 @@ def test_the_echo_closes_a_reset_connection_without_reading_it(loop: netloop.Loo
     server = cli.EchoServer("127.0.0.1", 0, loop.map)
     server.handler_class = _counting(cli.EchoHandler, reads)
     client = socket.create_connection(server.address)
-    _echo(loop, client, b"ping")
+    echo_roundtrip(loop, client, b"ping")
     before = len(reads)
-    _reset(client)
+    rst_close(client)
     run_until(loop, lambda: len(loop.map) == 1)
     if poller_name in REPORTS_ERRORS:
         assert len(reads) == before  # closed by handle_close() alone
@@ -72,7 +51,7 @@ def test_the_echo_closes_a_reset_connection_without_reading_it(loop: netloop.Loo
     # The server goes on.
     other = socket.create_connection(server.address)
     try:
-        _echo(loop, other, b"still here")
+        echo_roundtrip(loop, other, b"still here")
     finally:
         other.close()
     run_until(loop, lambda: len(loop.map) == 1)
@@ -84,11 +63,11 @@ def test_bytes_sent_just_before_a_reset_are_not_echoed_and_nothing_breaks(
     doomed = socket.create_connection(server.address)
     run_until(loop, lambda: len(loop.map) == 2)
     doomed.sendall(b"x" * 1000)
-    _reset(doomed)  # before the loop has read a byte of it
+    rst_close(doomed)  # before the loop has read a byte of it
     run_until(loop, lambda: len(loop.map) == 1)
     other = socket.create_connection(server.address)
     try:
-        _echo(loop, other, b"y" * 100000)
+        echo_roundtrip(loop, other, b"y" * 10000)
     finally:
         other.close()
 
@@ -112,9 +91,9 @@ def test_an_echo_subclass_that_reads_its_own_way_reads_the_reset(loop: netloop.L
     server = cli.EchoServer("127.0.0.1", 0, loop.map)
     server.handler_class = _counting(handler, reads)
     client = socket.create_connection(server.address)
-    _echo(loop, client, b"ping")
+    echo_roundtrip(loop, client, b"ping")
     before = len(reads)
-    _reset(client)
+    rst_close(client)
     run_until(loop, lambda: len(loop.map) == 1)
     assert len(reads) == before + 1
 
@@ -148,7 +127,7 @@ def test_asyncore_handlers_still_read_a_reset_connection(loop: netloop.Loop) -> 
     assert Handler._nl_close_on_reset is False
     server = Server()
     client = socket.create_connection(server.socket.getsockname())
-    _echo(loop, client, b"ping")
-    _reset(client)
+    echo_roundtrip(loop, client, b"ping")
+    rst_close(client)
     run_until(loop, lambda: len(loop.map) == 1)
     assert events == [b"ping", "close", b""]  # recv() called handle_close(), then returned

@@ -6,7 +6,6 @@ import gc
 import json
 import os
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -15,24 +14,12 @@ from typing import Any, List
 import pytest
 
 import netloop
-from coresupport import Echo, EchoServer, recv_some
+from coresupport import Echo, EchoServer, echo_roundtrip, recv_some, rst_close
 from support import run_until
 
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
 
 
-def rst_close(sock: socket.socket) -> None:
-    """Close with RST instead of FIN (SO_LINGER on, zero timeout)."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
-
-
-def echo_roundtrip(lp: netloop.Loop, client: socket.socket, data: bytes) -> None:
-    client.setblocking(False)
-    client.send(data)
-    got = bytearray()
-    run_until(lp, lambda: recv_some(client, got) or len(got) >= len(data))
-    assert got == data
 
 
 def test_peer_reset_mid_stream(loop):
