@@ -34,13 +34,15 @@ def _counting(base: Any, reads: List[int]) -> Any:
     return Counted
 
 
+@pytest.mark.parametrize("kind", ["dispatcher", "chat"])
 def test_the_echo_closes_a_reset_connection_without_reading_it(loop: netloop.Loop,
-                                                               poller_name: str) -> None:
+                                                               poller_name: str,
+                                                               kind: str) -> None:
     reads: List[int] = []
-    server = cli.EchoServer("127.0.0.1", 0, loop.map)
-    server.handler_class = _counting(cli.EchoHandler, reads)
+    server = cli._make_echo(kind, "127.0.0.1", 0, loop)
+    server.handler_class = _counting(server.handler_class, reads)
     client = socket.create_connection(server.address)
-    echo_roundtrip(loop, client, b"ping")
+    echo_roundtrip(loop, client, b"ping\n")
     before = len(reads)
     rst_close(client)
     run_until(loop, lambda: len(loop.map) == 1)
@@ -51,7 +53,7 @@ def test_the_echo_closes_a_reset_connection_without_reading_it(loop: netloop.Loo
     # The server goes on.
     other = socket.create_connection(server.address)
     try:
-        echo_roundtrip(loop, other, b"still here")
+        echo_roundtrip(loop, other, b"still here\n")
     finally:
         other.close()
     run_until(loop, lambda: len(loop.map) == 1)

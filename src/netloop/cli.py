@@ -284,6 +284,9 @@ def _line_echo_class() -> Any:
         # A server facing the network: bound a line (the drop-in's default is asynchat's
         # unbounded buffer) and the replies queued for a client that does not read.
         max_buffer = 1 << 20
+        # A reset connection is closed without a read, as EchoHandler's: no line can be
+        # echoed to a peer that is gone.
+        _nl_close_on_reset = True
 
         def __init__(self, sock: socket.socket, map: Any) -> None:
             async_chat.__init__(self, sock, map=map)
