@@ -644,6 +644,7 @@ class BaseServer:
                 self._nl_listening = True
         previous = _drivers.get(lp)
         _drivers[lp] = me
+        ticking = False
         try:
             if not stop_now:
                 self._nl_attach()
@@ -651,6 +652,7 @@ class BaseServer:
                 # has one, not a timeout on every poll (a kernel timer armed per sleep; see
                 # Loop._arm_tick). service_actions() still runs at least every poll_interval.
                 # (Nothing else runs this loop meanwhile: a timer it holds is this call's.)
+                ticking = True  # (ended below even if arming it fails: it records the period)
                 lp._start_tick(poll_interval)
                 while not self.__shutdown_request:
                     lp.run_once(None if lp._tick_fd >= 0 else poll_interval)
@@ -659,7 +661,8 @@ class BaseServer:
                         break
                     self.service_actions()
         finally:
-            lp._end_tick()
+            if ticking:
+                lp._end_tick()
             if previous is None:
                 _drivers.pop(lp, None)
             else:
