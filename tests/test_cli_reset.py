@@ -133,3 +133,34 @@ def test_asyncore_handlers_still_read_a_reset_connection(loop: netloop.Loop) -> 
     rst_close(client)
     run_until(loop, lambda: len(loop.map) == 1)
     assert events == [b"ping", "close", b""]  # recv() called handle_close(), then returned
+
+
+class _FailsToClose(cli.EchoHandler):
+    """Its first handle_close() raises before closing (handle_error() then closes it)."""
+    failures: List[str] = []
+
+    def handle_close(self) -> None:
+        if not _FailsToClose.failures:
+            _FailsToClose.failures.append("raised")
+            raise RuntimeError("handle_close failed")
+        cli.EchoHandler.handle_close(self)
+
+
+def test_a_handle_close_that_raises_on_a_reset_leaves_the_loop_serving(
+        loop: netloop.Loop, caplog: pytest.LogCaptureFixture) -> None:
+    assert _FailsToClose._nl_close_on_reset is True  # (it reads as EchoHandler does)
+    _FailsToClose.failures.clear()
+    server = cli.EchoServer("127.0.0.1", 0, loop.map)
+    server.handler_class = _FailsToClose
+    client = socket.create_connection(server.address)
+    echo_roundtrip(loop, client, b"ping")
+    rst_close(client)
+    run_until(loop, lambda: len(loop.map) == 1)  # closed all the same (leak check: no fd left)
+    assert _FailsToClose.failures == ["raised"]
+    assert "handle_close failed" in caplog.text  # handle_error() logged it
+    other = socket.create_connection(server.address)
+    try:
+        echo_roundtrip(loop, other, b"still here")
+    finally:
+        other.close()
+    run_until(loop, lambda: len(loop.map) == 1)
