@@ -20,6 +20,16 @@ pytestmark = pytest.mark.timeout(30)
 REPORTS_ERRORS = {"epoll", "poll"}
 
 
+def _still_serves(lp: netloop.Loop, server: Any, payload: bytes) -> None:
+    """A new client of ``server`` gets ``payload`` echoed; its channel is gone after it closes."""
+    other = socket.create_connection(server.address)
+    try:
+        echo_roundtrip(lp, other, payload)
+    finally:
+        other.close()
+    run_until(lp, lambda: len(lp.map) == 1)
+
+
 def _counting(base: Any, reads: List[int]) -> Any:
     """``base``'s handle_read() counted, set after the class is made (so the class keeps the
     reset rule its base gives it)."""
@@ -51,12 +61,7 @@ def test_the_echo_closes_a_reset_connection_without_reading_it(loop: netloop.Loo
     else:
         assert len(reads) == before + 1  # select(): readable, and the read finds the reset
     # The server goes on.
-    other = socket.create_connection(server.address)
-    try:
-        echo_roundtrip(loop, other, b"still here\n")
-    finally:
-        other.close()
-    run_until(loop, lambda: len(loop.map) == 1)
+    _still_serves(loop, server, b"still here\n")
 
 
 def test_bytes_sent_just_before_a_reset_are_not_echoed_and_nothing_breaks(
@@ -67,11 +72,7 @@ def test_bytes_sent_just_before_a_reset_are_not_echoed_and_nothing_breaks(
     doomed.sendall(b"x" * 1000)
     rst_close(doomed)  # before the loop has read a byte of it
     run_until(loop, lambda: len(loop.map) == 1)
-    other = socket.create_connection(server.address)
-    try:
-        echo_roundtrip(loop, other, b"y" * 10000)
-    finally:
-        other.close()
+    _still_serves(loop, server, b"y" * 10000)
 
 
 class _ReadsItself(cli.EchoHandler):
@@ -158,9 +159,4 @@ def test_a_handle_close_that_raises_on_a_reset_leaves_the_loop_serving(
     run_until(loop, lambda: len(loop.map) == 1)  # closed all the same (leak check: no fd left)
     assert _FailsToClose.failures == ["raised"]
     assert "handle_close failed" in caplog.text  # handle_error() logged it
-    other = socket.create_connection(server.address)
-    try:
-        echo_roundtrip(loop, other, b"still here")
-    finally:
-        other.close()
-    run_until(loop, lambda: len(loop.map) == 1)
+    _still_serves(loop, server, b"still here")
