@@ -27,8 +27,9 @@ figures of a Python loop and of uvloop sit in one table:
     python benchmarks/bench_insn_servers.py --python 3.11 --json insn.json   # kept for verdict17
 
 Servers (``--servers``): ``netloop`` (``python -m netloop echo``), ``netloop-asyncore`` (the
-legacy ``dispatcher_with_send`` echo on ``netloop.asyncore``), ``minimal-epoll`` (the
-hand-written loop), ``uvloop`` and ``asyncio`` (their echo Protocols). The interpreter is the
+legacy ``dispatcher_with_send`` echo on ``netloop.asyncore``), ``minimal-asyncore`` (that
+legacy code on the thinnest asyncore API: the floor of any asyncore implementation),
+``minimal-epoll`` (the hand-written loop), ``uvloop`` and ``asyncio`` (their echo Protocols). The interpreter is the
 benchmark runner's venv (``benchmarks/.venvs/pyXY``, made by ``run.py``) or a path.
 
 Counts repeat to within about 1% (the garbage collector's timing and hash seeds are the
@@ -57,7 +58,7 @@ sys.path.insert(0, HERE)
 import bench_insn
 import benchlib
 
-SERVERS = ("netloop", "netloop-asyncore", "minimal-epoll", "uvloop", "asyncio")
+SERVERS = ("netloop", "netloop-asyncore", "minimal-asyncore", "minimal-epoll", "uvloop", "asyncio")
 # scenario: (connections, warm-up rounds, short measured rounds, long measured rounds)
 SCENARIOS = {"pp100": (100, 30, 30, 230), "pp1": (1, 300, 300, 2300),
              "connrate": (8, 50, 50, 550), "stream64k": (10, 20, 20, 120)}

@@ -23,6 +23,8 @@ Byte-echo kinds (used by the pingpong/stream/connrate/idle scenarios):
   uvloop              the same Protocol on a uvloop event loop
   socketserver        stdlib socketserver.ThreadingTCPServer
   minimal-epoll       a hand-written select.epoll loop: the floor reference
+  minimal-asyncore    the netloop-dispatcher code on the thinnest asyncore API (a
+                      select.epoll loop): the floor of any asyncore implementation
 
 Line-echo kinds (terminator b"\\n", used by the line scenario):
 
@@ -62,6 +64,7 @@ BYTE_KINDS = (
     "uvloop",
     "socketserver",
     "minimal-epoll",
+    "minimal-asyncore",
 )
 LINE_KINDS = ("netloop-chat", "asynchat", "asyncio-streams", "netloop-chat-aio",
               "netloop-chat-aio-uvloop", "uvloop-streams")
@@ -453,6 +456,22 @@ def serve_minimal_epoll(args):
         lsock.close()
 
 
+# --------------------------------------------------------------------------
+# the legacy echo on the thinnest asyncore API (floor reference; minimal_asyncore.py)
+# --------------------------------------------------------------------------
+def serve_minimal_asyncore(args):
+    import minimal_asyncore  # (benchmarks/: sys.path[0] of serve.py and of this script)
+
+    mod = minimal_asyncore.new()
+    _, EchoServer = make_dispatcher_classes(mod, args.recv_size or LEGACY_RECV)
+    server = EchoServer(args.host, args.port)
+    announce(server.socket.getsockname()[1])
+    try:
+        mod.loop()
+    except Stop:
+        pass
+
+
 SERVE = {
     "netloop-dispatcher": serve_netloop_dispatcher,
     "netloop-socketserver": serve_netloop_socketserver,
@@ -469,6 +488,7 @@ SERVE = {
     "uvloop": serve_uvloop,
     "socketserver": serve_socketserver,
     "minimal-epoll": serve_minimal_epoll,
+    "minimal-asyncore": serve_minimal_asyncore,
 }
 
 

@@ -97,6 +97,65 @@ def test_stream_line_connrate_idle(loadgen):
     assert "rss_per_idle_conn_bytes" in idle["server"]
 
 
+def test_minimal_asyncore_serves_the_legacy_echo(loadgen):
+    # The asyncore-API floor reference (servers.py --kind minimal-asyncore) runs the legacy
+    # echo's code unchanged: one-by-one and pipelined echoes, a deep stream (its send queue),
+    # connections reset after one echo, and it stops cleanly on SIGTERM.
+    srv = benchlib.ServerProcess(server_cmd("minimal-asyncore"), ready_timeout=30,
+                                 name="minimal-asyncore")
+    try:
+        srv.start()
+        common = dict(server_pid=srv.proc.pid, duration=0.5, warmup=0.1, timeout=60)
+        pp = benchlib.run_loadgen(loadgen, srv.port, mode="pingpong", conns=4, size=64,
+                                  **common)
+        stream = benchlib.run_loadgen(loadgen, srv.port, mode="stream", conns=4,
+                                      size=262144, write_size=65536, **common)
+        conn = benchlib.run_loadgen(loadgen, srv.port, mode="connrate", conns=4, size=64,
+                                    **common)
+        alive = srv.alive()
+    finally:
+        srv.stop()
+        srv.cleanup_files()
+    assert alive and srv.exit_code == 0 and not srv.killed
+    assert pp["errors"] == 0 and pp["requests"] > 100, pp.get("error_detail")
+    assert stream["errors"] == 0 and stream["mb_per_s"] > 1, stream.get("error_detail")
+    assert conn["errors"] == 0 and conn["conns_per_s"] > 10, conn.get("error_detail")
+
+
+def test_minimal_asyncore_queues_what_a_slow_reader_cannot_take():
+    # A client with a 4 KiB receive buffer sends 8 MiB: the server's sends come up short
+    # and its queue (dispatcher_with_send.send()/handle_write()) must keep every byte in order.
+    import socket
+    import threading
+    srv = benchlib.ServerProcess(server_cmd("minimal-asyncore"), ready_timeout=30,
+                                 name="minimal-asyncore")
+    data = bytes(range(251)) * (8 * 1024 * 1024 // 251)
+    got = bytearray()
+    try:
+        srv.start()
+        c = socket.socket()
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        c.settimeout(60)
+        c.connect(("127.0.0.1", srv.port))
+        sender = threading.Thread(target=c.sendall, args=(data,))
+        sender.start()
+        try:
+            while len(got) < len(data):
+                chunk = c.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+        finally:
+            sender.join(60)
+            c.close()
+        alive = srv.alive()
+    finally:
+        srv.stop()
+        srv.cleanup_files()
+    assert alive and srv.exit_code == 0
+    assert len(got) == len(data) and got == data
+
+
 BAD_ECHO = textwrap.dedent(
     """
     import socket, sys
