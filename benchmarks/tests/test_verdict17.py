@@ -142,3 +142,28 @@ def test_misses_are_taken_apart_with_instruction_counts(tmp_path, capsys):
     assert verdict17.main([str(results), "--insn", str(counts)]) == 0
     out = capsys.readouterr().out
     assert "| pp1 <= 1.1x uvloop | 3.11 | legacy |" in out and "| 3.11 | CLI | 0.80x |" in out
+
+
+def test_the_legacy_servers_miss_is_split_at_the_asyncore_floor():
+    # With minimal-asyncore counted: netloop's own part of the legacy server is its count over
+    # that floor; the code's asyncore calls are the floor's over the hand-written loop.
+    data = _results(_split_cells())  # legacy pp1: 23.0 against a limit of 22.0, user 8.0
+    # 8,000 instructions at 1 ns: 1,500 over the floor (1.50 µs) decide the 1.00 over
+    insn = {"insn": {"3.11": {"pp1": {"netloop": 7000, "netloop-asyncore": 8000,
+                                      "minimal-asyncore": 6500, "minimal-epoll": 6000,
+                                      "uvloop": 4000}}}}
+    legacy = {r[2]: r for r in verdict17.split_gaps(data, insn)}["legacy"]
+    assert legacy[8] == ("+1500 insn over the asyncore floor: 1.50; the code's asyncore "
+                         "calls +500: 0.50"), legacy
+    assert legacy[-1] == "netloop", legacy
+    # 200 over the floor (0.20 µs) cannot decide it; with the code's 1,800 asyncore calls
+    # (1.80 µs) it would be met: the API's
+    insn["insn"]["3.11"]["pp1"]["minimal-asyncore"] = 7800
+    legacy = {r[2]: r for r in verdict17.split_gaps(data, insn)}["legacy"]
+    assert legacy[8].startswith("+200 insn over the asyncore floor: 0.20;"), legacy
+    assert legacy[-1] == "asyncore API", legacy
+    # a floor above the legacy server's count: netloop's own part is none
+    insn["insn"]["3.11"]["pp1"]["minimal-asyncore"] = 8300
+    legacy = {r[2]: r for r in verdict17.split_gaps(data, insn)}["legacy"]
+    assert legacy[8].startswith("-300 insn over the asyncore floor: 0.00;"), legacy
+    assert legacy[-1] == "asyncore API", legacy
