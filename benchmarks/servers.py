@@ -3,7 +3,10 @@
 
 Each server runs in its own process::
 
-    python benchmarks/servers.py --kind KIND [--poller NAME] [--host H] [--port P]
+    python benchmarks/serve.py --kind KIND [--poller NAME] [--host H] [--port P]
+
+(``serve.py`` imports this module and calls ``main()``, so that this code loads from its
+bytecode cache; ``python benchmarks/servers.py ...`` works too, but compiles it at start.)
 
 It prints its listening port (a bare integer line) on stdout once it accepts
 connections and exits cleanly on SIGTERM/SIGINT.  ``--probe`` prints a JSON
