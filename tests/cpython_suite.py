@@ -144,6 +144,20 @@ def main() -> int:
             if saved is not None:
                 warnings._deprecated = saved  # type: ignore[attr-defined]
     warnings.simplefilter("ignore", DeprecationWarning)
+    from test import support
+    if not hasattr(support, "requires_working_socket"):
+        # 3.11's test files call it at import; 3.10's test.support has not got it. It only
+        # skips on platforms without sockets (Emscripten, WASI), which netloop does not run on.
+        support.requires_working_socket = lambda *, module=False: None  # type: ignore
+    from test.support import warnings_helper
+    if not hasattr(warnings_helper, "import_deprecated"):
+        # (3.11+) Import a module that warns on import, quietly: here, the drop-in put in its
+        # place in sys.modules above.
+        def import_deprecated(name: str) -> object:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return importlib.import_module(name)
+        warnings_helper.import_deprecated = import_deprecated  # type: ignore
     spec = importlib.util.spec_from_file_location("cpython_" + name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
