@@ -343,8 +343,8 @@ def render_idle(rows: List[List[str]]) -> str:
 def render_gaps(rows: List[List[str]]) -> str:
     head = ["target", "python", "server", "CPU (user + sys), µs", "reference (user + sys)",
             "limit", "over by", "sys over the reference", "netloop's own: insn over the "
-            "hand-written loop (legacy: over the asyncore floor, where counted), µs", "Python floor: the loop's insn over uvloop's, µs",
-            "decided by"]
+            "hand-written loop (legacy: over the asyncore floor, where counted), µs",
+            "Python floor: the loop's insn over uvloop's, µs", "decided by"]
     return _table(head, rows, text_columns=3)
 
 
