@@ -73,6 +73,33 @@ def test_stop_before_run_returns_after_one_pass(loop):
     loop.run_forever()
 
 
+def _spin(lp: netloop.Loop, seconds: float) -> None:
+    """Take ``seconds`` of the loop's clock, as a slow callback does (no sleep: it orders
+    nothing, it only makes time pass)."""
+    end = lp.time() + seconds
+    while lp.time() < end:
+        pass
+
+
+def test_one_pass_runs_due_timers_once(loop):
+    # A repeating timer already due when a one-pass run starts, whose callback outlasts its
+    # interval: a pass runs the due timers once, so it fires once, on every poller. (The
+    # asyncio host once ran them in its timer and service callbacks and again when the
+    # driven poll returned: two firings when the first took longer than the interval.)
+    fired: List[float] = []
+
+    def slow() -> None:
+        fired.append(loop.time())
+        _spin(loop, 0.0015)
+
+    handle = loop.call_every(0.001, slow)
+    _spin(loop, handle.when - loop.time() + 0.0001)
+    loop.stop()
+    loop.run_forever(timeout=0)
+    assert len(fired) == 1
+    handle.cancel()
+
+
 def test_stop_from_handler_ends_run_after_pass(loop):
     a, b = socket.socketpair()
     try:

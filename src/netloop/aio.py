@@ -412,6 +412,11 @@ class AsyncioPoller:
         self._timer_when = None
         if self._hold:
             return  # the driven pass runs due timers itself; the next one re-arms
+        if self._driving:
+            # A pass driven by Loop._pass: it runs the due timers (once, then the queued
+            # calls) when this poll returns, as on netloop's own pollers; here only end it.
+            self._end_driven()
+            return
         lp = self._lp
         lp._running += 1
         try:
@@ -441,8 +446,8 @@ class AsyncioPoller:
                 lp._scan()
             elif lp._to_ask:
                 lp._ask_pending()  # channels registered since: asked here, never at registration
-            if lp._timers._live:
-                lp._run_timers()
+            if lp._timers._live and not self._driving:
+                lp._run_timers()  # (a driven pass runs them once its poll returns)
         finally:
             lp._running -= 1
         lp._recompute_slow()
@@ -467,17 +472,21 @@ class AsyncioPoller:
                 self._kick_handle = self.event_loop.call_soon(self._service)
         self._arm()
         if self._driving:
-            if self._hold_handle is None:
-                ev = self.event_loop
-                ev.stop()
-                # Every callback of this asyncio iteration still runs (fairness); uvloop polls
-                # once more before it stops, and what that poll finds waits for the next pass.
-                self._hold_handle = ev.call_soon(self._set_hold)
+            self._end_driven()
         elif lp._stopping:
             lp._stopping = False
             if self.on_stop is not None:
                 self.on_stop()
 
+    def _end_driven(self) -> None:
+        # The pass Loop._pass drives (poll() runs asyncio) has had its netloop callback: end
+        # the asyncio run. Every callback of this asyncio iteration still runs (fairness);
+        # uvloop polls once more before it stops, and what that poll finds waits for the
+        # next pass.
+        if self._hold_handle is None:
+            ev = self.event_loop
+            ev.stop()
+            self._hold_handle = ev.call_soon(self._set_hold)
 
     def _set_hold(self) -> None:
         self._hold = True
