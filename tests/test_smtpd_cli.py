@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 from email.message import EmailMessage
-from typing import Any, Iterator, List, Tuple
+from typing import Any, List, Tuple
 
 import pytest
 

@@ -28,13 +28,6 @@ RUNNER = os.path.join(HERE, "cpython_suite.py")
 SRC = os.path.join(os.path.dirname(HERE), "src")
 PY313 = "/root/.pyenv/versions/3.13.0/bin/python"
 
-sys.path.insert(0, HERE)
-try:
-    from cpython_suite import cpython311_lib
-finally:
-    sys.path.remove(HERE)
-
-
 def _pythons() -> List[str]:
     found = [sys.executable]
     if os.path.exists(PY313) and sys.version_info[:2] != (3, 13):

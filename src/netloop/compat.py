@@ -30,7 +30,7 @@ import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Dict, Iterable, List, Optional
+    from typing import Dict, Iterable, List, Optional
 
 __all__ = ["install", "uninstall", "MODULES", "run_script", "run_module", "install_aliases",
            "remove_aliases", "main"]

@@ -23,7 +23,7 @@ _NO_TICK = not _timerfd.AVAILABLE
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable, List, Optional, Tuple
+    from typing import Any, List, Optional, Tuple
 
 
 class PollDriver(Interest):

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
     from .pollers import Poller
-    from .reactor import ChannelMap, Loop
+    from .reactor import ChannelMap
 
 #: Reasons a channel does not read (bits of ``channel._nl_paused``; it reads when none holds):
 #: ``Loop.pause_reading()``; its output queue over the high watermark; end of input seen;
