@@ -100,6 +100,207 @@ def test_one_pass_runs_due_timers_once(loop):
     handle.cancel()
 
 
+class _Watchdog:
+    """Stops a loop from another thread if it still runs after ``seconds``: the bound of a
+    run that only something its own pass does should end. ``fired``: it had to."""
+
+    def __init__(self, lp: netloop.Loop, seconds: float = 5.0) -> None:
+        self.fired = False
+        self._done = threading.Event()
+
+        def watch() -> None:
+            if not self._done.wait(seconds):
+                self.fired = True
+                lp.stop()
+
+        self._thread = _in_thread(watch)
+
+    def cancel(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+@pytest.mark.parametrize("how", ["call_soon", "call_later", "call_every", "reset"])
+def test_work_a_handler_makes_is_done_without_another_event(loop, how):
+    # A run without a timeout polls again after a pass that made no work; a handler that
+    # queues a call or arms a timer made work, and that pass must not block waiting for an
+    # event that never comes (the go-on polling of Interest._dispatch).
+    a, b = socket.socketpair()
+    done: List[str] = []
+    spare = loop.call_later(3600, done.append, "never")  # for "reset", re-armed below
+    spare.cancel()
+
+    def finish() -> None:
+        done.append(how)
+        loop.stop()
+
+    class Reader(netloop.BufferedDispatcher):
+        def handle_read(self) -> None:
+            if self.recv(10) == b"1":
+                b.send(b"2")  # an event for the next poll, and no work for this pass
+                return
+            if how == "call_soon":
+                loop.call_soon(finish)
+            elif how == "call_later":
+                loop.call_later(0.001, finish)
+            elif how == "call_every":
+                loop.call_every(0.001, finish).cancel()
+                loop.call_every(0.002, finish)
+            else:
+                spare.callback, spare.args = finish, ()
+                spare.reset(0.001)
+
+    r = Reader(a, map=loop.map)
+    # Two reads: the first pass ends with nothing to do, so the second read comes in a pass
+    # that polls again unless its handler's work says not to.
+    loop.call_soon(b.send, b"1")
+    dog = _Watchdog(loop)
+    try:
+        loop.run_forever()
+    finally:
+        dog.cancel()
+        r.close()
+        b.close()
+    assert not dog.fired and done[:1] == [how]
+
+
+def test_call_from_another_thread_reaches_a_loop_polling_again(loop):
+    # The other thread's call lands (most likely) while the loop waits in the poll after a
+    # pass that had nothing to do: its wake-up event must end that wait with a pass that
+    # runs the call, not just another poll.
+    a, b = socket.socketpair()
+    read = threading.Event()
+    done: List[bool] = []
+
+    def finish() -> None:
+        done.append(True)
+        loop.stop()
+
+    class Reader(netloop.BufferedDispatcher):
+        def handle_read(self) -> None:
+            self.recv(10)
+            read.set()
+
+    def other() -> None:
+        if read.wait(5):
+            loop.call_soon_threadsafe(finish)
+
+    r = Reader(a, map=loop.map)
+    t = _in_thread(other)
+    loop.call_soon(b.send, b"1")
+    dog = _Watchdog(loop)
+    try:
+        loop.run_forever()
+    finally:
+        dog.cancel()
+        t.join()
+        r.close()
+        b.close()
+    assert not dog.fired and done == [True]
+
+
+def test_asked_channels_are_asked_after_each_pass_with_scan_off(poller_name):
+    # scan=False: a channel with predicates of its own is asked again after each pass with
+    # its events, in every pass of a run (also those that would poll again with nothing else
+    # to do). One that stops reading must not be given the next data.
+    lp = netloop.Loop(poller=poller_name, scan=False)
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    got: List[bytes] = []
+
+    class Reader(netloop.Dispatcher):
+        full = False
+
+        def readable(self) -> bool:
+            return not self.full
+
+        def writable(self) -> bool:
+            return False
+
+        def handle_read(self) -> None:
+            data = self.recv(10)
+            got.append(data)
+            if data == b"1":
+                b.send(b"2")  # the next read comes in a pass that polls again
+            else:
+                self.full = True  # asked after this pass: no more reads
+                b.send(b"3")
+                d.send(b"x")  # both readable at the next poll; only the stopper is watched
+
+    class Stopper(netloop.BufferedDispatcher):
+        def handle_read(self) -> None:
+            self.recv(10)
+            lp.stop()
+
+    reader = Reader(a, map=lp.map)
+    stopper = Stopper(c, map=lp.map)
+    lp.call_soon(b.send, b"1")
+    dog = _Watchdog(lp)
+    try:
+        lp.run_forever()
+    finally:
+        dog.cancel()
+        reader.close()
+        stopper.close()
+        b.close()
+        d.close()
+        lp.close()
+    assert not dog.fired and got == [b"1", b"2"]
+
+
+def test_descriptor_closed_and_reused_in_one_pass_is_served_after_it(loop):
+    # A handler closes its channel and a new channel takes the same descriptor number in
+    # the same pass. Events of that number are ignored for the rest of that pass only (they
+    # were the old channel's), so the new channel's data is read after it.
+    a, b = socket.socketpair()
+    got: List[bytes] = []
+    held: List[socket.socket] = []
+    reused: List[bool] = []
+
+    class Receiver(netloop.BufferedDispatcher):
+        def handle_read(self) -> None:
+            data = self.recv(10)
+            if data:
+                got.append(data)
+                loop.stop()
+
+    class Closer(netloop.BufferedDispatcher):
+        def handle_read(self) -> None:
+            if self.recv(10) == b"1":
+                b.send(b"2")  # (as in the test above: the next pass is a go-on one)
+                return
+            fd = self._fileno
+            self.close()
+            c, d = socket.socketpair()
+            held.append(d)
+            if c.fileno() == fd:
+                same = c  # the lowest free number: usually this one
+            else:
+                try:
+                    os.dup2(c.fileno(), fd)  # the new channel takes the number just closed
+                finally:
+                    c.close()
+                same = socket.socket(fileno=fd)
+            reused.append(same.fileno() == fd)
+            Receiver(same, map=loop.map)
+            d.send(b"new")
+
+    Closer(a, map=loop.map)
+    loop.call_soon(b.send, b"1")
+    dog = _Watchdog(loop)
+    try:
+        loop.run_forever()
+    finally:
+        dog.cancel()
+        for obj in list(loop.map.values()):
+            obj.close()
+        b.close()
+        for s in held:
+            s.close()
+    assert reused == [True]
+    assert not dog.fired and got == [b"new"]
+
+
 def test_stop_from_handler_ends_run_after_pass(loop):
     a, b = socket.socketpair()
     try:

@@ -405,6 +405,7 @@ class AsyncioPoller:
         entry = self._lp._signal_handlers.get(signum)
         if entry is not None:
             self._lp._ready.append(entry)
+            self._lp._pass_work = True
         self._after(True)
 
     def _on_timer(self) -> None:

@@ -588,6 +588,7 @@ class Dispatcher:
             # and finds its loop through _LAST_LOOP, saving the lookup by its map's id (~800
             # instructions).
             pair = lp._accepted = (conn, addr)
+            lp._pass_work = True  # the pass drops it at its end
             _LAST_LOOP[0] = lp._weak
             return pair
         return conn, addr
@@ -679,6 +680,7 @@ class Dispatcher:
         lp = self._nl_loop
         if lp is not None:
             lp._accepted_by = self
+            lp._pass_work = True
         return True
 
     def _nl_adopt(self, channel: Dispatcher, sock: Any) -> None:

@@ -67,6 +67,9 @@ class PollDriver(Interest):
         the poll timeout when timers or queued calls are pending."""
         if not self._acquired:
             self._acquire()
+        # The pass that needed set-up checks everything at its end (timers are live, calls
+        # queued, ...): the go-on loop of _dispatch stops after it if it must.
+        self._pass_work = True
         if len(self.map) != len(self._objs):
             self._reconcile()
         if self._asked and self._scan_asked:

@@ -276,7 +276,7 @@ class Loop(PollDriver):
                  "_closed_fds", "_bad", "_fd_refusals", "_dispatching", "_accepted",
                  "_accepted_by", "_reserve", "_timers", "_ready", "_signal_handlers",
                  "_old_wakeup_fd", "_stopping", "_running", "_thread_id", "_run_lock",
-                 "_acquired", "_implicit", "_closed", "_slow", "_notify", "_hup_closes",
+                 "_acquired", "_implicit", "_closed", "_slow", "_pass_work", "_notify", "_hup_closes",
                  "_contain", "_read_view", "_read_cut", "_read_cut_len", "_map_get",
                  "_kernel_register", "_kernel_unregister", "_weak", "_tick_fd", "_tick_period")
     if TYPE_CHECKING:
@@ -371,6 +371,11 @@ class Loop(PollDriver):
         # True while a pass needs _prepare(): not acquired, forked, asked channels to scan, or
         # bad fds to report.
         self._slow = True
+        # False only when a pass has nothing to do after its events but poll again: no closed
+        # descriptors or accepted socket to forget, no queued calls, no live timers, no asked
+        # channels to ask again after their events (scan off). What makes any of them true
+        # sets it; the end of a pass in Interest._dispatch clears it after checking them all.
+        self._pass_work = True
         # Called when work is scheduled from outside a pass (see _scheduled); set while the
         # loop holds its kernel objects: the poller's notify() if it has one, else _wake.
         self._notify: Optional[Callable[[], None]] = None
@@ -391,6 +396,7 @@ class Loop(PollDriver):
     @scan.setter
     def scan(self, value: bool) -> None:
         self._scan_asked = bool(value)
+        self._pass_work = True
         self._recompute_slow()
 
     # ------------------------------------------------------------------ kernel objects
@@ -420,6 +426,7 @@ class Loop(PollDriver):
         if self._tick_period is not None:
             self._arm_tick()  # taken again (after a fork, say) for the run that wants it
         self._acquired = True
+        self._pass_work = True  # (timers scheduled meanwhile did not call on_schedule)
         _active.add(self)
         self._reconcile()
         self._recompute_slow()

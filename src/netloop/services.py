@@ -43,6 +43,7 @@ class Services:
         _clock: Callable[[], float]
         _acquired: bool
         _running: int
+        _pass_work: bool
 
         def _acquire(self) -> None: ...
 
@@ -52,6 +53,7 @@ class Services:
             entry = self._signal_handlers.get(signum)
             if entry is not None:
                 self._ready.append(entry)
+                self._pass_work = True
 
     def _run_timers(self) -> None:
         for handle in self._timers.pop_due(self._clock()):
@@ -91,7 +93,9 @@ class Services:
     def _scheduled(self) -> None:
         """A call or timer was scheduled. Outside a pass, nobody would see it before the next
         event: tell whoever waits for the loop (a host watching ``fileno()``: the wake-up
-        pipe; a hosting driver: its ``notify()``)."""
+        pipe; a hosting driver: its ``notify()``). Inside a pass, the pass sees it
+        (``_pass_work``). Also the timer queue's ``on_schedule``."""
+        self._pass_work = True
         if not self._running:
             notify = self._notify
             if notify is not None:
@@ -104,12 +108,14 @@ class Services:
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` on the loop at the end of the current (or next) pass."""
         self._ready.append((fn, args))
+        self._pass_work = True
         if not self._running:
             self._scheduled()
 
     def call_soon_threadsafe(self, fn: Callable[..., Any], *args: Any) -> None:
         """``call_soon`` from any thread: wakes the loop if it is blocked in poll."""
         self._ready.append((fn, args))
+        self._pass_work = True  # (before the wake-up: the pass it ends must see it)
         self._wake()
 
     def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> TimerHandle:
