@@ -228,11 +228,12 @@ def measure(python: str, name: str, scenario: str, syscalls: bool = False,
     if rounds:
         warmup, short, long_ = rounds
     connrate = scenario == "connrate"
-    # Both runs must start from cached bytecode: a first run in a fresh tree would also
-    # compile netloop's modules (hundreds of millions of instructions) and spoil the
-    # difference. (servers.py itself, the script, is compiled at every start: the same in both.)
-    subprocess.run([python, "-m", "compileall", "-q", benchlib.SRC_DIR], check=True,
-                   env=benchlib.server_env(), stdout=subprocess.DEVNULL, timeout=300)
+    # Both runs must start from cached bytecode: a first run in a fresh tree, or after an
+    # edit, would also compile what changed (netloop's modules, servers.py: tens to hundreds
+    # of millions of instructions) and spoil the difference; it did, in one run of ~20,
+    # until servers.py was compiled here too. (serve.py, the script, is compiled at every
+    # start: the same in both.)
+    benchlib.fill_bytecode_cache(python, check=True)
     message = MESSAGES.get(scenario, MESSAGE)
     a = run_once(python, name, conns_n, warmup, short, connrate=connrate, syscalls=syscalls,
                  message=message)

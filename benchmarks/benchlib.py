@@ -200,6 +200,16 @@ def server_env(extra=None):
     return env
 
 
+def fill_bytecode_cache(python: str, check: bool = False) -> None:
+    """Compile netloop and the modules the servers import (servers.py, the floor) for
+    ``python``, so that no server run compiles them (see server_env): a run that did would
+    count tens of millions of instructions of compiler work."""
+    subprocess.run([python, "-m", "compileall", "-q", SRC_DIR, SERVERS_MODULE,
+                    os.path.join(BENCH_DIR, "minimal_asyncore.py")],
+                   stdout=subprocess.DEVNULL, stderr=None if check else subprocess.DEVNULL,
+                   env=server_env(), timeout=300, check=check)
+
+
 def probe_python(python):
     """Capabilities of an interpreter (see servers.py --probe) plus the netloop CLI."""
     proc = subprocess.run(
@@ -213,11 +223,7 @@ def probe_python(python):
     if proc.returncode != 0:
         raise BenchError("probe failed for %s: %s" % (python, proc.stderr.strip()[-500:]))
     info = json.loads(proc.stdout.strip().splitlines()[-1])
-    # Fill the bytecode cache for this interpreter (see server_env).
-    subprocess.run([python, "-m", "compileall", "-q", SRC_DIR, SERVERS_MODULE,
-                    os.path.join(BENCH_DIR, "minimal_asyncore.py")],
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=server_env(),
-                   timeout=300)
+    fill_bytecode_cache(python)
     info["netloop_cli"] = False
     if info["modules"].get("netloop", {}).get("ok"):
         try:
