@@ -120,6 +120,19 @@ class _Watchdog:
         self._thread.join()
 
 
+def _run_bounded(lp: netloop.Loop, *close: Any) -> bool:
+    """``lp.run_forever()`` under a ``_Watchdog``, then close each of ``close`` (channels,
+    sockets). True when the watchdog had to end the run."""
+    dog = _Watchdog(lp)
+    try:
+        lp.run_forever()
+    finally:
+        dog.cancel()
+        for obj in close:
+            obj.close()
+    return dog.fired
+
+
 @pytest.mark.parametrize("how", ["call_soon", "call_later", "call_every", "reset"])
 def test_work_a_handler_makes_is_done_without_another_event(loop, how):
     # A run without a timeout polls again after a pass that made no work; a handler that
@@ -154,14 +167,8 @@ def test_work_a_handler_makes_is_done_without_another_event(loop, how):
     # Two reads: the first pass ends with nothing to do, so the second read comes in a pass
     # that polls again unless its handler's work says not to.
     loop.call_soon(b.send, b"1")
-    dog = _Watchdog(loop)
-    try:
-        loop.run_forever()
-    finally:
-        dog.cancel()
-        r.close()
-        b.close()
-    assert not dog.fired and done[:1] == [how]
+    fired = _run_bounded(loop, r, b)
+    assert not fired and done[:1] == [how]
 
 
 def test_call_from_another_thread_reaches_a_loop_polling_again(loop):
@@ -188,15 +195,9 @@ def test_call_from_another_thread_reaches_a_loop_polling_again(loop):
     r = Reader(a, map=loop.map)
     t = _in_thread(other)
     loop.call_soon(b.send, b"1")
-    dog = _Watchdog(loop)
-    try:
-        loop.run_forever()
-    finally:
-        dog.cancel()
-        t.join()
-        r.close()
-        b.close()
-    assert not dog.fired and done == [True]
+    fired = _run_bounded(loop, r, b)
+    t.join()
+    assert not fired and done == [True]
 
 
 def test_asked_channels_are_asked_after_each_pass_with_scan_off(poller_name):
@@ -235,17 +236,8 @@ def test_asked_channels_are_asked_after_each_pass_with_scan_off(poller_name):
     reader = Reader(a, map=lp.map)
     stopper = Stopper(c, map=lp.map)
     lp.call_soon(b.send, b"1")
-    dog = _Watchdog(lp)
-    try:
-        lp.run_forever()
-    finally:
-        dog.cancel()
-        reader.close()
-        stopper.close()
-        b.close()
-        d.close()
-        lp.close()
-    assert not dog.fired and got == [b"1", b"2"]
+    fired = _run_bounded(lp, reader, stopper, b, d, lp)
+    assert not fired and got == [b"1", b"2"]
 
 
 def test_descriptor_closed_and_reused_in_one_pass_is_served_after_it(loop):
@@ -287,18 +279,13 @@ def test_descriptor_closed_and_reused_in_one_pass_is_served_after_it(loop):
 
     Closer(a, map=loop.map)
     loop.call_soon(b.send, b"1")
-    dog = _Watchdog(loop)
     try:
-        loop.run_forever()
+        fired = _run_bounded(loop, b)  # (the fixture closes the channels)
     finally:
-        dog.cancel()
-        for obj in list(loop.map.values()):
-            obj.close()
-        b.close()
-        for s in held:
+        for s in held:  # (made during the run)
             s.close()
     assert reused == [True]
-    assert not dog.fired and got == [b"new"]
+    assert not fired and got == [b"new"]
 
 
 def test_stop_from_handler_ends_run_after_pass(loop):
