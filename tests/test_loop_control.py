@@ -481,6 +481,153 @@ def test_calls_and_timers_from_a_handler_run_between_passes(poller_name):
         shut(lp, b)
 
 
+# Each test below makes its second read come in a pass that polls again (the first pass,
+# after set-up, always does its end-of-pass work): the work that read's handler makes must be
+# seen there (Loop._pass_work). Each fails with the setter it checks removed.
+
+@pytest.mark.parametrize("how", ["call_soon", "call_later", "call_every", "reset"])
+def test_work_a_handler_makes_in_a_later_pass_is_done(poller_name, how):
+    lp, poller = counting_loop(poller_name)
+    a, b = socket.socketpair()
+    done: List[str] = []
+    spare = lp.call_later(3600, done.append, "never")  # for "reset", re-armed below
+    spare.cancel()
+    try:
+        def finish() -> None:
+            done.append(how)
+            lp.stop()
+
+        def on_read(ch: Any, data: bytes) -> None:
+            if data == b"1":
+                b.send(b"2")  # an event for the next poll, and no work for this pass
+            elif how == "call_soon":
+                lp.call_soon(finish)
+            elif how == "call_later":
+                lp.call_later(0.001, finish)
+            elif how == "call_every":
+                lp.call_every(0.001, finish).cancel()
+                lp.call_every(0.002, finish)
+            else:
+                spare.callback, spare.args = finish, ()
+                spare.reset(0.001)
+
+        Reader(a, lp.map, on_read)
+        b.send(b"1")
+        with StopGuard(lp) as guard:
+            lp.run_forever()
+        assert not guard.fired and done[:1] == [how]
+    finally:
+        shut(lp, b)
+
+
+def test_call_from_another_thread_reaches_a_loop_polling_again(poller_name):
+    """The other thread's call lands (most likely) while the loop waits in the poll after a
+    pass that had nothing to do: its wake-up must end that wait with a pass that runs it."""
+    lp, poller = counting_loop(poller_name)
+    a, b = socket.socketpair()
+    read = threading.Event()
+    done: List[bool] = []
+
+    def finish() -> None:
+        done.append(True)
+        lp.stop()
+
+    def other() -> None:
+        if read.wait(5):
+            lp.call_soon_threadsafe(finish)
+
+    t = threading.Thread(target=other, daemon=True)
+    try:
+        Reader(a, lp.map, lambda ch, data: read.set())
+        t.start()
+        b.send(b"1")
+        with StopGuard(lp) as guard:
+            lp.run_forever()
+        t.join()
+        assert not guard.fired and done == [True]
+    finally:
+        shut(lp, b)
+
+
+def test_asked_channels_are_asked_after_each_pass_with_scan_off(poller_name):
+    """scan=False: a channel with predicates of its own is asked again after each pass with
+    its events, also in passes that would poll again with nothing else to do. One that stops
+    reading must not be given the next data."""
+    lp = netloop.Loop(poller=poller_name, scan=False)
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    got: List[bytes] = []
+
+    class Full(Reader):
+        full = False
+
+        def readable(self) -> bool:
+            return not self.full
+
+        def writable(self) -> bool:
+            return False
+
+    def on_read(ch: Any, data: bytes) -> None:
+        got.append(data)
+        if data == b"1":
+            b.send(b"2")
+        else:
+            ch.full = True  # asked after this pass: no more reads
+            b.send(b"3")
+            d.send(b"x")  # both readable at the next poll; only the stopper is watched
+
+    try:
+        Full(a, lp.map, on_read)
+        Reader(c, lp.map, lambda ch, data: lp.stop())
+        b.send(b"1")
+        with StopGuard(lp) as guard:
+            lp.run_forever()
+        assert not guard.fired and got == [b"1", b"2"]
+    finally:
+        shut(lp, b, d)
+
+
+def test_descriptor_closed_and_reused_in_a_later_pass_is_served_after_it(poller_name):
+    """A handler closes its channel and a new channel takes the same number in that pass. The
+    number's events are ignored for the rest of that pass only (they were the old channel's):
+    the new channel's data is read after it."""
+    lp, poller = counting_loop(poller_name)
+    a, b = socket.socketpair()
+    got: List[bytes] = []
+    held: List[socket.socket] = []
+    reused: List[bool] = []
+
+    def on_new(ch: Any, data: bytes) -> None:
+        got.append(data)
+        lp.stop()
+
+    def on_read(ch: Any, data: bytes) -> None:
+        if data == b"1":
+            b.send(b"2")
+            return
+        fd = ch._fileno
+        ch.close()
+        x, y = socket.socketpair()
+        held.append(y)
+        if x.fileno() != fd:
+            os.dup2(x.fileno(), fd)  # the new channel takes the number just closed
+            x.close()
+            x = socket.socket(fileno=fd)
+        reused.append(x.fileno() == fd)
+        Reader(x, lp.map, on_new)
+        y.send(b"new")
+
+    try:
+        Reader(a, lp.map, on_read)
+        b.send(b"1")
+        with StopGuard(lp) as guard:
+            lp.run_forever()
+        assert reused == [True]
+        assert not guard.fired and got == [b"new"]
+    finally:
+        shut(lp, b, *held)
+
+
 class Newcomer(Reader):
     calls: List[str]
 

@@ -276,8 +276,8 @@ class Loop(PollDriver):
                  "_closed_fds", "_bad", "_fd_refusals", "_dispatching", "_accepted",
                  "_accepted_by", "_reserve", "_timers", "_ready", "_signal_handlers",
                  "_old_wakeup_fd", "_stopping", "_running", "_thread_id", "_run_lock",
-                 "_acquired", "_implicit", "_closed", "_slow", "_pass_work", "_notify", "_hup_closes",
-                 "_contain", "_read_view", "_read_cut", "_read_cut_len", "_map_get",
+                 "_acquired", "_implicit", "_closed", "_slow", "_pass_work", "_notify",
+                 "_hup_closes", "_contain", "_read_view", "_read_cut", "_read_cut_len", "_map_get",
                  "_kernel_register", "_kernel_unregister", "_weak", "_tick_fd", "_tick_period")
     if TYPE_CHECKING:
         _closed: bool
