@@ -29,8 +29,9 @@ figures of a Python loop and of uvloop sit in one table:
 Servers (``--servers``): ``netloop`` (``python -m netloop echo``), ``netloop-asyncore`` (the
 legacy ``dispatcher_with_send`` echo on ``netloop.asyncore``), ``minimal-asyncore`` (that
 legacy code on the thinnest asyncore API: the floor of any asyncore implementation),
-``minimal-epoll`` (the hand-written loop), ``uvloop`` and ``asyncio`` (their echo Protocols). The interpreter is the
-benchmark runner's venv (``benchmarks/.venvs/pyXY``, made by ``run.py``) or a path.
+``minimal-epoll`` (the hand-written loop), ``uvloop`` and ``asyncio`` (their echo Protocols).
+The interpreter is the benchmark runner's venv (``benchmarks/.venvs/pyXY``, made by
+``run.py``) or a path.
 
 Counts repeat to within about 1% (the garbage collector's timing and hash seeds are the
 remaining sources; PYTHONHASHSEED is fixed). They are instructions, not time: a C loop's
@@ -48,7 +49,6 @@ import shutil
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import tempfile
 import time

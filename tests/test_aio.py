@@ -490,7 +490,8 @@ def test_fileno_wakes_the_host_for_work_scheduled_outside_a_pass(poller_name):
 # ---------------------------------------------------------------- the example
 def test_migration_example_serves_real_clients():
     env = dict(os.environ, PYTHONPATH=SRC)
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "examples", "asyncio_migration.py")],
+    script = os.path.join(ROOT, "examples", "asyncio_migration.py")
+    proc = subprocess.Popen([sys.executable, script],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
     try:
         assert proc.stdout is not None

@@ -516,7 +516,8 @@ def poller_factory(name: str) -> Callable[[], AsyncioPoller]:
         import uvloop  # ImportError if it is not installed: the name was asked for
 
         def make() -> asyncio.AbstractEventLoop:
-            return uvloop.new_event_loop()
+            made: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+            return made
 
         return lambda: AsyncioPoller(factory=make)
     if name == "asyncio":

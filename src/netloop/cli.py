@@ -257,7 +257,8 @@ def demo(backend: str = "auto", connections: int = 50, seconds: float = 2.0,
             "message_bytes": size,
             "seconds": round(elapsed, 3),
             "round_trips_per_s": round(stats.messages / elapsed) if elapsed else 0,
-            "cpu_us_per_round_trip": round(cpu / stats.messages * 1e6, 2) if stats.messages else None,
+            "cpu_us_per_round_trip": (round(cpu / stats.messages * 1e6, 2) if stats.messages
+                                      else None),
             "tls": bool(tls),
         }
     finally:

@@ -251,7 +251,7 @@ class Dispatcher:
     max_per_address: Optional[int] = None
     _nl_limited = False             # a listener with a connection limit
     _nl_refusing = False            # refusing over a limit (logged once per episode)
-    _nl_owner: Any                  # on an accepted channel: the listener counting it (instance only)
+    _nl_owner: Any                  # on an accepted channel: the listener counting it (instance)
     _nl_owner_key = 0
     _nl_timers: Any = None          # this channel's own timers, cancelled on close
     _nl_idle: Any                   # the idle-timeout timer, when one is set (instance only)

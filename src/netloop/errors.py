@@ -33,7 +33,8 @@ class ExitNow(Exception):
 
 #: The peer is gone or the socket is no longer usable: the channel is closed, no traceback.
 DISCONNECTED = frozenset(
-    {errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN, errno.ECONNABORTED, errno.EPIPE, errno.EBADF}
+    {errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN, errno.ECONNABORTED, errno.EPIPE,
+     errno.EBADF}
 )
 
 #: A non-blocking call that has nothing to do yet.

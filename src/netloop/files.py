@@ -59,7 +59,8 @@ class FileWrapper:
     write = send
 
     def close(self) -> None:
-        """Close the duplicated descriptor (the original stays open). Safe to call more than once."""
+        """Close the duplicated descriptor (the original stays open). Safe to call more than
+        once."""
         if self.fd < 0:
             return
         fd = self.fd

@@ -588,5 +588,6 @@ class ChatChannel(Dispatcher, FlowControl):
         self.initiate_send()
 
     def handle_close(self) -> None:
-        """Called when the peer closed the connection or it failed; the default closes the channel."""
+        """Called when the peer closed the connection or it failed; the default closes the
+        channel."""
         self.close()

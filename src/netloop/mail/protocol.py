@@ -18,14 +18,14 @@ Limits are kept while the input arrives, so memory stays bounded whatever a clie
   answered ``552 Error: Too much mail data`` and the session goes back to commands (smtpd stayed
   in the data state, so the client's next commands were taken for message text).
 
-Other deliberate differences from 3.11's smtpd: a message with no lines (a lone ``.`` right
-after DATA, RFC 5321 4.1.1.4) ends at once, where smtpd waited for a CRLF it had already
-consumed; ``command_size_limits`` is per channel (smtpd shared one dict between all channels,
-so one client's EHLO raised every client's MAIL limit and each new connection reset it); a command line that is not UTF-8 gets ``500 Error: bad
-syntax`` instead of an exception that closed the connection; with ``decode_data`` the input is
-decoded incrementally (a character split between two reads no longer fails) and bytes that are
-not UTF-8 become U+FFFD; a reply that does not fit its encoding is sent with ``?`` in place of
-what does not fit instead of raising.
+Other deliberate differences from 3.11's smtpd: a message with no lines (a lone ``.`` right after
+DATA, RFC 5321 4.1.1.4) ends at once, where smtpd waited for a CRLF it had already consumed;
+``command_size_limits`` is per channel (smtpd shared one dict between all channels, so one client's
+EHLO raised every client's MAIL limit and each new connection reset it); a command line that is not
+UTF-8 gets ``500 Error: bad syntax`` instead of an exception that closed the connection; with
+``decode_data`` the input is decoded incrementally (a character split between two reads no longer
+fails) and bytes that are not UTF-8 become U+FFFD; a reply that does not fit its encoding is sent
+with ``?`` in place of what does not fit instead of raising.
 """
 
 from __future__ import annotations
