@@ -25,6 +25,8 @@ figures of a Python loop and of uvloop sit in one table:
     python benchmarks/bench_insn_servers.py                  # 3.11 runner venv: the table
     python benchmarks/bench_insn_servers.py --python 3.13 --servers netloop,uvloop --scenarios pp1
     python benchmarks/bench_insn_servers.py --python 3.11 --json insn.json   # kept for verdict17
+    python benchmarks/bench_insn_servers.py --python 3.13 --bytecodes --scenarios connrate \
+        --servers netloop-asyncore,minimal-asyncore      # Python bytecodes, by function
 
 Servers (``--servers``): ``netloop`` (``python -m netloop echo``), ``netloop-asyncore`` (the
 legacy ``dispatcher_with_send`` echo on ``netloop.asyncore``), ``minimal-asyncore`` (that
@@ -38,6 +40,11 @@ remaining sources; PYTHONHASHSEED is fixed). They are instructions, not time: a 
 instructions run at a higher rate than the interpreter's, so the CPU-time ratio of two servers
 is not the ratio of these counts, but a Python loop cannot spend less time than the
 instructions it executes need.
+
+``--bytecodes`` (Python 3.12+) counts, instead, the Python bytecode instructions per request
+by function (``--lines``: by line) with ``sys.monitoring`` (``bytecode_count.py``): no
+valgrind, seconds instead of minutes, the same lock-step rounds. It says where a Python
+server's own code spends its work (a C call counts as one instruction, whatever it costs).
 """
 
 from __future__ import annotations
@@ -66,6 +73,7 @@ MESSAGE = b"x" * 64
 # stream64k: each round sends one 64 KiB chunk on each of 10 connections (the bulk path of
 # run.py's stream256k, counted per 64 KiB: x16 for its per-MB figures).
 MESSAGES = {"stream64k": bytes(range(256)) * 256}
+BYTECODE_COUNT_PY = os.path.join(HERE, "bytecode_count.py")
 UNITS = {"connrate": "connection", "stream64k": "64 KiB"}
 
 
@@ -138,21 +146,27 @@ def _round(pid: int, conns, port: int = 0, stop: bool = True,
 
 def run_once(python: str, name: str, conns_n: int, warmup: int, rounds: int,
              timeout: float = 120, connrate: bool = False, syscalls: bool = False,
-             message: bytes = MESSAGE):
+             message: bytes = MESSAGE, bytecodes: bool = False):
     """One server under callgrind: the process's total instructions for warm-up + rounds;
-    with ``syscalls``, under ``strace -c`` instead: {system call: calls}."""
-    tool = shutil.which("strace") if syscalls else bench_insn.find_valgrind()
+    with ``syscalls``, under ``strace -c`` instead: {system call: calls}; with ``bytecodes``,
+    under bytecode_count.py: {"FILE:LINE FUNCTION": {line: bytecodes}}."""
+    if bytecodes:
+        tool = python
+    else:
+        tool = shutil.which("strace") if syscalls else bench_insn.find_valgrind()
     if tool is None:
         raise RuntimeError("%s is not installed (apt-get install %s)"
                            % (("strace",) * 2 if syscalls else ("valgrind",) * 2))
     with tempfile.TemporaryDirectory(prefix="bench_insn_servers.") as tmp:
         out = os.path.join(tmp, "cg.out")
         port = benchlib.free_port() if name == "netloop" else None
-        if syscalls:
-            cmd = [tool, "-f", "-c", "-o", out]
+        cmd = server_command(python, name, port or 0)
+        if bytecodes:
+            cmd[:1] = [python, BYTECODE_COUNT_PY, out]
+        elif syscalls:
+            cmd[:0] = [tool, "-f", "-c", "-o", out]
         else:
-            cmd = [tool, "--tool=callgrind", "--callgrind-out-file=" + out]
-        cmd += server_command(python, name, port or 0)
+            cmd[:0] = [tool, "--tool=callgrind", "--callgrind-out-file=" + out]
         srv = benchlib.ServerProcess(cmd, env=benchlib.server_env({"PYTHONHASHSEED": "0"}),
                                      port=port, ready_timeout=timeout, name=name)
         try:
@@ -178,6 +192,13 @@ def run_once(python: str, name: str, conns_n: int, warmup: int, rounds: int,
                                % (name, timeout / 2, srv.stuck, srv.stderr_tail()))
         if syscalls:
             return _strace_counts(out)
+        if bytecodes:
+            try:
+                with open(out) as f:
+                    return json.load(f)
+            except (OSError, ValueError):
+                raise RuntimeError("%s wrote no bytecode counts: %s"
+                                   % (name, srv.stderr_tail())) from None
         total = bench_insn.callgrind_total(out)
         if not total:
             raise RuntimeError("callgrind wrote no totals for %s: %s" % (name, srv.stderr_tail()))
@@ -220,14 +241,21 @@ def _strace_counts(path: str) -> dict:
 
 
 def measure(python: str, name: str, scenario: str, syscalls: bool = False,
-            rounds=None) -> dict:
+            rounds=None, bytecodes: bool = False) -> dict:
     """Per request (connrate: per connection) of ``name`` in ``scenario``: instructions
-    (``insn``), or with ``syscalls`` the calls of each system call (``calls``).
-    ``rounds``: (warm-up, short, long) instead of the scenario's."""
+    (``insn``), or with ``syscalls`` the calls of each system call (``calls``), or with
+    ``bytecodes`` the Python bytecodes (``bytecodes``; by function and line in ``by_line``:
+    {"FILE:LINE FUNCTION": {line: bytecodes}}). ``rounds``: (warm-up, short, long) instead of
+    the scenario's."""
     conns_n, warmup, short, long_ = SCENARIOS[scenario]
     if rounds:
         warmup, short, long_ = rounds
     connrate = scenario == "connrate"
+    if bytecodes:
+        tag = benchlib.python_tag(python)
+        if tuple(int(x) for x in tag.split(".")) < (3, 12):
+            raise RuntimeError("--bytecodes needs Python 3.12 or newer (sys.monitoring): %s is "
+                               "%s" % (python, tag))
     # Both runs must start from cached bytecode: a first run in a fresh tree, or after an
     # edit, would also compile what changed (netloop's modules, servers.py: tens to hundreds
     # of millions of instructions) and spoil the difference; it did, in one run of ~20,
@@ -236,10 +264,20 @@ def measure(python: str, name: str, scenario: str, syscalls: bool = False,
     benchlib.fill_bytecode_cache(python, check=True)
     message = MESSAGES.get(scenario, MESSAGE)
     a = run_once(python, name, conns_n, warmup, short, connrate=connrate, syscalls=syscalls,
-                 message=message)
+                 message=message, bytecodes=bytecodes)
     b = run_once(python, name, conns_n, warmup, long_, connrate=connrate, syscalls=syscalls,
-                 message=message)
+                 message=message, bytecodes=bytecodes)
     requests = (long_ - short) * conns_n
+    if bytecodes:
+        by_line = {}
+        for where in set(a) | set(b):
+            la, lb = a.get(where, {}), b.get(where, {})
+            lines = {line: (lb.get(line, 0) - la.get(line, 0)) / requests
+                     for line in set(la) | set(lb)}
+            by_line[where] = {line: n for line, n in lines.items() if n}
+        return {"server": name, "scenario": scenario, "requests": requests,
+                "bytecodes": sum(sum(lines.values()) for lines in by_line.values()),
+                "by_line": {where: lines for where, lines in by_line.items() if lines}}
     result = {"server": name, "scenario": scenario, "requests": requests, "totals": (a, b)}
     if syscalls:
         result["calls"] = {k: (b.get(k, 0) - a.get(k, 0)) / requests
@@ -271,6 +309,12 @@ def main(argv=None) -> int:
     ap.add_argument("--scenarios", default=",".join(SCENARIOS))
     ap.add_argument("--syscalls", action="store_true",
                     help="count system calls per request (strace -c) instead of instructions")
+    ap.add_argument("--bytecodes", action="store_true",
+                    help="count Python bytecodes per request by function (Python 3.12+) "
+                    "instead of instructions")
+    ap.add_argument("--lines", action="store_true", help="with --bytecodes: also by line")
+    ap.add_argument("--top", type=int, default=15, metavar="N",
+                    help="with --bytecodes: the N largest functions (and lines) of each server")
     ap.add_argument("--json", metavar="FILE",
                     help="also store the instruction counts in FILE, under this interpreter's "
                     "version (other interpreters' figures already there are kept): "
@@ -288,6 +332,16 @@ def main(argv=None) -> int:
     print("python: %s (%s)" % (python, benchlib.python_tag(python)))
     unit = UNITS
     results = {}
+    if opts.bytecodes:
+        if opts.syscalls or opts.json:
+            ap.error("--bytecodes goes with neither --syscalls nor --json")
+        if "uvloop" in servers or "asyncio" in servers:
+            ap.error("--bytecodes counts Python servers: not uvloop or asyncio")
+        for scenario in scenarios:
+            for name in servers:
+                show_bytecodes(measure(python, name, scenario, bytecodes=True), opts.top,
+                               opts.lines)
+        return 0
     for scenario in scenarios:
         for name in servers:
             r = measure(python, name, scenario, syscalls=opts.syscalls)
@@ -330,6 +384,27 @@ def main(argv=None) -> int:
         store_json(opts.json, benchlib.python_tag(python),
                    {(scenario, name): r["insn"] for (scenario, name), r in results.items()})
     return 0
+
+
+def show_bytecodes(r: dict, top: int, lines: bool) -> None:
+    unit = UNITS.get(r["scenario"], "request")
+    print("%s %s: %.1f Python bytecodes per %s (%d)" % (r["scenario"], r["server"],
+                                                       r["bytecodes"], unit, r["requests"]))
+    by_line = r["by_line"]
+    totals = {where: sum(per.values()) for where, per in by_line.items()}
+    funcs = sorted((where for where, n in totals.items() if abs(n) >= 0.05),
+                   key=lambda where: -totals[where])
+    for where in funcs[:top]:
+        print("  %8.1f  %s" % (totals[where], where))
+    if lines:
+        rows = sorted(((n, "%s:%s" % (where.split(":")[0], line))
+                       for where, per in by_line.items() for line, n in per.items()
+                       if abs(n) >= 0.05),
+                      reverse=True)
+        print("  by line:")
+        for n, at in rows[:top]:
+            print("  %8.1f  %s" % (n, at))
+    print(flush=True)
 
 
 def store_json(path: str, tag: str, insn: dict) -> None:

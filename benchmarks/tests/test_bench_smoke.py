@@ -615,3 +615,26 @@ def test_fill_bytecode_cache_compiles_what_the_servers_import(tmp_path, monkeypa
     benchlib.fill_bytecode_cache(sys.executable, check=True)
     for name in ("servers.py", "minimal_asyncore.py"):
         assert os.path.exists(importlib.util.cache_from_source(str(tmp_path / name))), name
+
+
+@pytest.mark.timeout(300)
+def test_bench_insn_servers_counts_python_bytecodes_by_function_and_line():
+    # --bytecodes: the servers run under bytecode_count.py (sys.monitoring, 3.12+). The
+    # hand-written loop's echo is one function, which executes nearly all the bytecodes of a
+    # request (a wake-up with nothing to read, or a signal, adds a few now and then).
+    import bench_insn_servers as bis
+    if sys.version_info < (3, 12):
+        with pytest.raises(RuntimeError, match="3.12 or newer"):
+            bis.measure(sys.executable, "minimal-epoll", "pp1", bytecodes=True)
+        return
+    r = bis.measure(sys.executable, "minimal-epoll", "pp1", rounds=(5, 5, 105), bytecodes=True)
+    assert r["requests"] == 100
+    assert 20 < r["bytecodes"] < 400, r
+    (where, lines), = [(w, per) for w, per in r["by_line"].items()
+                       if sum(per.values()) > 0.5]
+    assert where.startswith("servers.py:") and "serve_minimal_epoll" in where, where
+    assert sum(lines.values()) > 0.95 * r["bytecodes"], r
+    # the CLI server too (python -m netloop echo), through its handler
+    r = bis.measure(sys.executable, "netloop", "pp1", rounds=(5, 5, 45), bytecodes=True)
+    assert r["requests"] == 40
+    assert any("EchoHandler.handle_read" in where for where in r["by_line"]), r["by_line"]
