@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
+import threading
 from typing import Any, List
 
 import pytest
@@ -17,6 +19,7 @@ import pytest
 import netloop
 import netloop.asyncore as asyncore
 from netloop import reactor
+import tlssupport
 from coresupport import recv_some
 from support import run_until
 
@@ -748,3 +751,111 @@ def test_a_new_socket_on_a_channel_that_saw_end_of_input_is_read(
         for conn in conns:
             conn.close()
         srv.close()
+
+
+# ---------------------------------------------------------------- an empty send starts TLS
+
+class LateTLSClient(asyncore.dispatcher_with_send):
+    """emailproxy's upstream connection: wraps its socket once connected (do_handshake_on_connect
+    False) and drives do_handshake() from its events; nothing is queued, so only the empty send
+    of the handle_write() after the connect (asyncore's initiate_send) starts the handshake."""
+
+    shaken = False
+
+    def __init__(self, map: Any, context: ssl.SSLContext) -> None:
+        asyncore.dispatcher_with_send.__init__(self, map=map)
+        self.context = context
+        self.reply = b""
+
+    def handle_connect(self) -> None:
+        self.set_socket(self.context.wrap_socket(self.socket, server_hostname="localhost",
+                                                 do_handshake_on_connect=False))
+
+    def _handshake(self) -> None:
+        try:
+            self.socket.do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return
+        self.shaken = True
+        self.send(b"hello")
+
+    def handle_read_event(self) -> None:
+        if isinstance(self.socket, ssl.SSLSocket) and not self.shaken:
+            return self._handshake()
+        try:
+            super().handle_read_event()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            self._handshake()
+
+    def handle_write_event(self) -> None:
+        if isinstance(self.socket, ssl.SSLSocket) and not self.shaken:
+            return self._handshake()
+        try:
+            super().handle_write_event()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            self._handshake()
+
+    def handle_read(self) -> None:
+        self.reply += self.recv(100)
+
+
+@pytest.mark.parametrize("use_poll", [False, True])
+def test_handle_write_after_connect_sends_the_empty_buffer(poller_name: str,
+                                                           use_poll: bool) -> None:
+    srv = socket.create_server(("127.0.0.1", 0))
+    srv.settimeout(10)
+    served: List[bytes] = []
+
+    def serve() -> None:
+        try:
+            conn, _ = srv.accept()
+            with tlssupport.server_context().wrap_socket(conn, server_side=True) as tls:
+                tls.settimeout(10)
+                data = tls.recv(100)
+                served.append(data)
+                tls.sendall(data)
+        except OSError as err:
+            served.append(repr(err).encode())
+
+    server = threading.Thread(target=serve)
+    server.start()
+    m: dict = {}
+    c = LateTLSClient(m, tlssupport.client_context())
+    try:
+        c.create_socket(socket.AF_INET, socket.SOCK_STREAM)
+        c.connect(srv.getsockname())
+        for _ in range(200):
+            if c.reply == b"hello":
+                break
+            asyncore.loop(timeout=0.05, use_poll=use_poll, map=m, count=1, poller=poller_name)
+        assert c.shaken and c.reply == b"hello"
+    finally:
+        c.close()
+        server.join(15)
+        srv.close()
+    assert served == [b"hello"]
+
+
+def test_empty_send_reaches_the_socket_only_with_nothing_queued() -> None:
+    sends: List[bytes] = []
+
+    class Recording(socket.socket):
+        def send(self, data: Any, *flags: Any) -> int:
+            sends.append(bytes(data))
+            return super().send(data, *flags)
+
+    a, b = socket.socketpair()
+    r = Recording(a.family, a.type, fileno=a.detach())
+    d = asyncore.dispatcher_with_send(r, map={})
+    try:
+        d.handle_write()
+        d.send(b"")
+        assert sends == [b"", b""]  # asyncore: dispatcher.send(self, b"") each time
+        d.send(b"x")
+        b.settimeout(5)
+        assert sends[2:] == [b"x"] and b.recv(1) == b"x"
+        d.handle_write()  # nothing queued again: the empty send, as asyncore
+        assert sends[3:] == [b""]
+    finally:
+        d.close()
+        b.close()

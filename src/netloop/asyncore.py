@@ -190,6 +190,16 @@ class dispatcher_with_send(_BufferedDispatcher, dispatcher):
 
     write_high_water = None
 
+    def _nl_send_nothing(self) -> None:
+        # asyncore's initiate_send() sent out_buffer[:65536] even when it was empty, so the
+        # write event after a connect, and a send(b""), called socket.send(b""). Nothing on a
+        # plain socket; on an ssl.SSLSocket made with do_handshake_on_connect=False that a
+        # handle_connect() set, it starts the handshake (the ClientHello goes out) and raises
+        # SSLWantReadError, which programs that drive do_handshake() from their events catch
+        # and rely on (emailproxy: without it neither side spoke). As asyncore: would-block
+        # is nothing, a gone peer closes, anything else reaches the caller.
+        _Dispatcher.send(self, b"")
+
 
 if os.name == "posix":
     class file_wrapper(_FileWrapper):

@@ -121,6 +121,7 @@ class BufferedDispatcher(Dispatcher, FlowControl):
                 self._nl_queued_more(self._out_pending)
             return
         if not data:
+            self._nl_send_nothing()
             return
         try:
             sent = self.socket.send(data)
@@ -143,10 +144,17 @@ class BufferedDispatcher(Dispatcher, FlowControl):
         self._update_interest()
         self._nl_queued_more(size - sent)
 
+    def _nl_send_nothing(self) -> None:
+        # A send with nothing to send (send(b"") with nothing queued, or a write event with an
+        # empty queue: the first one after a connect): nothing here. The asyncore facade's
+        # dispatcher_with_send sends b"" on the socket, as asyncore did.
+        pass
+
     def initiate_send(self) -> None:
         """Send as much of the queue as the socket takes now."""
         q = self._outq
         if not q:
+            self._nl_send_nothing()
             return
         sock = self.socket
         try:
