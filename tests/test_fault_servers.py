@@ -476,3 +476,77 @@ def test_loop_holds_a_reserved_descriptor(loop: netloop.Loop) -> None:
     assert loop._reserve >= 0
     loop.release()
     assert loop._reserve == -1  # released with the poller (the leak check agrees)
+
+
+def test_loops_of_a_process_share_one_reserved_descriptor() -> None:
+    # One free descriptor is what a process out of them needs: one per loop cost a program
+    # that runs a loop per connection, each in its own thread (emailproxy), one per connection.
+    from netloop.reactor import _Reserve
+    holders = _Reserve.holders
+    a, b = netloop.Loop(), netloop.Loop()
+    try:
+        a.run_once(0)
+        b.run_once(0)
+        fd = a._reserve
+        assert fd >= 0 and b._reserve == fd and os.readlink("/proc/self/fd/%d" % fd) == os.devnull
+        with b.spare_descriptor() as freed:
+            assert freed and a._reserve == -1  # the process's one: freed for either loop
+            with a.spare_descriptor() as freed_again:
+                assert not freed_again
+        assert a._reserve == b._reserve >= 0
+        a.release()
+        assert a._reserve == -1 and b._reserve >= 0  # b still holds it
+        os.fstat(b._reserve)
+        b.release()
+        assert _Reserve.holders == holders
+        assert (_Reserve.fd >= 0) == (holders > 0)  # closed with its last holder
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_loop_per_connection_costs_three_descriptors_at_most() -> None:
+    # emailproxy's shape: a thread per connection, each running asyncore.loop() on a map of
+    # its own. Each loop holds its poller (epoll: one descriptor) and its wake-up pipe (two);
+    # the reserve is the process's, and no run timer without a listener (5 each before).
+    import threading
+
+    import netloop.asyncore as asyncore
+
+    polling = threading.Barrier(5)
+
+    class Conn(asyncore.dispatcher):
+        asked = False
+
+        def readable(self) -> bool:
+            if not self.asked:
+                self.asked = True
+                polling.wait(10)  # every loop is in its run, about to poll
+            return True
+
+        def writable(self) -> bool:
+            return False
+
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    pairs = [socket.socketpair() for _ in range(4)]
+    before = fds()
+    chans = [Conn(a, map={}) for a, _ in pairs]
+    threads = [threading.Thread(target=asyncore.loop, kwargs={"map": ch._map, "poller": "epoll"})
+               for ch in chans]
+    for t in threads:
+        t.start()
+    try:
+        polling.wait(10)
+        extra = fds() - before
+        assert extra <= 1 + 4 * 3, extra  # the process's reserve, and three per loop
+    finally:
+        for ch in chans:
+            ch.close()  # from this thread: each loop is woken, sees its empty map, returns
+        for t in threads:
+            t.join(10)
+        for a, b in pairs:
+            b.close()
+    assert not any(t.is_alive() for t in threads)

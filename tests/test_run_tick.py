@@ -1,9 +1,10 @@
-"""A long run with a timeout (asyncore's ``loop(timeout=30.0)``) bounds its waits with one
-periodic timer (Linux timerfd: the os module's on 3.13+, the C library's through ctypes
-before) instead of a timeout on every poll, which arms and cancels a kernel timer each time
-the loop sleeps. What the timeout promised still holds: no pass waits longer than it, so
-changes made behind the loop's back (a signal handler or another thread emptying the map) are
-seen within it. Where the timer cannot be had (other systems, no descriptor left) every poll
+"""A long run with a timeout (asyncore's ``loop(timeout=30.0)``) of a map that holds a listener
+bounds its waits with one periodic timer (Linux timerfd: the os module's on 3.13+, the C
+library's through ctypes before) instead of a timeout on every poll, which arms and cancels a
+kernel timer each time the loop sleeps. What the timeout promised still holds: no pass waits
+longer than it, so changes made behind the loop's back (a signal handler or another thread
+emptying the map) are seen within it. Where the timer cannot be had (other systems, no
+descriptor left), and in a run of a map without a listener (a loop per connection), every poll
 keeps the timeout, as before."""
 
 from __future__ import annotations
@@ -47,19 +48,45 @@ class Idle(asyncore.dispatcher):
 
 
 class Asked(Idle):
-    """Counts the passes: an overriding readable() is asked before every poll."""
+    """Counts the passes: an overriding readable() is asked before every poll. It closes
+    itself (and the map's listener, if it has one) after ``stop_after`` passes."""
 
     def __init__(self, sock: socket.socket, map: Any, stop_after: int) -> None:
         Idle.__init__(self, sock, map)
         self.asked = 0
         self.stop_after = stop_after
         self.seen: List[Any] = []
+        self.listeners = [ch for ch in map.values() if ch.accepting]
 
     def readable(self) -> bool:
         self.asked += 1
         if self.asked >= self.stop_after:
             self.close()
+            for ch in self.listeners:
+                ch.close()
         return True
+
+
+def ticks_seen(lp: Any, ch: Any) -> List[int]:
+    """The loop's timer descriptor at each pass (-1: none), as ``ch.readable()`` is asked."""
+    seen: List[int] = []
+    orig = ch.readable
+
+    def readable() -> bool:
+        seen.append(lp._tick_fd)
+        return orig()
+
+    ch.readable = readable
+    return seen
+
+
+def listen(map: Any) -> Any:
+    """A listener in ``map`` that nobody connects to: a server's run."""
+    ch = asyncore.dispatcher(map=map)
+    ch.create_socket(socket.AF_INET, socket.SOCK_STREAM)
+    ch.bind(("127.0.0.1", 0))
+    ch.listen(5)
+    return ch
 
 
 def idle_pair(map: Any, cls: Any = Idle, **kw: Any) -> Any:
@@ -82,15 +109,9 @@ def open_fds() -> set:
 @pytest.mark.parametrize("poller_name", KERNEL_POLLERS)
 def test_polls_of_a_long_run_wait_on_the_timer_not_a_timeout(poller_name):
     lp, map, poller = acquired_loop(poller_name)
+    listen(map)
     ch, peer = idle_pair(map, Asked, stop_after=4)
-    seen: List[int] = []
-    orig = ch.readable
-
-    def readable() -> bool:
-        seen.append(lp._tick_fd)
-        return orig()
-
-    ch.readable = readable
+    seen = ticks_seen(lp, ch)
     try:
         # Each of the passes waits for the timer (timeout 0.02 s): 4 passes, then the channel
         # closes itself and the run ends.
@@ -110,15 +131,37 @@ def test_polls_of_a_long_run_wait_on_the_timer_not_a_timeout(poller_name):
 
 
 @pytest.mark.parametrize("poller_name", KERNEL_POLLERS)
+def test_a_run_without_a_listener_waits_with_its_timeout(poller_name):
+    # A loop per connection (emailproxy runs one in a thread for each): no timer, which would
+    # cost each of them a descriptor; the polls wait with the timeout, as asyncore's did.
+    lp, map, poller = acquired_loop(poller_name)
+    ch, peer = idle_pair(map, Asked, stop_after=4)
+    seen = ticks_seen(lp, ch)
+    try:
+        poller.timeouts.clear()
+        asyncore.loop(timeout=0.02, map=map)
+        assert ch.asked >= 4
+        assert seen == [-1] * len(seen)
+        assert poller.timeouts and all(t == 0.02 for t in poller.timeouts), poller.timeouts
+        assert lp._tick_period is None
+    finally:
+        peer.close()
+        lp.close()
+
+
+@pytest.mark.parametrize("poller_name", KERNEL_POLLERS)
 def test_run_leaves_no_descriptor_and_the_next_run_ticks_again(poller_name):
     lp, map, poller = acquired_loop(poller_name)
     before = open_fds()
     try:
         for _ in range(3):
+            listen(map)
             ch, peer = idle_pair(map, Asked, stop_after=3)
+            seen = ticks_seen(lp, ch)
             asyncore.loop(timeout=0.01, map=map)
             peer.close()
             assert lp._tick_fd == -1
+            assert all(fd >= 0 for fd in seen) if TICKS else seen == [-1] * len(seen), seen
         # The loop gave its kernel objects back when the map emptied; the timer went with it.
         assert open_fds() <= before
     finally:
@@ -188,6 +231,7 @@ def test_another_thread_that_empties_the_map_ends_the_run(poller_name):
 @pytest.mark.parametrize("poller_name", KERNEL_POLLERS)
 def test_out_of_descriptors_the_run_keeps_its_timeouts(poller_name):
     lp, map, poller = acquired_loop(poller_name)
+    listen(map)
     ch, peer = idle_pair(map, Asked, stop_after=4)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     top = max(int(fd) for fd in open_fds())
@@ -223,6 +267,7 @@ def test_a_nested_legacy_run_waits_with_its_own_timeout(poller_name):
                 inner_timeouts.extend(poller.timeouts[n:])
             return Asked.readable(self)
 
+    listen(map)
     ch, peer = idle_pair(map, Nester, stop_after=5)
     try:
         poller.timeouts.clear()
@@ -255,6 +300,7 @@ def test_forked_child_closes_its_copy_and_leaves_the_parents_timer():
                 pids.append(pid)
             return Asked.readable(self)
 
+    listen(map)
     ch, peer = idle_pair(map, Forker, stop_after=5)
     try:
         # The parent goes on waking on its timer after the child closed its copy.
@@ -274,6 +320,7 @@ def test_no_timer_without_timerfd(monkeypatch):
     # Where the os module has no timerfd (before 3.13): the run does not ask for one.
     monkeypatch.setattr(driver, "_NO_TICK", True)
     lp, map, poller = acquired_loop("epoll" if "epoll" in KERNEL_POLLERS else "poll")
+    listen(map)
     ch, peer = idle_pair(map, Asked, stop_after=3)
     try:
         poller.timeouts.clear()

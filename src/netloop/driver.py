@@ -237,13 +237,27 @@ class PollDriver(Interest):
         """Ask for the run's periodic timer (see ``Loop._arm_tick``); True when it is armed.
         Takes the kernel objects first if the loop holds none yet (the first pass would).
         No timer for a wait that has no bound or never blocks (None, 0); a period the timer
-        cannot hold (``_timerfd.periodic`` refuses it) leaves the polls their timeout."""
-        if _NO_TICK or not period:
+        cannot hold (``_timerfd.periodic`` refuses it) leaves the polls their timeout.
+
+        Nor for a run whose map holds no listener when it starts: the timer (a descriptor)
+        pays off in a server's busy loop, whose waits end thousands of times a second. A
+        program that runs a loop per connection, each in a thread of its own (emailproxy),
+        would pay a descriptor per connection for it; such a loop waits with its timeout."""
+        if _NO_TICK or not period or not self._has_listener():
             return False
         self._tick_period = period
         if not self._acquired:
             self._acquire()
         return self._arm_tick()
+
+    def _has_listener(self) -> bool:
+        for obj in list(self.map.values()):
+            try:
+                if obj.accepting:
+                    return True
+            except Exception:  # (an object of a legacy map's own, without the attribute)
+                pass
+        return False
 
     def _end_tick(self) -> None:
         """The run that asked for the periodic timer ends: close it."""

@@ -76,7 +76,8 @@ class Interest(Services):
         _tick_fd: int
         _tick_period: Optional[float]
         _waker: Any
-        _reserve: int
+        @property
+        def _reserve(self) -> int: ...
         _kernel_register: Callable[[int, int], None]
         _kernel_unregister: Callable[[int], None]
         _hup_closes: bool

@@ -203,11 +203,11 @@ def _idle(lp: "Loop") -> bool:
     return _unattended(lp) and not lp._timers and not lp._ready
 
 
-def _let_go_of_idle() -> "List[Tuple[weakref.ref[Loop], Any, Any, int]]":
+def _let_go_of_idle() -> "List[Tuple[weakref.ref[Loop], Any, Any, bool]]":
     kept = []
     for lp in [lp for lp in _active if _idle(lp) and lp.map]:
         _active.discard(lp)
-        kept.append((weakref.ref(lp), lp._poller, lp._waker, lp._reserve))
+        kept.append((weakref.ref(lp), lp._poller, lp._waker, lp._holds_reserve))
     return kept
 
 
@@ -245,11 +245,8 @@ def _collect_abandoned() -> None:
             poller.close()
         if waker is not None:
             waker.close()
-        if reserve >= 0:
-            try:
-                os.close(reserve)
-            except OSError:
-                pass
+        if reserve:
+            _Reserve.let_go()
     _collect_at[0] = max(_COLLECT_MIN, 2 * survivors)
 
 
@@ -274,7 +271,7 @@ class Loop(PollDriver):
     __slots__ = ("map", "_poller_spec", "_clock", "_scan_asked", "_poller", "_waker",
                  "_wake_fd", "_objs", "_alias", "_to_ask", "_masks", "_asked", "_indirect",
                  "_closed_fds", "_bad", "_fd_refusals", "_dispatching", "_accepted",
-                 "_accepted_by", "_reserve", "_timers", "_ready", "_signal_handlers",
+                 "_accepted_by", "_holds_reserve", "_timers", "_ready", "_signal_handlers",
                  "_old_wakeup_fd", "_stopping", "_running", "_thread_id", "_run_lock",
                  "_acquired", "_implicit", "_closed", "_slow", "_pass_work", "_notify",
                  "_hup_closes", "_contain", "_read_view", "_read_cut", "_read_cut_len", "_map_get",
@@ -353,9 +350,9 @@ class Loop(PollDriver):
         # ping-pong server reads the same length each time, and reuses the slice.
         self._read_cut: Any = None
         self._read_cut_len = 0
-        # A descriptor held in reserve while the loop holds its kernel objects (see
-        # spare_descriptor()): given up when the process runs out, to log or shed load.
-        self._reserve = -1
+        # Whether the loop counts among the holders of the process's reserved descriptor (see
+        # spare_descriptor()): while it holds its kernel objects.
+        self._holds_reserve = False
         self._timers = TimerQueue(self._clock)
         self._ready: Deque[Tuple[Callable[..., Any], Tuple[Any, ...]]] = deque()
         self._signal_handlers: Dict[int, Tuple[Callable[..., Any], Tuple[Any, ...]]] = {}
@@ -518,19 +515,24 @@ class Loop(PollDriver):
             pass  # (read already: EAGAIN)
 
     def _take_reserve(self) -> None:
-        if self._reserve < 0:
-            try:
-                self._reserve = os.open(os.devnull, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-            except OSError:
-                self._reserve = -1  # out of descriptors already: try again when one is freed
+        """Hold the process's reserved descriptor (opened if no loop holds it yet, or opened
+        again after a ``spare_descriptor()`` block or a shortage gave it up)."""
+        if not self._holds_reserve:
+            self._holds_reserve = True
+            _Reserve.hold()
+        else:
+            _Reserve.take()
 
     def _give_up_reserve(self) -> None:
-        fd, self._reserve = self._reserve, -1
-        if fd >= 0:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        """No longer hold it: closed when no other loop of the process does."""
+        if self._holds_reserve:
+            self._holds_reserve = False
+            _Reserve.let_go()
+
+    @property
+    def _reserve(self) -> int:
+        """The reserved descriptor this loop holds, or -1 (none held, or given up for now)."""
+        return _Reserve.fd if self._holds_reserve else -1
 
     def spare_descriptor(self) -> "_Spare":
         """A context manager that frees the loop's reserved descriptor for its block.
@@ -581,7 +583,7 @@ class Loop(PollDriver):
         self._poller = self._kernel_register = self._kernel_unregister = None
         self._waker = None
         self._wake_fd = -1
-        self._give_up_reserve()  # the child's own copy; the parent keeps its own
+        self._holds_reserve = False  # _after_fork_in_child closes the child's copy
         self._notify = None
         self._timers.on_schedule = None
         self._acquired = False
@@ -667,10 +669,7 @@ class _Spare:
 
     def __enter__(self) -> bool:
         """True if a descriptor was freed (False: the loop had none in reserve)."""
-        lp = self._loop
-        had = lp._reserve >= 0
-        lp._give_up_reserve()
-        return had
+        return self._loop._holds_reserve and _Reserve.free()
 
     def __exit__(self, *exc: Any) -> None:
         lp = self._loop
@@ -678,11 +677,81 @@ class _Spare:
             lp._take_reserve()
 
 
+class _Reserve:
+    """The process's reserved descriptor (``/dev/null``; ``Loop.spare_descriptor()``).
+
+    One for the process, held while any loop holds its kernel objects: what it is for is a
+    free descriptor when the process has none left, which one is enough to give. (One per
+    loop cost a program that runs a loop per connection, in a thread each, a descriptor per
+    connection: emailproxy.) A lock, as loops of several threads share it; taking it needs no
+    descriptor.
+    """
+
+    fd = -1
+    holders = 0
+    lock = allocate_lock()
+
+    @classmethod
+    def hold(cls) -> None:
+        with cls.lock:
+            cls.holders += 1
+            cls._open()
+
+    @classmethod
+    def take(cls) -> None:
+        """Open it again if a holder gave it up (a shortage, a ``spare_descriptor()`` block)."""
+        with cls.lock:
+            if cls.holders:
+                cls._open()
+
+    @classmethod
+    def let_go(cls) -> None:
+        with cls.lock:
+            cls.holders -= 1
+            if cls.holders <= 0:
+                cls.holders = 0
+                cls._close()
+
+    @classmethod
+    def free(cls) -> bool:
+        """Close it for now (a holder needs a descriptor): True if it was open."""
+        with cls.lock:
+            had = cls.fd >= 0
+            cls._close()
+            return had
+
+    @classmethod
+    def after_fork_in_child(cls) -> None:
+        # The child's copy of the descriptor: closed; its loops hold it again as they take
+        # their kernel objects. (A lock another thread held at the fork would stay locked.)
+        cls.lock = allocate_lock()
+        cls.holders = 0
+        cls._close()
+
+    @classmethod
+    def _open(cls) -> None:
+        if cls.fd < 0:
+            try:
+                cls.fd = os.open(os.devnull, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            except OSError:
+                cls.fd = -1  # out of descriptors already: opened again when one is freed
+
+    @classmethod
+    def _close(cls) -> None:
+        fd, cls.fd = cls.fd, -1
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
 def _after_fork_in_child() -> None:
     had_signals = False
     for lp in list(_active):
         had_signals = had_signals or bool(lp._signal_handlers)
         lp._detach_after_fork()
+    _Reserve.after_fork_in_child()
     if had_signals:
         try:
             signal.set_wakeup_fd(-1)  # it named the parent's pipe
