@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import mailbox
 import os
+import shutil
 import signal
 import smtplib
 import socket
@@ -143,11 +144,17 @@ def test_help_and_version() -> None:
 @pytest.mark.parametrize("args, text", [
     (["-c", "NoSuchServer", "127.0.0.1:0"], "No server class"),
     (["--size", "big"], "Invalid size: big"),
+    (["-n", "--size", "-5", "127.0.0.1:0"], "Invalid size: -5"),
     (["--bogus"], "option --bogus not recognized"),
     (["nocolon"], "Bad local spec: nocolon"),
     (["127.0.0.1:http"], "Bad local port: 127.0.0.1:http"),
     (["-n", "--maildir", "x", "127.0.0.1:0"], "need -c DebuggingServer"),
     (["a:1", "b:2", "c:3"], "Invalid arguments"),
+    # -n: were one accepted, main() would not switch this process to the user nobody
+    (["-n", "127.0.0.1:99999"], "Bad local port: 127.0.0.1:99999"),  # bind()'s OverflowError
+    (["-n", "127.0.0.1:0", "localhost:-25"], "Bad remote port: localhost:-25"),
+    (["-n", "-c", "no_such_module_here.Server", "127.0.0.1:0"],
+     "no module named 'no_such_module_here'"),  # was a ModuleNotFoundError traceback
 ])
 def test_bad_command_lines_are_refused(args: List[str], text: str, capsys: Any) -> None:
     from netloop.mail.cli import main
@@ -164,3 +171,66 @@ def test_address_in_use_is_a_clear_error(capsys: Any) -> None:
         port = taken.getsockname()[1]
         assert main(["-n", "-c", "DebuggingServer", "127.0.0.1:%d" % port]) == 1
     assert "cannot serve on 127.0.0.1:%d" % port in capsys.readouterr().err
+
+
+@pytest.mark.timeout(60)
+def test_a_maildir_made_beforehand_stores_messages(tmp_path: Any) -> None:
+    """``mkdir mail`` then ``--maildir mail``: Maildir(create=True) makes tmp/new/cur only for a
+    directory it creates, so every message used to fail (the client cut off at the end of DATA,
+    smtpd's error line on stdout)."""
+    maildir = tmp_path / "mail"
+    maildir.mkdir()
+    proc = _smtpd("-n", "-c", "DebuggingServer", "--maildir", str(maildir), "127.0.0.1:0")
+    try:
+        port = _port(proc)
+        with smtplib.SMTP("127.0.0.1", port, timeout=20) as client:
+            assert client.sendmail("a@example.org", ["b@example.org"],
+                                   "Subject: kept\r\n\r\nbody\r\n") == {}
+        _until_end(proc)
+    finally:
+        status, err = _stop(proc, signal.SIGTERM)
+    assert status == 0, err
+    assert [m["Subject"] for m in mailbox.Maildir(str(maildir), create=False)] == ["kept"]
+
+
+@pytest.mark.timeout(30)  # were it accepted, main() would serve until the timeout
+@pytest.mark.parametrize("option", ["--maildir", "--mbox"])
+def test_a_store_that_cannot_be_made_is_a_clear_error(option: str, tmp_path: Any,
+                                                      capsys: Any) -> None:
+    from netloop.mail.cli import main
+    taken = tmp_path / "a-file"
+    taken.write_text("")
+    where = str(taken if option == "--maildir" else taken / "mbox")  # under a file: no dir
+    assert main(["-n", "-c", "DebuggingServer", option, where, "127.0.0.1:0"]) == 1
+    err = capsys.readouterr().err
+    assert "netloop.smtpd: cannot store mail in %s" % taken in err, err
+    assert "Traceback" not in err
+
+
+@pytest.mark.timeout(60)
+def test_a_message_that_cannot_be_stored_is_answered_451_and_the_session_goes_on(
+        tmp_path: Any) -> None:
+    """A store that fails (no descriptor left under a flood, a full disk: here the maildir's tmp/
+    is removed) used to close the connection with no answer to DATA."""
+    maildir = tmp_path / "mail"
+    proc = _smtpd("-n", "-c", "DebuggingServer", "--maildir", str(maildir), "127.0.0.1:0")
+    try:
+        port = _port(proc)
+        with smtplib.SMTP("127.0.0.1", port, timeout=20) as client:
+            client.sendmail("a@example.org", ["b@example.org"], "Subject: one\r\n\r\n1\r\n")
+            _until_end(proc)
+            shutil.rmtree(maildir / "tmp")  # where each message is written first
+            with pytest.raises(smtplib.SMTPDataError) as refused:
+                client.sendmail("a@example.org", ["b@example.org"], "Subject: two\r\n\r\n2\r\n")
+            assert refused.value.smtp_code == 451
+            (maildir / "tmp").mkdir()
+            client.sendmail("a@example.org", ["b@example.org"], "Subject: three\r\n\r\n3\r\n")
+            out = _until_end(proc)
+    finally:
+        status, err = _stop(proc, signal.SIGTERM)
+    assert status == 0, err
+    assert any("cannot store the message from" in line and "answered 451" in line
+               for line in out), out
+    assert "Subject: two" not in "\n".join(out)  # refused: not listed either
+    box = mailbox.Maildir(str(maildir), create=False)
+    assert sorted(m["Subject"] for m in box) == ["one", "three"]

@@ -79,6 +79,8 @@ def _split_address(spec: str, what: str) -> Any:
         number = int(port)
     except ValueError:
         raise UsageError(1, "Bad %s port: %s" % (what, spec)) from None
+    if not 0 <= number <= 65535:  # bind() would raise OverflowError, a traceback
+        raise UsageError(1, "Bad %s port: %s" % (what, spec))
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]  # [::1]:25
     return host, number
@@ -114,6 +116,8 @@ def parse(argv: List[str], options: Any) -> Any:
                 options.size_limit = int(arg)
             except ValueError:
                 raise UsageError(1, "Invalid size: " + arg) from None
+            if options.size_limit < 0:  # EHLO would offer "SIZE -5" and refuse every message
+                raise UsageError(1, "Invalid size: " + arg)
         elif opt == "--raw":
             options.raw = True
         elif opt == "--maildir":
@@ -132,7 +136,13 @@ def parse(argv: List[str], options: Any) -> Any:
 def _server_class(facade: Any, name: str) -> Any:
     if "." in name:
         module_name, _, attr = name.rpartition(".")
-        module = importlib.import_module(module_name)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not (module_name + ".").startswith(exc.name + "."):
+                raise  # the module was found; something it imports is missing: its traceback
+            raise UsageError(1, "No server class %r: no module named %r"
+                             % (name, exc.name)) from None
     else:
         module, attr = facade, name
     found = getattr(module, attr, None)
@@ -189,7 +199,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         if isinstance(server, facade.DebuggingServer):
             server.human_readable = not options.raw
             if storing:
-                store = server.store = MailStore(options.maildir, options.mbox)
+                try:
+                    store = server.store = MailStore(options.maildir, options.mbox)
+                except OSError as exc:
+                    print("netloop.smtpd: cannot store mail in %s: %s"
+                          % (exc.filename or options.maildir or options.mbox,
+                             exc.strerror or exc), file=sys.stderr)
+                    return 1
         if options.setuid:
             error = _become_nobody()
             if error:

@@ -169,7 +169,15 @@ class DebuggingServer(SMTPServer):
     def process_message(self, peer: Any, mailfrom: str, rcpttos: List[str], data: Any,
                         **kwargs: Any) -> Optional[str]:
         if self.store is not None:
-            self.store.add(peer, mailfrom, rcpttos, data)
+            try:
+                self.store.add(peer, mailfrom, rcpttos, data)
+            except OSError as exc:
+                # No descriptor left, a full disk, a maildir removed: the client is told to
+                # try again later and its session goes on. Raised, the error closed the
+                # connection without an answer to its DATA.
+                self.log_info("cannot store the message from %s: %s; answered 451"
+                              % (peer, exc), "error")
+                return "451 Requested action aborted: local error in processing"
         if self.human_readable:
             sys.stdout.write(format_message(peer, mailfrom, rcpttos, data, **kwargs))
             sys.stdout.flush()

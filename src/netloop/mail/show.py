@@ -119,7 +119,13 @@ class MailStore:
     def __init__(self, maildir: Optional[str] = None, mbox: Optional[str] = None) -> None:
         if maildir is None and mbox is None:
             raise ValueError("give a maildir, an mbox or both")
-        self.maildir = mailbox.Maildir(maildir, create=True) if maildir is not None else None
+        self.maildir = None
+        if maildir is not None:
+            # Maildir(create=True) makes tmp/, new/ and cur/ only when the directory itself is
+            # missing: in one made beforehand (mkdir mail; --maildir mail) every add() failed.
+            for sub in ("tmp", "new", "cur"):
+                os.makedirs(os.path.join(maildir, sub), exist_ok=True)
+            self.maildir = mailbox.Maildir(maildir, create=False)
         if mbox is not None:
             folder = os.path.dirname(os.path.abspath(mbox))
             os.makedirs(folder, exist_ok=True)
