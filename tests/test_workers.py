@@ -49,29 +49,35 @@ def test_workers_serve_and_balance_then_survive_kill9():
         assert proc.stop() == 0
 
 
+@pytest.mark.parametrize("kind", ["dispatcher", "chat", "socketserver"])
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_stop_signal_is_graceful_within_grace_and_leaves_no_orphan(signum):
+def test_stop_signal_is_graceful_within_grace_and_leaves_no_orphan(signum, kind):
     name = signal.Signals(signum).name
-    with Proc(netloop_argv("echo", "--workers", "2", "--grace", "1")) as proc:
+    with Proc(netloop_argv("echo", "--kind", kind, "--workers", "2", "--grace", "1")) as proc:
         address = proc.address()
         workers = _workers(proc, 2)
         with socket.create_connection(address, timeout=10) as busy:
-            busy.sendall(b"before")
-            assert busy.recv(100) == b"before"
+            busy.sendall(b"before\n")
+            assert busy.recv(100) == b"before\n"
             start = time.monotonic()
             proc.signal(signum)
             proc.wait_line(r"%s: stopping the workers gracefully \(grace 1s\)" % name)
-            # The open connection is still served during the grace period...
-            busy.sendall(b"during")
-            assert busy.recv(100) == b"during"
-            # ...new ones are refused, not queued...
+            # New connections are refused, not queued: both copies of the listening socket
+            # (the supervisor's and the worker's) are closed, so the worker is stopping...
             wait(lambda: _refused(address), 5, "new connections refused")
+            # ...and the open connection is still served during the grace period (the
+            # socketserver kind's request threads were daemons, which the stop did not wait
+            # for: the connection was cut at once)...
+            busy.sendall(b"during\n")
+            assert busy.recv(100) == b"during\n"
             # ...and when the grace period is over the worker closes it and exits.
             assert busy.recv(100) == b""
         assert proc.popen.wait(10) == 0
         elapsed = time.monotonic() - start
         assert elapsed < 1 + 4, elapsed  # the grace period, plus start-up slack under load
-        assert "1 connection(s) still open after the 1s grace period; closing them" \
+        assert ("1 thread(s) still running after the 1s grace period; exiting anyway"
+                if kind == "socketserver" else
+                "1 connection(s) still open after the 1s grace period; closing them") \
             in proc.output()
         assert proc.output().count("exited with status 0") == 2
         assert not [pid for pid in workers if alive(pid)]

@@ -613,8 +613,13 @@ def _echo_scaled(host: str, port: int, backend: str, kind: str, workers: Optiona
 
         def setup(worker: Any) -> None:
             for sock in worker.sockets:
-                _make_echo_on(kind, sock, worker.loop, proxy_protocol, log_peers,
-                              " worker %d" % worker.index, tls_context)
+                server = _make_echo_on(kind, sock, worker.loop, proxy_protocol, log_peers,
+                                       " worker %d" % worker.index, tls_context)
+                if kind == "socketserver":
+                    # A worker's graceful stop waits for its connections: a request thread is
+                    # one only if it is not a daemon (the worker leaves with os._exit(), so
+                    # one still running after the grace period does not hold it).
+                    server.daemon_threads = False
 
         supervisor = Supervisor(workers, setup, address=None if listeners else (host, port),
                                 sockets=listeners, grace=grace, poller=poller)
