@@ -288,6 +288,31 @@ def test_pure_proxy_relays_with_an_x_peer_header(decode_data: bool) -> None:
         assert final.messages[0][2] == b"Subject: relayed\nX-Peer: 127.0.0.1\n\nbody"
 
 
+@pytest.mark.timeout(60)
+def test_pure_proxy_gives_up_on_a_silent_remote_and_serves_on() -> None:
+    # A remote that accepts and never answers: smtpd's relay waited for its greeting for ever,
+    # the whole server with it. relay_timeout bounds the wait; the message counts as refused
+    # (written to the debug output; the client is answered 250, as smtpd answered refusals),
+    # and the server serves the next client.
+    from netloop.mail import PureProxy
+
+    silent = socket.create_server(("127.0.0.1", 0))  # its backlog completes the connect
+    try:
+        class Proxy(PureProxy):
+            relay_timeout = 0.3
+
+            def __init__(self, local: Any, remote: Any, **kw: Any) -> None:
+                super().__init__(local, silent.getsockname(), **kw)
+
+        with serving(server_class=Proxy) as (_, port):
+            with smtplib.SMTP("127.0.0.1", port, timeout=TIMEOUT) as client:
+                assert client.sendmail("a@x", ["b@x"], "Subject: lost\r\n\r\nbody\r\n") == {}
+            with smtplib.SMTP("127.0.0.1", port, timeout=TIMEOUT) as other:
+                assert other.noop()[0] == 250
+    finally:
+        silent.close()
+
+
 def test_subclass_with_smtpd_input_handlers_sees_the_message_as_smtpd_gave_it() -> None:
     """A channel class that overrides collect_incoming_data()/found_terminator() with smtpd's
     own code (secure-smtpd does): the message text it collects starts with the first header,

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
 __all__ = ["SMTPChannel", "SMTPServer", "DebuggingServer", "PureProxy"]
 
+smtplib: Any = None  # imported by the first PureProxy made (see there)
+
 
 class SMTPChannel(SMTPProtocol, ChatChannel):
     """One SMTP client connection of an ``SMTPServer``."""
@@ -198,11 +200,23 @@ class PureProxy(SMTPServer):
     """Relays each message to ``remoteaddr`` with ``smtplib``, adding an ``X-Peer`` header.
 
     Refusals by the remote server are only written to the debug output, as in smtpd.
+
+    The relay blocks the loop while it lasts, as smtpd's did; ``relay_timeout`` bounds each of
+    its socket operations (smtpd had none: a remote that accepted and never answered stopped
+    the server for good, SIGTERM included). A remote that times out refuses the message like
+    one that cannot be reached. None waits for ever, as smtpd.
     """
+
+    #: Seconds each socket operation of a relay may wait for the remote (None: no limit).
+    relay_timeout: Optional[float] = 30.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         if kwargs.get("enable_SMTPUTF8"):
             raise ValueError("PureProxy does not support SMTPUTF8.")
+        # Imported when a relaying server is made (smtplib brings ssl: ~4.5 MB that other
+        # servers do not need), never on the delivery path, which may run out of descriptors.
+        global smtplib
+        import smtplib
         super().__init__(*args, **kwargs)
 
     def process_message(self, peer: Any, mailfrom: str, rcpttos: List[str], data: Any,
@@ -221,10 +235,10 @@ class PureProxy(SMTPServer):
         return None
 
     def _deliver(self, mailfrom: str, rcpttos: List[str], data: Any) -> Dict[str, Any]:
-        import smtplib  # only relaying servers need it
         refused: Dict[str, Any] = {}
         try:
-            client = smtplib.SMTP()
+            timeout = self.relay_timeout
+            client = smtplib.SMTP() if timeout is None else smtplib.SMTP(timeout=timeout)
             client.connect(self._remoteaddr[0], self._remoteaddr[1])
             try:
                 refused = client.sendmail(mailfrom, rcpttos, data)
