@@ -779,21 +779,21 @@ class LateTLSClient(asyncore.dispatcher_with_send):
         self.shaken = True
         self.send(b"hello")
 
-    def handle_read_event(self) -> None:
+    def _event(self, handle: Any) -> None:
+        # emailproxy's handle_read_event()/handle_write_event(): the handshake until it is
+        # done, and again whenever the base handling raises SSLWant*Error.
         if isinstance(self.socket, ssl.SSLSocket) and not self.shaken:
             return self._handshake()
         try:
-            super().handle_read_event()
+            handle()
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
             self._handshake()
 
+    def handle_read_event(self) -> None:
+        self._event(super().handle_read_event)
+
     def handle_write_event(self) -> None:
-        if isinstance(self.socket, ssl.SSLSocket) and not self.shaken:
-            return self._handshake()
-        try:
-            super().handle_write_event()
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            self._handshake()
+        self._event(super().handle_write_event)
 
     def handle_read(self) -> None:
         self.reply += self.recv(100)
