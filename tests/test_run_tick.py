@@ -185,28 +185,65 @@ def test_signal_handler_that_empties_the_map_ends_the_run(poller_name):
         lp.close()
 
 
+class PollSignal(CountingPoller):
+    """Sets ``polling`` as each poll starts."""
+
+    def __init__(self, name: str) -> None:
+        CountingPoller.__init__(self, name)
+        self.polling = threading.Event()
+
+    def poll(self, timeout: Optional[float]) -> Any:
+        self.polling.set()
+        return CountingPoller.poll(self, timeout)
+
+
+class Quiet(asyncore.dispatcher_with_send):
+    """A connected channel of netloop's own interest (no predicates asked): it waits to read."""
+
+    def handle_read(self) -> None:
+        self.recv(100)
+
+
+@pytest.mark.parametrize("how, timeout", [("map.clear", 0.05), ("close", 30.0)])
 @pytest.mark.parametrize("poller_name", KERNEL_POLLERS)
-def test_another_thread_that_empties_the_map_ends_the_run(poller_name):
+def test_another_thread_that_empties_the_map_ends_the_run(poller_name, how, timeout):
+    # While the loop waits in its poll, another thread empties the map: with a plain dict
+    # edit, which nothing the loop waits on says (seen within the timeout), or by closing the
+    # last channel (ZEO's StorageServer.close(), emailproxy's restart: the loop is woken, and
+    # returns at once, long before its 30 s timeout). The poll is one of a run that has been
+    # going: its first pass read, and ran a timer that was due, so the pass that polls now
+    # had no set-up (the pass a wake-up ended had then polled again, for 30 s, holding the
+    # loop's descriptors: emailproxy's loops of its connections).
+    poller = PollSignal(poller_name)
     map: dict = {}
-    lp = netloop.Loop(map, poller=poller_name)
-    polling = threading.Event()
+    lp = netloop.Loop(map, poller=poller)
+    fired = threading.Event()
 
-    class Told(Idle):
-        def readable(self) -> bool:
-            polling.set()  # asked just before the pass polls
-            return True
+    def due() -> None:  # run after that pass's reads: the next poll is the one to end
+        poller.polling.clear()
+        fired.set()
 
-    ch, peer = idle_pair(map, Told)
-    t = threading.Thread(target=asyncore.loop, kwargs={"timeout": 0.05, "map": map})
+    class Reader(Quiet):
+        def handle_read(self) -> None:
+            Quiet.handle_read(self)
+            lp.call_later(0, due)
+
+    a, peer = socket.socketpair()
+    ch = Reader(a, map=map)
+    peer.send(b"x")  # read in the run's first pass
+    t = threading.Thread(target=asyncore.loop, kwargs={"timeout": timeout, "map": map})
     t.start()
     try:
-        assert polling.wait(5)
-        map.clear()  # from this thread, a plain dict edit: nothing the loop waits on says so
+        assert fired.wait(5) and poller.polling.wait(5)
+        if how == "close":
+            ch.close()  # from this thread
+        else:
+            map.clear()  # a plain dict edit: the loop is not told
         t.join(10)
         assert not t.is_alive(), "loop() did not see the emptied map"
     finally:
         if t.is_alive():
-            os.write(lp._waker.wfd, b"\0")
+            lp.stop()
         t.join(5)
         ch.close()
         peer.close()
