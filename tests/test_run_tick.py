@@ -191,6 +191,8 @@ class PollSignal(CountingPoller):
     def __init__(self, name: str) -> None:
         CountingPoller.__init__(self, name)
         self.polling = threading.Event()
+        if hasattr(self.inner, "find_bad"):  # (select: the loop asks it after an EBADF)
+            self.find_bad = self.inner.find_bad
 
     def poll(self, timeout: Optional[float]) -> Any:
         self.polling.set()

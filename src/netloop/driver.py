@@ -13,10 +13,11 @@ services: asyncio waits instead of ``poll()``.
 from __future__ import annotations
 
 from _thread import get_ident as _get_ident
+from errno import EBADF
 
 from . import _timerfd
 from .interest import Interest
-from .pollers import INVALID, SelectPoller
+from .pollers import INVALID
 
 # A run's periodic timer: none on systems without Linux's timerfd.
 _NO_TICK = not _timerfd.AVAILABLE
@@ -133,13 +134,19 @@ class PollDriver(Interest):
         # select() fails as a whole (EBADF) when one registered fd was closed behind its
         # channel's back: find it, stop watching it, and report it as poll(2) would (POLLNVAL).
         poller = self._poller
-        if isinstance(poller, SelectPoller):
-            bad = poller.find_bad()
+        find_bad = getattr(poller, "find_bad", None)  # (a select poller, or one wrapping it)
+        if poller is not None and find_bad is not None:
+            bad = find_bad()
             if bad:
                 for fd in bad:  # logged when the INVALID event is dispatched
                     poller.unregister(fd)
                     self._masks.pop(fd, None)
                 return [(fd, INVALID) for fd in bad]
+            if err.errno == EBADF:
+                # None is closed now: another thread unregistered a channel and closed its
+                # socket after select() had read the lists and before its system call (a
+                # channel closed from another thread while the loop polls). Poll again.
+                return []
         raise err
 
     def run(self, timeout: Optional[float] = None, count: Optional[int] = None) -> None:
