@@ -252,6 +252,42 @@ def test_another_thread_that_empties_the_map_ends_the_run(poller_name, how, time
         lp.close()
 
 
+@pytest.mark.parametrize("poller_name", KERNEL_POLLERS)
+def test_a_map_emptied_while_its_run_takes_its_kernel_objects_ends_the_run(poller_name):
+    # emailproxy makes each connection's channels in its accepting thread, starts a thread
+    # whose loop() serves them, and may close them from the accepting thread (its restart)
+    # before that loop holds a wake-up pipe to be woken by: the loop found the map empty
+    # only after the 30 s of the poll that followed, holding its descriptors meanwhile.
+    closed = threading.Event()
+    taking = threading.Event()
+
+    class Slow(CountingPoller):
+        def register(self, fd: int, mask: int) -> None:
+            taking.set()  # the loop takes its kernel objects: its wake-up pipe comes first
+            closed.wait(5)
+            CountingPoller.register(self, fd, mask)
+
+    map: dict = {}
+    lp = netloop.Loop(map, poller=Slow(poller_name))
+    a, peer = socket.socketpair()
+    ch = Quiet(a, map=map)
+    t = threading.Thread(target=asyncore.loop, kwargs={"timeout": 30.0, "map": map})
+    t.start()
+    try:
+        assert taking.wait(5)
+        ch.close()  # from this thread, while the loop is not yet told of anything
+        closed.set()
+        t.join(10)
+        assert not t.is_alive(), "loop() did not see the emptied map"
+    finally:
+        closed.set()
+        if t.is_alive():
+            lp.stop()
+        t.join(5)
+        peer.close()
+        lp.close()
+
+
 @pytest.mark.skipif(not TICKS, reason="no timerfd on this system (Linux only)")
 @pytest.mark.parametrize("poller_name", KERNEL_POLLERS)
 def test_out_of_descriptors_the_run_keeps_its_timeouts(poller_name):

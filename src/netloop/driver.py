@@ -22,6 +22,9 @@ from .pollers import INVALID
 # A run's periodic timer: none on systems without Linux's timerfd.
 _NO_TICK = not _timerfd.AVAILABLE
 
+# _pass(go_on=...): a run that only stop() ends (True), or also an empty map (loop()).
+_UNTIL_EMPTY = 2
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, List, Optional, Tuple
@@ -93,15 +96,22 @@ class PollDriver(Interest):
             timeout = 0
         return timeout
 
-    def _pass(self, timeout: Optional[float], go_on: bool = False) -> None:
+    def _pass(self, timeout: Optional[float], go_on: int = False) -> None:
         # The hot path. One flag test covers the rare set-up work; the events go to _dispatch
         # (one call per pass, shared with netloop.aio's driver), which binds its locals once.
         # go_on (the runs that only stop() or an empty map end): _dispatch polls and
         # dispatches again itself while no pass needs more than that, so this call may run
         # many passes. (A negative timeout was made 0 by run_once()/_run(), the callers.)
+        # go_on == _UNTIL_EMPTY: asyncore's loop(), which an empty map ends.
         wait = timeout
         if self._slow or len(self.map) != len(self._objs) or self._ready or self._timers._live:
+            acquired = self._acquired
             wait = self._prepare(timeout)
+            if not acquired and go_on == _UNTIL_EMPTY and not self.map:
+                # Emptied by another thread while this pass took the kernel objects, before
+                # the loop had a wake-up pipe to be told by (emailproxy's restart closes the
+                # connections its threads are starting to serve): nothing to wait for.
+                wait = 0
         # A read, then a call: epoll's poll is the C method stored on the poller instance,
         # which a method lookup would not find fast.
         poll = self._poller.poll  # type: ignore[union-attr]
@@ -212,7 +222,8 @@ class PollDriver(Interest):
                             break
                 else:
                     while map:
-                        one_pass(None if ticking and self._tick_fd >= 0 else timeout, True)
+                        one_pass(None if ticking and self._tick_fd >= 0 else timeout,
+                                 _UNTIL_EMPTY)
                         if self._stopping:
                             break
             else:
