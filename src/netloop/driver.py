@@ -96,7 +96,7 @@ class PollDriver(Interest):
             timeout = 0
         return timeout
 
-    def _pass(self, timeout: Optional[float], go_on: int = False) -> None:
+    def _pass(self, timeout: Optional[float], go_on: int = 0) -> None:
         # The hot path. One flag test covers the rare set-up work; the events go to _dispatch
         # (one call per pass, shared with netloop.aio's driver), which binds its locals once.
         # go_on (the runs that only stop() or an empty map end): _dispatch polls and

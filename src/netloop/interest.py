@@ -274,10 +274,7 @@ class Interest(Services):
                 # Emptied from another thread while the loop waits in its poll: wake it, so
                 # that a run only channels keep going (asyncore's loop()) returns now, not
                 # after its timeout (ZEO's StorageServer.close() joins its loop's thread).
-                # The pass the wake-up ends must look at the map (see Loop._pass_work): it
-                # polled again, for the whole timeout, when its poll had been set up by a
-                # pass that needed no set-up (emailproxy's connection loops, 30 s each).
-                self._pass_work = True
+                # (The pass the wake-up ends looks at the map: _on_wake.)
                 self._wake()
 
     def _update(self, obj: Any) -> None:  # obj: a registered channel

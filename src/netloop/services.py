@@ -48,12 +48,15 @@ class Services:
         def _acquire(self) -> None: ...
 
     def _on_wake(self) -> None:
+        # Whoever woke the loop (another thread, a signal) changed something the pass must
+        # look at at its end (see Loop._pass_work): a map it emptied, a call it queued, a
+        # stop. Its change comes before its byte, so it is seen here.
+        self._pass_work = True
         assert self._waker is not None
         for signum in self._waker.drain():
             entry = self._signal_handlers.get(signum)
             if entry is not None:
                 self._ready.append(entry)
-                self._pass_work = True
 
     def _run_timers(self) -> None:
         for handle in self._timers.pop_due(self._clock()):
