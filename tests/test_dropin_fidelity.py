@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import ssl
+import sys
 import threading
 from typing import Any, List
 
@@ -799,6 +800,12 @@ class LateTLSClient(asyncore.dispatcher_with_send):
         self.reply += self.recv(100)
 
 
+# Before 3.10, SSLSocket.send(b"") raises SSLEOFError when the handshake it drives completes
+# inside that call, which happens when the server's answer is already there (a loaded machine):
+# 3.9's stdlib asyncore fails this test the same way (1 run in 300 under load, as netloop did).
+# The empty send itself is checked on every version by the recording socket below.
+@pytest.mark.skipif(sys.version_info < (3, 10),
+                    reason="3.9: an empty send that completes the handshake raises SSLEOFError")
 @pytest.mark.parametrize("use_poll", [False, True])
 def test_handle_write_after_connect_sends_the_empty_buffer(poller_name: str,
                                                            use_poll: bool) -> None:
