@@ -399,8 +399,9 @@ class Interest(Services):
         """The descriptors the loop holds itself: poller, wake-up pipe, reserve, run timer."""
         own = {self._wake_fd, self._reserve, self._tick_fd}
         waker = self._waker
-        if waker is not None:
-            own.add(waker.wfd)
+        while waker is not None:
+            own.update((waker.rfd, waker.wfd))
+            waker = waker.replaced
         poller = self._poller
         if poller is not None:
             try:

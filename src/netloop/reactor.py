@@ -53,6 +53,8 @@ import signal
 import sys
 import time
 import weakref
+from threading import current_thread as _current_thread
+from threading import main_thread as _main_thread
 from _weakref import _remove_dead_weakref  # type: ignore[attr-defined]
 from _thread import allocate_lock
 from collections import deque
@@ -215,7 +217,7 @@ _COLLECT_MIN = 8
 
 #: How many idle implicit loops _release_abandoned() lets _active hold before it asks the
 #: garbage collector about them; twice the survivors after each time (at least 8: each holds
-#: 3-4 descriptors, so 8 fit under a limit of 64 with their sockets), so a
+#: 2-4 descriptors, so 8 fit under a limit of 64 with their sockets), so a
 #: program with many live maps pays for a collection only each time their number doubles.
 _collect_at = [_COLLECT_MIN]
 
@@ -414,7 +416,9 @@ class Loop(PollDriver):
             # A driver that dispatches events itself (netloop.aio's AsyncioPoller) through
             # this loop's _dispatch, and runs its timers and queued calls.
             bind(self)
-        self._waker = Waker()
+        # A pipe in the main thread, which alone handles signals; an eventfd (one descriptor
+        # fewer) where available in any other (waker.py).
+        self._waker = Waker(signals=_current_thread() is _main_thread())
         self._wake_fd = self._waker.rfd
         self._poller.register(self._wake_fd, READ)
         self._notify = getattr(self._poller, "notify", None) or self._wake

@@ -15,6 +15,8 @@ import signal
 import threading
 
 from .errors import RERAISED
+from .pollers import READ
+from .waker import Waker
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -22,7 +24,6 @@ if TYPE_CHECKING:
 
     from .pollers import Poller
     from .timers import TimerHandle, TimerQueue
-    from .waker import Waker
 
 # logging, signal and threading are imported up front: a fault path (running out of
 # descriptors) must never need an import, which opens files.
@@ -38,6 +39,7 @@ class Services:
         _signal_handlers: Dict[int, Tuple[Callable[..., Any], Tuple[Any, ...]]]
         _old_wakeup_fd: Optional[int]
         _waker: Optional[Waker]
+        _wake_fd: int
         _poller: Optional[Poller]
         _notify: Optional[Callable[[], None]]
         _clock: Callable[[], float]
@@ -154,12 +156,41 @@ class Services:
             hosted(signum)
             self._signal_handlers[signum] = (fn, args)
             return
-        assert self._waker is not None
+        waker = self._waker_for_signals()
         if not self._signal_handlers:
-            old = signal.set_wakeup_fd(self._waker.wfd, warn_on_full_buffer=False)
+            old = signal.set_wakeup_fd(waker.wfd, warn_on_full_buffer=False)
             self._old_wakeup_fd = old
         signal.signal(signum, _ignore_in_frame)
         self._signal_handlers[signum] = (fn, args)
+
+    def _waker_for_signals(self) -> Waker:
+        """The loop's waker, a pipe: one taken in another thread is an eventfd, which
+        ``set_wakeup_fd``'s single bytes cannot be written to (waker.py). The swap may happen
+        while the loop polls in its own thread: a wake-up sent meanwhile reaches the new one
+        (``forward``), and the old one stays open until the new one is closed, so that no
+        late write lands in a reused descriptor number."""
+        old = self._waker
+        assert old is not None and self._poller is not None
+        if old.signals:
+            return old
+        new = Waker(signals=True)
+        try:
+            self._poller.register(new.rfd, READ)
+        except BaseException:
+            new.close()
+            raise
+        new.replaced = old
+        old.forward = new
+        self._waker = new
+        self._wake_fd = new.rfd
+        try:
+            self._poller.unregister(old.rfd)
+        except (OSError, ValueError, KeyError):
+            pass
+        # Ends a poll in progress in the loop's thread, which may not watch the new one yet
+        # (select, poll), and (forward) makes the new one readable for the pass after it.
+        old.wake()
+        return new
 
     def remove_signal_handler(self, signum: int) -> bool:
         """Restore the default action for ``signum``; False if no handler was installed."""
