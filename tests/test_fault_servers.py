@@ -631,3 +631,78 @@ def test_a_signal_handler_reaches_a_loop_running_in_another_thread(poller: str) 
         t.join(10)
         lp.close()
     assert _fds() <= before
+
+
+# emailproxy's shape at the descriptor limit: a thread that starts asyncore.loop() on a map of
+# its own when not one descriptor is free. asyncore's loop needed none and served; this one
+# polls with poll() (no epoll instance) and goes without its wake-up object until one is free.
+NO_FREE_DESCRIPTOR = r"""
+import os, resource, socket, sys, threading, time
+sys.path.insert(0, SRC)
+import netloop
+import netloop.asyncore as asyncore
+
+class Echo(asyncore.dispatcher_with_send):
+    def handle_read(self):
+        data = self.recv(100)
+        if data:
+            self.send(data)
+
+def fds():
+    return len(os.listdir("/proc/self/fd"))
+
+a, b = socket.socketpair()
+before = fds()
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+hog = []
+try:
+    while True:
+        hog.append(os.open("/dev/null", os.O_RDONLY))
+except OSError:
+    pass
+m = {}
+echo = Echo(a, map=m)
+failed = []
+
+def run():
+    try:
+        asyncore.loop(map=m, poller=POLLER)  # asyncore's timeout: 30 s
+    except BaseException as err:
+        failed.append(repr(err))
+
+t = threading.Thread(target=run)
+t.start()
+b.settimeout(10)
+b.sendall(b"ping")
+print("echo", b.recv(10) == b"ping", flush=True)
+for fd in hog:
+    os.close(fd)
+lp = netloop.reactor.get_loop(m)
+deadline = time.monotonic() + 10
+while lp._waker is None and time.monotonic() < deadline:
+    time.sleep(0.01)  # its next pass comes within a second, and takes one
+print("waker", lp._waker is not None, flush=True)
+started = time.monotonic()
+echo.close()  # from this thread: the loop is woken, sees its map empty, returns
+t.join(10)
+print("returned", not t.is_alive() and time.monotonic() - started < 5, failed, flush=True)
+b.close()
+a.close()
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+print("left", fds() - before + 2, flush=True)  # (a and b were counted in before)
+"""
+
+
+@pytest.mark.parametrize("poller", ["auto", "epoll"] if "epoll" in POLLERS else ["auto"])
+@pytest.mark.timeout(60)
+def test_a_loop_started_with_no_descriptor_free_serves(poller: str) -> None:
+    code = NO_FREE_DESCRIPTOR.replace("SRC", repr(SRC)).replace("POLLER", repr(poller))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=50)
+    lines = out.stdout.splitlines()
+    assert lines == ["echo True", "waker True", "returned True []", "left 0"], (out.stdout,
+                                                                              out.stderr)
+    assert "found no descriptor for its poller" in out.stderr  # said once, clearly
+    assert "no descriptor for its wake-up object" in out.stderr
+    assert "Traceback" not in out.stderr, out.stderr

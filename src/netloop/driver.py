@@ -38,6 +38,8 @@ class PollDriver(Interest):
         _stopping: bool
         _run_lock: Any
 
+        def _without_waker(self, timeout: Optional[float]) -> Optional[float]: ...
+
     def run_once(self, timeout: Optional[float] = None) -> Optional[float]:
         """Run one pass: poll (at most ``timeout`` seconds; None blocks until an event or the
         next timer, 0 never blocks), dispatch the events, run due timers and queued calls.
@@ -94,6 +96,8 @@ class PollDriver(Interest):
                     timeout = delay
         if timeout is not None and timeout < 0:
             timeout = 0
+        if self._waker is None and self._acquired:
+            timeout = self._without_waker(timeout)
         return timeout
 
     def _pass(self, timeout: Optional[float], go_on: int = 0) -> None:

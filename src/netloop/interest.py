@@ -97,7 +97,8 @@ class Interest(Services):
 
     def _recompute_slow(self) -> None:
         self._slow = (not self._acquired or (bool(self._asked) and self._scan_asked)
-                      or bool(self._to_ask) or bool(self._bad) or self._stopping)
+                      or bool(self._to_ask) or bool(self._bad) or self._stopping
+                      or self._waker is None)
 
     def _add(self, key: Any, obj: Any) -> None:
         """Register the channel the map holds under ``key``. Never calls its predicates."""

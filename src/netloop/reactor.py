@@ -74,7 +74,8 @@ from .interest import _detach as _detach
 from .interest import _key_fd as _key_fd
 from .interest import _route_failure as _route_failure
 from .interest import _set_paused as _set_paused
-from .pollers import READ, by_name, create
+from .errors import ACCEPT_RESOURCE
+from .pollers import READ, available, by_name, create
 from .services import _ignore_in_frame as _ignore_in_frame
 from .services import logger as logger
 from .timers import TimerQueue
@@ -252,6 +253,18 @@ def _collect_abandoned() -> None:
     _collect_at[0] = max(_COLLECT_MIN, 2 * survivors)
 
 
+def _poller_without_descriptor(err: OSError, spec: Any) -> "Poller":
+    """The poller of a loop that could not have the one asked for (``spec``), for want of a
+    descriptor (epoll_create or kqueue failed with EMFILE, ENFILE, ENOMEM): poll() or select(),
+    which need none, as asyncore's loop needed none. Anything else is raised."""
+    if err.errno not in ACCEPT_RESOURCE:
+        raise err
+    name = "poll" if "poll" in available() else "select"
+    logger.warning("netloop: a loop found no descriptor for its poller (%s); it polls with %s()",
+                   err, name)
+    return create(name, track_closed=False)
+
+
 class Loop(PollDriver):
     """An event loop over one channel map.
 
@@ -277,7 +290,8 @@ class Loop(PollDriver):
                  "_old_wakeup_fd", "_stopping", "_running", "_thread_id", "_run_lock",
                  "_acquired", "_implicit", "_closed", "_slow", "_pass_work", "_notify",
                  "_hup_closes", "_contain", "_read_view", "_read_cut", "_read_cut_len", "_map_get",
-                 "_kernel_register", "_kernel_unregister", "_weak", "_tick_fd", "_tick_period")
+                 "_kernel_register", "_kernel_unregister", "_weak", "_tick_fd", "_tick_period",
+                 "_waker_missing", "_waker_retry_at")
     if TYPE_CHECKING:
         _closed: bool
         _implicit: bool
@@ -310,6 +324,8 @@ class Loop(PollDriver):
         self._kernel_unregister: Any = None
         self._waker: Optional[Waker] = None
         self._wake_fd = -1
+        self._waker_missing = False  # out of descriptors for it: see _take_waker
+        self._waker_retry_at = 0.0
         # A periodic timer descriptor (Linux timerfd) that bounds each wait of a
         # long run with a timeout (asyncore's loop(timeout=30.0)) in place of a timeout on
         # every poll: see _arm_tick(). The run's timeout while it wants one, else None.
@@ -408,7 +424,11 @@ class Loop(PollDriver):
                 raise RuntimeError("this map is now served by another loop")
             _register(self)
         # Not tracking its registrations for find_closed(), which a loop never calls.
-        self._poller = poller = create(self._poller_spec, track_closed=False)
+        try:
+            poller = create(self._poller_spec, track_closed=False)
+        except OSError as err:
+            poller = _poller_without_descriptor(err, self._poller_spec)
+        self._poller = poller
         self._kernel_register = getattr(poller, "kernel_register", poller.register)
         self._kernel_unregister = getattr(poller, "kernel_unregister", poller.unregister)
         bind = getattr(self._poller, "bind", None)
@@ -416,11 +436,7 @@ class Loop(PollDriver):
             # A driver that dispatches events itself (netloop.aio's AsyncioPoller) through
             # this loop's _dispatch, and runs its timers and queued calls.
             bind(self)
-        # A pipe in the main thread, which alone handles signals; an eventfd (one descriptor
-        # fewer) where available in any other (waker.py).
-        self._waker = Waker(signals=_current_thread() is _main_thread())
-        self._wake_fd = self._waker.rfd
-        self._poller.register(self._wake_fd, READ)
+        self._take_waker()
         self._notify = getattr(self._poller, "notify", None) or self._wake
         self._timers.on_schedule = self._scheduled
         self._take_reserve()
@@ -431,6 +447,52 @@ class Loop(PollDriver):
         _active.add(self)
         self._reconcile()
         self._recompute_slow()
+
+    def _take_waker(self) -> bool:
+        """Take the wake-up object (True when taken): a pipe in the main thread, which alone
+        handles signals; an eventfd (one descriptor fewer) where available in any other
+        (waker.py).
+
+        Out of descriptors, the loop goes on without one, as asyncore's loop, which had none,
+        went on: its passes keep their timeouts, and a wake-up from another thread waits for
+        the next pass, which comes within a second while it has none (``_without_waker``)."""
+        try:
+            waker = Waker(signals=_current_thread() is _main_thread())
+        except OSError as err:
+            if err.errno not in ACCEPT_RESOURCE:
+                raise
+            self._waker = None
+            self._wake_fd = -1
+            if not self._waker_missing:
+                self._waker_missing = True
+                logger.warning("netloop: %r: no descriptor for its wake-up object (%s); "
+                               "waiting at most a second in each pass until it has one",
+                               self, err)
+            return False
+        assert self._poller is not None
+        try:
+            self._poller.register(waker.rfd, READ)
+        except BaseException:
+            waker.close()
+            raise
+        self._waker = waker
+        self._wake_fd = waker.rfd
+        if self._waker_missing:
+            self._waker_missing = False
+            logger.info("netloop: %r: has its wake-up object again", self)
+        return True
+
+    def _without_waker(self, timeout: Optional[float]) -> Optional[float]:
+        """A pass's set-up while the loop has no wake-up object: try again (once a second),
+        and until then wait at most until that next try."""
+        now = self._clock()
+        if now >= self._waker_retry_at:
+            if self._take_waker():
+                self._recompute_slow()
+                return timeout
+            self._waker_retry_at = now + 1.0
+        cap = self._waker_retry_at - now
+        return cap if timeout is None or timeout > cap else timeout
 
     def _release(self) -> None:
         """Give back the kernel objects; the loop can take them again on next use."""

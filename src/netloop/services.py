@@ -40,6 +40,9 @@ class Services:
         _old_wakeup_fd: Optional[int]
         _waker: Optional[Waker]
         _wake_fd: int
+        _waker_missing: bool
+
+        def _recompute_slow(self) -> None: ...
         _poller: Optional[Poller]
         _notify: Optional[Callable[[], None]]
         _clock: Callable[[], float]
@@ -170,15 +173,21 @@ class Services:
         (``forward``), and the old one stays open until the new one is closed, so that no
         late write lands in a reused descriptor number."""
         old = self._waker
-        assert old is not None and self._poller is not None
-        if old.signals:
+        assert self._poller is not None
+        if old is not None and old.signals:
             return old
-        new = Waker(signals=True)
+        new = Waker(signals=True)  # (out of descriptors: OSError, add_signal_handler's)
         try:
             self._poller.register(new.rfd, READ)
         except BaseException:
             new.close()
             raise
+        if old is None:  # taken when the loop had none (out of descriptors): see _take_waker
+            self._waker = new
+            self._wake_fd = new.rfd
+            self._waker_missing = False
+            self._recompute_slow()
+            return new
         new.replaced = old
         old.forward = new
         self._waker = new
