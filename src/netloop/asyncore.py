@@ -123,6 +123,8 @@ def poll(timeout: Optional[float] = 0.0, map: Optional[Any] = None) -> None:
     map = _map(map)
     if map:
         lp = _reactor.get_loop(map)
+        if _reactor._select_replaced(lp):
+            lp.set_poller("select")
         saved = lp._hup_closes, lp._contain
         lp._hup_closes, lp._contain = False, False  # handle_error() may raise out, as in asyncore
         try:

@@ -160,6 +160,11 @@ _TYPE = _socket.SocketType.type.__get__
 _CLOSE = _socket.SocketType.close
 _NEW_SOCKET = _socket.SocketType.__new__
 _INIT_SOCKET = _socket.SocketType.__init__
+# The class accept()'s fast path builds, as it was when this module was imported: the four
+# methods above belong to it. A program that replaces socket.socket later (gevent's and
+# eventlet's monkey patching do, with a class that is no subclass of the C type) makes
+# listeners of another class, which take socket.accept()'s way (as asyncore's accept() did).
+_PLAIN_SOCKET = _socket.socket
 
 
 class _NoSpare:
@@ -542,7 +547,7 @@ class Dispatcher:
         """One ``(conn, address)`` from the backlog, or None when there is none to take."""
         sock = self.socket
         try:
-            if type(sock) is _socket.socket and sock.gettimeout() == 0.0:
+            if type(sock) is _PLAIN_SOCKET and sock.gettimeout() == 0.0:
                 # socket.accept() without its per-call enum conversions of family and type
                 # (the same socket results: a non-blocking listener gives the new socket the
                 # default timeout, as socket.accept() does).
@@ -550,7 +555,7 @@ class Dispatcher:
                 # socket.socket(family, type, proto, fileno=fd), without the Python frame of
                 # its __init__ and the keyword argument: the C initializer, then the two
                 # attributes that __init__ sets (the same on 3.9 to 3.13).
-                conn = _NEW_SOCKET(_socket.socket)
+                conn = _NEW_SOCKET(_PLAIN_SOCKET)
                 _INIT_SOCKET(conn, _FAMILY(sock), _TYPE(sock), sock.proto, fd)
                 conn._io_refs = 0  # type: ignore[attr-defined]
                 conn._closed = False  # type: ignore[attr-defined]
@@ -873,7 +878,7 @@ class Dispatcher:
         sock = self.socket
         if sock is not None:
             try:
-                if type(sock) is _socket.socket and sock._io_refs <= 0:  # type: ignore[attr-defined]
+                if type(sock) is _PLAIN_SOCKET and sock._io_refs <= 0:  # type: ignore[attr-defined]
                     # socket.socket.close(), without its two Python calls
                     sock._closed = True  # type: ignore[attr-defined]
                     _CLOSE(sock)

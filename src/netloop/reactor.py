@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import gc
 import os
+import select as _select
 import signal
 import sys
 import time
@@ -829,6 +830,21 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+_BUILTIN: Any = type(len)  # the type of select.select as the select module defines it
+
+
+def _select_replaced(lp: Loop) -> bool:
+    """Whether asyncore's select()-style calls on ``lp`` must wait in ``select.select`` as it
+    is now: a replacement was put there (gevent's and eventlet's monkey patching put a
+    cooperative one, which runs the other green threads while it waits) and nothing named a
+    poller. asyncore's loop() and poll() called ``select.select`` on every pass; the select
+    poller does too, looking it up each time, where epoll would block the whole process in
+    epoll_wait(). (use_poll=True needs nothing: the poll poller calls ``select.poll()`` as it
+    is when it is made.)"""
+    return (type(_select.select) is not _BUILTIN and lp._poller_spec != "select"
+            and not lp.running and not os.environ.get("NETLOOP_POLLER"))
+
+
 def loop(timeout: Optional[float] = 30.0, use_poll: bool = False,
          map: Optional[ChannelMap] = None, count: Optional[int] = None,
          poller: Union[None, str, Poller] = None) -> None:
@@ -851,6 +867,8 @@ def loop(timeout: Optional[float] = 30.0, use_poll: bool = False,
     if poller is None and use_poll and lp._poller_spec != "poll" \
             and not os.environ.get("NETLOOP_POLLER"):  # (os.environ costs ~1 us a call)
         poller = "poll"
+    elif poller is None and not use_poll and _select_replaced(lp):
+        poller = "select"
     if poller is not None and lp._poller_spec != poller:
         wanted = poller if isinstance(poller, str) else getattr(poller, "name", None)
         if lp._poller is None or lp._poller.name != wanted or not isinstance(poller, str):
