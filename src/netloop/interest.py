@@ -742,7 +742,13 @@ def _route_failure(obj: Any, err: BaseException, lp: Optional[Interest] = None) 
     if lp is None:
         lp = getattr(obj, "_nl_loop", None)
     try:
-        if isinstance(err, OSError) and err.errno in DISCONNECTED:
+        # asyncore had that rule in readwrite() only, its poll loop's (use_poll=True, poll2()):
+        # its select loop's read()/write()/_exception() gave every exception to handle_error(),
+        # a disconnect too (which the default logs with its traceback before it closes). The
+        # drop-in loop()/poll() with select()-style dispatch (neither contained nor closing on
+        # hang-ups) keep that.
+        if isinstance(err, OSError) and err.errno in DISCONNECTED \
+                and (lp is None or lp._contain or lp._hup_closes):
             if getattr(obj, "accepting", False) and (lp is None or lp._contain):
                 logger.warning("netloop: %s: a client went away while being set up (%s); "
                                "still listening", _describe(obj), err)
