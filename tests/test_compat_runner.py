@@ -226,3 +226,36 @@ def test_run_prefers_netloop_over_a_third_party_module_of_the_same_name(tmp_path
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "netloop.asyncore"
+
+
+def test_run_module_smtpd_runs_netloops_server(tmp_path: Any) -> None:
+    # `python -m smtpd -n -c pkg.Class host:port` is how smtpd-based tools were started (the
+    # README of mr.hermes, say): `run -m smtpd` must run netloop's smtpd as the program.
+    proc = _run(sys.executable, ["-m", "netloop.compat", "run", "--force", "-m", "smtpd",
+                                 "--version"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "Python SMTP proxy version 0.3"
+    assert proc.stderr == ""  # no runpy warning about netloop.smtpd imported already
+    bad = _run(sys.executable, ["-m", "netloop.compat", "run", "--force", "-m", "smtpd",
+                                "--no-such-option"], cwd=tmp_path)
+    assert bad.returncode == 1 and "option --no-such-option not recognized" in bad.stderr
+
+
+def test_python_m_an_alias_module_runs_netloops_module(tmp_path: Any) -> None:
+    python = _modern_python()
+    if python is None:
+        pytest.skip("no Python 3.12+ here")
+    venv = tmp_path / "venv"
+    subprocess.run([python, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+    vpython = str(venv / "bin" / "python")
+    installed = _run(vpython, ["-m", "netloop.compat", "install-aliases"])
+    assert installed.returncode == 0, installed.stderr
+    # `python -m smtpd ...` with the alias module in site-packages: it ran nothing and exited 0.
+    shown = _run(vpython, ["-m", "smtpd", "--version"])
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.strip() == "Python SMTP proxy version 0.3"
+    bad = _run(vpython, ["-m", "smtpd", "--no-such-option"])
+    assert bad.returncode == 1 and "option --no-such-option not recognized" in bad.stderr
+    # An import still gets netloop's module.
+    seen = _run(vpython, ["-c", "import smtpd; print(smtpd.__name__)"])
+    assert seen.stdout.strip() == "netloop.smtpd", seen.stderr

@@ -52,9 +52,16 @@ _ALIAS_SOURCE = '''{marker}: `import {name}` gives {target}.
 # `python -m netloop.compat remove-aliases` (or by hand: it is only this file).
 import sys
 
-import {target} as _target
+if __name__ == "__main__":
+    # `python -m {name}`: run {target} as the program, as `python -m {name}` ran the
+    # standard library's module.
+    import runpy
 
-sys.modules[__name__] = _target
+    runpy.run_module("{target}", run_name="__main__", alter_sys=True)
+else:
+    import {target} as _target
+
+    sys.modules[__name__] = _target
 '''
 
 
@@ -198,6 +205,17 @@ def run_module(name: str, args: List[str], force: bool = False) -> int:
     install(force=force)
     sys.argv[:] = [name] + list(args)  # runpy puts the module's file in sys.argv[0]
     sys.path[0:1] = [os.getcwd()]
+    target = MODULES.get(name)
+    if target is not None and getattr(sys.modules.get(name), "__name__", None) == target:
+        # `run -m smtpd`: the name is netloop's module now, whose loader runpy refuses under
+        # another name ("loader for netloop.smtpd cannot handle smtpd"). Run netloop's module
+        # as __main__, as `python -m smtpd` ran the standard library's; install() imported it
+        # already, which is what runpy's RuntimeWarning would say.
+        import re
+        import warnings
+        warnings.filterwarnings("ignore", category=RuntimeWarning,
+                                message=re.escape("%r found in sys.modules" % target))
+        name = target
     try:
         runpy.run_module(name, run_name="__main__", alter_sys=True)
     except SystemExit:
