@@ -224,3 +224,44 @@ def test_tls_socketserver_echo_takes_resets_quietly(procs):
     _echo_ok(port, tls=True)
     err = _stop(proc)
     assert "Traceback" not in err, err[-2000:]
+
+
+def _smtp_ok(port: int) -> None:
+    import smtplib
+
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        assert client.noop()[0] == 250
+
+
+def _ignoring_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("args", [
+    ["-m", "netloop", "echo"],
+    ["-m", "netloop", "echo", "--kind", "socketserver"],
+    ["-m", "netloop", "echo", "--workers", "2", "--grace", "1"],
+    ["-m", "netloop.smtpd", "-n", "-c", "DebuggingServer", "127.0.0.1:0"],
+], ids=["echo", "echo-socketserver", "echo-workers", "smtpd"])
+@pytest.mark.timeout(60)
+def test_a_server_started_with_sigint_ignored_keeps_ignoring_it(args: List[str], procs) -> None:
+    # A job started in the background of a non-interactive shell (or under nohup) inherits
+    # SIGINT (SIGHUP) ignored; the interpreter keeps it so, and so did smtpd's command line.
+    # The Ctrl-C of the terminal's foreground job reaches the whole process group.
+    proc = subprocess.Popen([sys.executable, *args], env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_ignoring_sigint,
+                            start_new_session=True)
+    procs.append(proc)
+    stream = proc.stderr if "netloop.smtpd" in args else proc.stdout
+    assert stream is not None
+    line = stream.readline()
+    assert "listening on 127.0.0.1:" in line, line
+    port = int(line.split("listening on 127.0.0.1:", 1)[1].split()[0].rstrip(")"))
+    check = _smtp_ok if "netloop.smtpd" in args else _echo_ok
+    check(port)
+    os.killpg(proc.pid, signal.SIGINT)  # the server and any workers of it
+    # Pending at once, and a handler would end the loop before this exchange could finish.
+    for _ in range(3):
+        check(port)
+    assert proc.poll() is None
+    _stop(proc)  # SIGTERM still stops it, with status 0

@@ -455,7 +455,6 @@ def echo(host: str = "127.0.0.1", port: int = 0, backend: str = "auto",
     that does not resolve, an address of the wrong kind).
     """
     import os
-    import signal
 
     tls_context = _tls_server_context(tls_cert, tls_key)
     if workers or proxy_protocol or log_peers or os.environ.get("LISTEN_FDS"):
@@ -476,8 +475,7 @@ def echo(host: str = "127.0.0.1", port: int = 0, backend: str = "auto",
         loop.close()
         raise
     address = getattr(server, "address", None) or server.server_address[:2]
-    loop.add_signal_handler(signal.SIGTERM, loop.stop)
-    loop.add_signal_handler(signal.SIGINT, loop.stop)
+    _stop_on_signals(loop)
     print("netloop echo (%s, backend %s%s) listening on %s:%d"
           % (kind, loop.poller.name, ", TLS" if tls_context is not None else "", address[0],
              address[1]), flush=True)
@@ -487,6 +485,19 @@ def echo(host: str = "127.0.0.1", port: int = 0, backend: str = "auto",
         _close_servers(loop, [server])
     print("netloop echo: stopped", flush=True)
     return 0
+
+
+def _stop_on_signals(loop: Loop) -> None:
+    """SIGTERM and SIGINT stop the loop, but one ignored when the server started stays so
+    (``nohup``, a background job of a non-interactive shell)."""
+    import signal
+
+    from .services import ignored_signals
+
+    ignored = ignored_signals(signal.SIGTERM, signal.SIGINT)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        if signum not in ignored:
+            loop.add_signal_handler(signum, loop.stop)
 
 
 def _close_servers(loop: Loop, servers: List[Any]) -> None:
@@ -600,7 +611,6 @@ def _echo_scaled(host: str, port: int, backend: str, kind: str, workers: Optiona
                  proxy_protocol: bool, log_peers: bool, grace: float,
                  tls_context: Any = None) -> int:
     import logging
-    import signal
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -643,8 +653,7 @@ def _echo_scaled(host: str, port: int, backend: str, kind: str, workers: Optiona
         for sock in socks:
             servers.append(_make_echo_on(kind, sock, loop, proxy_protocol, log_peers,
                                          tls_context=tls_context))
-        loop.add_signal_handler(signal.SIGTERM, loop.stop)
-        loop.add_signal_handler(signal.SIGINT, loop.stop)
+        _stop_on_signals(loop)
         for sock in socks:
             print("netloop echo (%s, backend %s, %s) %s on %s"
                   % (kind, loop.poller.name, ("PROXY protocol" if proxy_protocol else "plain")

@@ -218,5 +218,12 @@ class Services:
         return True
 
 
+def ignored_signals(*signums: int) -> "frozenset[int]":
+    """Those of ``signums`` whose disposition is SIG_IGN now: a server's command line leaves
+    them ignored, as the interpreter leaves SIGINT ignored when it started so (a job started
+    in the background of a non-interactive shell, ``nohup``), and as smtpd's command line did."""
+    return frozenset(n for n in signums if signal.getsignal(n) is signal.SIG_IGN)
+
+
 def _ignore_in_frame(signum: int, frame: Any) -> None:
     """The Python-level handler: the work happens on the loop, woken through set_wakeup_fd."""

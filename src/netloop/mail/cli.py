@@ -156,6 +156,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     import signal
 
     from .. import asyncore, reactor
+    from ..services import ignored_signals
     from .. import smtpd as facade
     from .show import MailStore
 
@@ -216,8 +217,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("netloop.smtpd: %s listening on %s:%s" % (cls.__name__, host, address[1]),
               file=sys.stderr, flush=True)
         lp = reactor.get_loop(asyncore.socket_map)
+        # A signal ignored when the server started stays so (nohup, a background job of a
+        # non-interactive shell), as smtpd's command line, which only caught KeyboardInterrupt.
+        ignored = ignored_signals(signal.SIGTERM, signal.SIGINT)
         for signum in (signal.SIGTERM, signal.SIGINT):
-            lp.add_signal_handler(signum, lp.stop)
+            if signum not in ignored:
+                lp.add_signal_handler(signum, lp.stop)
         try:
             asyncore.loop()
         except KeyboardInterrupt:  # before the handlers were in place

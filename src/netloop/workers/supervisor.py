@@ -18,6 +18,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from .worker import MSG_READY, MSG_STOP, Worker, _call_setup, _Control, _set_current
+from ..services import ignored_signals
 
 __all__ = ["Supervisor", "REUSE_PORT_OPTION", "describe_status"]
 
@@ -114,6 +115,7 @@ class Supervisor:
         self._restarts: Dict[int, float] = {}   # slot -> when to restart it
         self._reload: Optional[Tuple[List[_Child], float]] = None  # (new children, deadline)
         self._signals: List[int] = []
+        self._ignored: "frozenset[int]" = frozenset()  # signals ignored at start (run())
         self._wake_r: Optional[socket.socket] = None
         self._wake_w: Optional[socket.socket] = None
         self._kill_deadline: Optional[float] = None
@@ -189,8 +191,13 @@ class Supervisor:
         self._wake_w.setblocking(False)
         old_handlers: Dict[int, Any] = {}
         old_wakeup = -1
+        # A stop or restart signal ignored when the supervisor started stays so, here and in
+        # the workers (nohup: SIGHUP; a background job of a non-interactive shell: SIGINT).
+        self._ignored = ignored_signals(signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
         try:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+                if signum in self._ignored:
+                    continue
                 old_handlers[signum] = signal.signal(signum, self._on_signal)
             old_wakeup = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
             for slot in range(self.n):
@@ -450,7 +457,10 @@ class Supervisor:
         signal.set_wakeup_fd(-1)
         for signum in (signal.SIGTERM, signal.SIGCHLD):
             signal.signal(signum, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, signal.SIG_IGN if signal.SIGINT in self._ignored
+                      else signal.default_int_handler)
+        if signal.SIGTERM in self._ignored:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         # Descriptors of the supervisor: close this process's copies. Another worker's control
         # socket held open here would hide the supervisor's death from that worker.
@@ -478,8 +488,9 @@ class Supervisor:
         conn.setblocking(False)
         control = _Control(worker, conn)
         worker._keep.append(control.channel)
-        loop.add_signal_handler(signal.SIGTERM, worker.stop)
-        loop.add_signal_handler(signal.SIGINT, worker.stop)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            if signum not in self._ignored:
+                loop.add_signal_handler(signum, worker.stop)
         try:
             _call_setup(self.setup, worker)
         except Exception:
