@@ -866,3 +866,44 @@ def test_empty_send_reaches_the_socket_only_with_nothing_queued() -> None:
     finally:
         d.close()
         b.close()
+
+
+# ---------------------------------------------------------------- recv() with nothing to read
+
+def test_recv_with_nothing_to_read_raises_as_asyncore() -> None:
+    # asyncore.dispatcher.recv() let BlockingIOError out when nothing waits; b"" meant only end
+    # of input or a reset (handle_close() called). Code that reads until BlockingIOError, or
+    # takes b"" for the peer gone, relies on the difference.
+    closed: List[str] = []
+
+    class Reader(asyncore.dispatcher):
+        def handle_close(self) -> None:
+            closed.append("close")
+            self.close()
+
+    a, b = socket.socketpair()
+    m: dict = {}
+    d = Reader(a, map=m)
+    try:
+        b.send(b"hi")
+        assert d.recv(10) == b"hi"
+        with pytest.raises(BlockingIOError):
+            d.recv(10)
+        assert d.connected and not closed and m
+        b.close()
+        assert d.recv(10) == b""  # end of input: handle_close(), as asyncore
+        assert closed == ["close"] and not m
+    finally:
+        d.close()
+        b.close()
+
+
+def test_core_dispatcher_recv_with_nothing_to_read_still_gives_empty_bytes() -> None:
+    a, b = socket.socketpair()
+    d = netloop.Dispatcher(a, map={})
+    try:
+        assert d.recv(10) == b""
+        assert d.connected
+    finally:
+        d.close()
+        b.close()

@@ -165,6 +165,10 @@ class dispatcher(_Dispatcher):
     # name makes every read through an instance take the generic lookup.)
     connected = False
     accepting = False
+    # recv() with nothing to read raises BlockingIOError, as asyncore's did: b"" means end of
+    # input or a reset only (handle_close() has been called), and code that reads until
+    # BlockingIOError, or takes b"" for the peer gone, must not be told otherwise.
+    _nl_recv_raises_would_block = True
 
     def _default_map(self) -> Any:
         return socket_map

@@ -262,6 +262,10 @@ class Dispatcher:
     _nl_idle: Any                   # the idle-timeout timer, when one is set (instance only)
     _nl_idle_after = 0.0
     _nl_last = 0.0                  # loop time of the last byte in either direction
+    # recv() with nothing to read: False gives b"" (netloop's rule), True lets the
+    # BlockingIOError out (asyncore's; the asyncore facade sets it, where b"" means only end of
+    # input or a reset).
+    _nl_recv_raises_would_block = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -750,7 +754,8 @@ class Dispatcher:
             # resets, and this saves a Python call on that path.
             if why.errno in DISCONNECTED:
                 self.handle_close()
-            elif not (why.errno in WOULD_BLOCK or isinstance(why, BlockingIOError)):
+            elif (not (why.errno in WOULD_BLOCK or isinstance(why, BlockingIOError))
+                  or self._nl_recv_raises_would_block):
                 raise
             return b""
         if not data:
@@ -795,7 +800,10 @@ class Dispatcher:
             # No loop yet (_nl_loop is None), or a socket with no recv_into() (a wrapper):
             # read with recv() (which fails as it always did for a channel with no socket).
             size = _COPY_READ_SIZE if buffer_size is None else _view_size(buffer_size)
-            return memoryview(self.recv(size if size < _COPY_READ_SIZE else _COPY_READ_SIZE))
+            try:
+                return memoryview(self.recv(size if size < _COPY_READ_SIZE else _COPY_READ_SIZE))
+            except BlockingIOError:  # the asyncore facade's recv() lets it out
+                return _NO_VIEW
         except OSError as why:
             self._nl_read_failed(why)
             return _NO_VIEW
