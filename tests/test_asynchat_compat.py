@@ -486,3 +486,173 @@ def test_smtpd_answers_pipelined_commands_in_order() -> None:
         for ch in list(channels.values()):
             ch.close()
         lp.close()
+
+
+# ---------------------------------------------------------------- close_when_done() in a batch
+def _close_when_done_then_more_input(asyncore: Any, asynchat: Any, use_poll: bool) -> List[Any]:
+    import socket
+
+    events: List[Any] = []
+
+    class Chan(asynchat.async_chat):  # type: ignore[misc, name-defined]
+        ac_in_buffer_size = 4  # "a\nb\n" per read: the rest waits in the kernel
+
+        def __init__(self, sock: Any, map: Any) -> None:
+            super().__init__(sock, map=map)
+            self.set_terminator(b"\n")
+            self.parts: List[bytes] = []
+
+        def collect_incoming_data(self, data: bytes) -> None:
+            self.parts.append(data)
+
+        def found_terminator(self) -> None:
+            line = b"".join(self.parts)
+            self.parts = []
+            events.append(line)
+            if line == b"a":  # not the last line of its read
+                self.push(b"bye\n")
+                self.close_when_done()
+
+        def handle_close(self) -> None:
+            events.append("handle_close")
+            self.close()
+
+    a, b = socket.socketpair()
+    m: dict = {}
+    Chan(a, m)
+    try:
+        b.sendall(b"a\nb\nc\nd\n")
+        for _ in range(6):
+            asyncore.loop(timeout=0.01, use_poll=use_poll, map=m, count=1)
+        b.settimeout(5)
+        events.append(b.recv(100))
+    finally:
+        for ch in list(m.values()):
+            ch.close()
+        b.close()
+    return events
+
+
+@needs_stdlib
+@pytest.mark.parametrize("use_poll", [False, True])
+def test_close_when_done_in_a_batch_waits_for_the_write_event(use_poll: bool) -> None:
+    # asynchat sent a push at once and left the close mark for the next write event, which
+    # comes after that pass's read: input still waiting is read and handled first. Batching
+    # the replies of one read must not move the close to the end of that read.
+    nl = _close_when_done_then_more_input(nl_asyncore, nl_asynchat, use_poll)
+    ref = _close_when_done_then_more_input(STDLIB.asyncore, STDLIB, use_poll)
+    assert ref == [b"a", b"b", b"c", b"d", "handle_close", b"bye\n"]
+    assert nl == ref
+
+
+# ---------------------------------------------------------------- close marks in a batch
+def _lines_with_close_marks(asyncore: Any, asynchat: Any, actions: Any) -> List[Any]:
+    """Feed "a\\nb\\nc\\n" in one read; ``actions[line](channel)`` runs for each line."""
+    import socket
+
+    events: List[Any] = []
+
+    class Chan(asynchat.async_chat):  # type: ignore[misc, name-defined]
+        def __init__(self, sock: Any, map: Any) -> None:
+            super().__init__(sock, map=map)
+            self.set_terminator(b"\n")
+            self.parts: List[bytes] = []
+
+        def collect_incoming_data(self, data: bytes) -> None:
+            self.parts.append(data)
+
+        def found_terminator(self) -> None:
+            line = b"".join(self.parts)
+            self.parts = []
+            events.append((line, self.connected))
+            action = actions.get(line)
+            if action is not None:
+                action(self, asynchat)
+                events.append(("after", self.connected))
+
+        def handle_close(self) -> None:
+            events.append("handle_close")
+            self.close()
+
+    a, b = socket.socketpair()
+    m: dict = {}
+    Chan(a, m)
+    try:
+        b.sendall(b"a\nb\nc\n")
+        for _ in range(4):
+            asyncore.loop(timeout=0.01, map=m, count=1)
+        b.settimeout(5)
+        events.append(b.recv(100))
+    finally:
+        for ch in list(m.values()):
+            ch.close()
+        b.close()
+    return events
+
+
+def _mark_twice(ch: Any, asynchat: Any) -> None:
+    ch.close_when_done()
+    ch.close_when_done()
+
+
+def _push_x_and_mark(ch: Any, asynchat: Any) -> None:
+    ch.push(b"x\n")
+    ch.close_when_done()
+
+
+@needs_stdlib
+@pytest.mark.parametrize("actions", [
+    # a producer pushed after two marks: handle_close() once, not again from inside close()
+    {b"a": _mark_twice, b"b": lambda ch, m: ch.push_with_producer(m.simple_producer(b"late"))},
+    # a push after the mark meets it at once: closed there, and nothing after it is sent
+    {b"a": _push_x_and_mark, b"b": lambda ch, m: ch.push(b"y\n")},
+], ids=["producer-after-two-marks", "push-after-mark"])
+def test_close_marks_met_in_a_batch_as_in_asynchat(actions: Any) -> None:
+    nl = _lines_with_close_marks(nl_asyncore, nl_asynchat, actions)
+    ref = _lines_with_close_marks(STDLIB.asyncore, STDLIB, actions)
+    assert ref.count("handle_close") == 1
+    assert nl == ref
+
+
+# ---------------------------------------------------------------- discard_buffers() in a batch
+def _discard_in_a_later_line(asyncore: Any, asynchat: Any) -> bytes:
+    import socket
+
+    class Chan(asynchat.async_chat):  # type: ignore[misc, name-defined]
+        def __init__(self, sock: Any, map: Any) -> None:
+            super().__init__(sock, map=map)
+            self.set_terminator(b"\n")
+            self.parts: List[bytes] = []
+
+        def collect_incoming_data(self, data: bytes) -> None:
+            self.parts.append(data)
+
+        def found_terminator(self) -> None:
+            line = b"".join(self.parts)
+            self.parts = []
+            if line == b"b":
+                self.discard_buffers()
+            self.push(b"reply-" + line + b"\n")
+
+    a, b = socket.socketpair()
+    m: dict = {}
+    Chan(a, m)
+    try:
+        b.sendall(b"a\nb\nc\n")  # one read: the replies of a and b are batched
+        for _ in range(4):
+            asyncore.loop(timeout=0.01, map=m, count=1)
+        b.settimeout(5)
+        return b.recv(100)
+    finally:
+        for ch in list(m.values()):
+            ch.close()
+        b.close()
+
+
+@needs_stdlib
+def test_discard_buffers_keeps_replies_asynchat_had_sent() -> None:
+    # asynchat's push() sent at once: discard_buffers() in a later line of the same read
+    # dropped only what the kernel had not taken, never the earlier lines' replies.
+    ref = _discard_in_a_later_line(STDLIB.asyncore, STDLIB)
+    assert ref == b"reply-a\nreply-b\n"  # (the unread "c" line is discarded too)
+    assert _discard_in_a_later_line(nl_asyncore, nl_asynchat) == ref

@@ -315,6 +315,14 @@ class ChatChannel(Dispatcher, FlowControl):
             raise TypeError("data argument must be byte-ish (%r)" % type(data))
         fifo = self.producer_fifo
         batch = self._nl_batch
+        if batch and self.connected and fifo and fifo[-1] is None:
+            # A push after close_when_done() in the batch: asynchat's push() met the mark at
+            # once and closed. End the batch here: the push below sends what the batch queued
+            # ahead of the mark, then meets it.
+            self._nl_batch = False
+            self._nl_batched = 0
+            self._nl_queued = sum(_nbytes(e) for e in fifo if isinstance(e, BYTES_TYPES))
+            batch = False
         if batch and self.connected:
             # Called from found_terminator() for one of several frames of one read: queue now,
             # and send when the last frame pushes (one send per read, not one per line; and no
@@ -391,6 +399,28 @@ class ChatChannel(Dispatcher, FlowControl):
         self._nl_batched = 0
         if not fifo:
             return
+        if fifo[-1] is None:
+            # close_when_done() was called in the batch. If nothing was pushed after it, the
+            # replies had gone out at once in asynchat and the mark waited for the next write
+            # event (after that pass's reads): send the replies, but leave the close to that
+            # event, not to this end of the read.
+            marks = 0
+            while fifo and fifo[-1] is None:
+                fifo.pop()
+                marks += 1
+            if None not in fifo:
+                try:
+                    if fifo:
+                        self._nl_flush_batch(fifo, batched)
+                finally:
+                    if self.connected:
+                        fifo.extend([None] * marks)
+                        self._sync_write()
+                return
+            fifo.extend([None] * marks)  # a push after a mark: the close is due now
+        self._nl_flush_batch(fifo, batched)
+
+    def _nl_flush_batch(self, fifo: Any, batched: int) -> None:
         if batched > 1 and batched == len(fifo) and self.connected:
             # The queue holds only the batch's byte strings (initiate_send() resets the count,
             # and any other entry would make the lengths differ): one string, one send.
@@ -413,7 +443,13 @@ class ChatChannel(Dispatcher, FlowControl):
         """
         if self._nl_batch:
             # Closed by found_terminator() in a batch: what it pushed first goes out first, as
-            # it would have without the batch.
+            # it would have without the batch. Only what precedes the first close_when_done()
+            # mark: asynchat never sent what followed a mark, and reaching a second mark here
+            # would call handle_close() again from inside this close().
+            fifo = self.producer_fifo
+            if None in fifo:
+                for _ in range(len(fifo) - fifo.index(None)):
+                    fifo.pop()
             self._nl_flush()
         super().close()
 
@@ -539,6 +575,12 @@ class ChatChannel(Dispatcher, FlowControl):
 
     def discard_buffers(self) -> None:
         """Drop all unread input and unsent output (emergencies only)."""
+        batch = self._nl_batch
+        if batch:
+            # Replies that earlier frames of this read pushed were only held back by the batch:
+            # asynchat had sent them already. Send them first; only the rest is unsent output.
+            self._nl_flush()
+            self._nl_batch = batch if self.connected else False
         self._framer.clear()
         del self.incoming[:]
         self.producer_fifo.clear()
