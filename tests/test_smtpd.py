@@ -271,6 +271,27 @@ def test_size_parameter_over_the_limit_is_refused_before_data() -> None:
         assert server.messages == []
 
 
+def test_size_parameter_without_a_value_is_a_syntax_error_and_the_session_goes_on() -> None:
+    # smtpd raised AttributeError on it (a bare SIZE parses as True) and dropped the client;
+    # a deliberate difference, listed in netloop.mail.protocol.
+    import netloop.mail.protocol as protocol
+    assert "SIZE`` parameter without a value" in (protocol.__doc__ or "")
+    with serving() as (server, port):
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+            reader = sock.makefile("rb")
+            _reply(reader)
+            sock.sendall(b"EHLO c\r\n")
+            while not _reply(reader).startswith(b"250 "):
+                pass
+            sock.sendall(b"MAIL FROM:<a@x> SIZE\r\nMAIL FROM:<a@x> SIZE=10\r\nRCPT TO:<b@x>\r\n"
+                         b"DATA\r\nhi\r\n.\r\n")
+            assert _reply(reader) == (b"501 Syntax: MAIL FROM: <address> "
+                                      b"[SP <mail-parameters>]")
+            assert [_reply(reader)[:3] for _ in range(4)] == [b"250", b"250", b"354", b"250"]
+            reader.close()
+    assert [m[:3] for m in server.messages] == [("a@x", ["b@x"], b"hi")]
+
+
 @pytest.mark.parametrize("decode_data", [False, True])
 def test_pure_proxy_relays_with_an_x_peer_header(decode_data: bool) -> None:
     # smtpd's PureProxy failed on every message unless decode_data was set.

@@ -25,7 +25,10 @@ EHLO raised every client's MAIL limit and each new connection reset it); a comma
 UTF-8 gets ``500 Error: bad syntax`` instead of an exception that closed the connection; with
 ``decode_data`` the input is decoded incrementally (a character split between two reads no longer
 fails) and bytes that are not UTF-8 become U+FFFD; a reply that does not fit its encoding is sent
-with ``?`` in place of what does not fit instead of raising.
+with ``?`` in place of what does not fit instead of raising; a ``SIZE`` parameter without a value
+(``MAIL FROM:<a@b> SIZE``) gets the ``501`` syntax reply, where smtpd raised ``AttributeError``
+(``'bool' object has no attribute 'isdigit'``) and the connection was closed through
+``handle_error()``.
 """
 
 from __future__ import annotations
