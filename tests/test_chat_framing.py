@@ -347,6 +347,8 @@ def test_find_prefix_at_end_examples() -> None:
     assert find_prefix_at_end(b"abc", b"\n") == 0
     assert find_prefix_at_end(b"xaba", b"abab") == 3
     assert find_prefix_at_end(b"a", b"abc") == 1
+    assert find_prefix_at_end(b"abc", b"") == -1  # asynchat's len(needle) - 1
+    assert find_prefix_at_end(b"", b"") == -1
 
 
 @settings(max_examples=300, deadline=None)

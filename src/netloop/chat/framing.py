@@ -51,7 +51,7 @@ def find_prefix_at_end(haystack: bytes, needle: bytes) -> int:
     """
     k = min(len(needle) - 1, len(haystack))
     if k <= 0:
-        return 0
+        return -1 if not needle else 0  # (asynchat's answer for an empty needle: its length - 1)
     last = haystack[-1:]
     while k:
         # The prefix must end with the haystack's last item: jump to the next such prefix.
