@@ -633,6 +633,40 @@ def test_a_signal_handler_reaches_a_loop_running_in_another_thread(poller: str) 
     assert _fds() <= before
 
 
+
+@pytest.mark.parametrize("how", ["release", "set_poller"])
+@pytest.mark.timeout(30)
+def test_a_signal_handler_outlives_a_release_of_the_kernel_objects(how: str) -> None:
+    # signal.set_wakeup_fd() names the wake-up pipe of a loop with a signal handler. A release
+    # (release(), set_poller(), asyncore's loop() switching to select when select.select is
+    # replaced) closed it, and the loop, taken again (in another thread: an eventfd), was
+    # never told of a signal: "OSError: [Errno 9] Bad file descriptor" at each one.
+    import signal
+    import threading
+
+    before = _fds()
+    lp = netloop.Loop()
+    ran: List[int] = []
+    t: Optional[threading.Thread] = None
+    try:
+        lp.add_signal_handler(signal.SIGUSR1,
+                              lambda: (ran.append(threading.get_ident()), lp.stop()))
+        if how == "release":
+            lp.release()
+        else:
+            lp.set_poller("poll" if "poll" in POLLERS else "select")
+        t = _run_in_thread(lp)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        t.join(10)
+        assert ran == [t.ident] and not t.is_alive()
+    finally:
+        lp.remove_signal_handler(signal.SIGUSR1)
+        lp.stop()
+        if t is not None:
+            t.join(10)
+        lp.close()
+    assert _fds() <= before
+
 # emailproxy's shape at the descriptor limit: a thread that starts asyncore.loop() on a map of
 # its own when not one descriptor is free. asyncore's loop needed none and served; this one
 # polls with poll() (no epoll instance) and goes without its wake-up object until one is free.

@@ -123,3 +123,67 @@ def test_a_select_set_after_import_is_called_on_every_pass(monkeypatch, how: str
     finally:
         d.close()
         b.close()
+
+
+# Patched before netloop's import (gevent's or eventlet's patch_all() first, then a library that
+# imports netloop): the socket class dispatcher.py captured at import was the patched one, so
+# accept()'s fast path ran for its listeners, took the connection (_accept()), failed to build
+# the C socket for it (TypeError: not a subtype) and lost it, its descriptor with it.
+PATCHED_BEFORE_IMPORT = r"""
+import os, socket, sys
+sys.path.insert(0, SRC)
+sys.path.insert(0, TESTS)
+from test_monkeypatched_stdlib_helper import WrappedSocket
+real = socket.socket
+socket.socket = WrappedSocket
+import netloop.asyncore as asyncore
+import netloop.dispatcher as d
+print("captured", d._PLAIN_SOCKET is real, flush=True)
+accepted = []
+class Listener(asyncore.dispatcher):
+    def handle_accepted(self, sock, addr):
+        accepted.append(sock)
+srv = Listener()
+srv.create_socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(5)
+asyncore.loop(timeout=0.01, count=1)
+before = len(os.listdir("/proc/self/fd"))
+client = real()
+client.connect(srv.socket.getsockname())
+for _ in range(20):
+    asyncore.loop(timeout=0.05, count=1)
+    if accepted:
+        break
+print("accepted", len(accepted), type(accepted[0]).__name__ if accepted else None,
+      len(os.listdir("/proc/self/fd")) - before, flush=True)
+for s in accepted:
+    s.close()
+client.close()
+srv.close()
+"""
+
+
+def test_accept_on_a_listener_of_a_socket_class_set_before_import(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    tests = os.path.dirname(os.path.abspath(__file__))
+    # The patched class, importable without importing netloop first.
+    helper = tmp_path / "test_monkeypatched_stdlib_helper.py"
+    helper.write_text("import socket\n_REAL_SOCKET = socket.socket\n"
+                      + _source_of(WrappedSocket))
+    code = (PATCHED_BEFORE_IMPORT.replace("SRC", repr(os.path.join(os.path.dirname(tests), "src")))
+            .replace("TESTS", repr(str(tmp_path))))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    # 2: the accepted socket and the client
+    assert out.stdout.splitlines() == ["captured True", "accepted 1 WrappedSocket 2"], (
+        out.stdout, out.stderr)
+
+
+def _source_of(cls: Any) -> str:
+    import inspect
+    import textwrap
+
+    return "from typing import Any, Optional\n" + textwrap.dedent(inspect.getsource(cls))

@@ -30,6 +30,7 @@ import logging
 import mmap as _mmap
 import os
 import socket as _socket
+import _socket as _c_socket
 import struct
 import sys
 import time
@@ -155,16 +156,34 @@ _LAST_LOOP: List[Any] = [None]
 
 # The C socket type's own family/type (socket.socket wraps them in enum conversions), and
 # its close (socket.socket.close() reaches it through two Python calls).
-_FAMILY = _socket.SocketType.family.__get__
-_TYPE = _socket.SocketType.type.__get__
-_CLOSE = _socket.SocketType.close
-_NEW_SOCKET = _socket.SocketType.__new__
-_INIT_SOCKET = _socket.SocketType.__init__
+# (From the C module: gevent's monkey patching replaces socket.SocketType too.)
+_C_SOCKET: Any = _c_socket.socket
+_FAMILY = _C_SOCKET.family.__get__
+_TYPE = _C_SOCKET.type.__get__
+_CLOSE = _C_SOCKET.close
+_NEW_SOCKET = _C_SOCKET.__new__
+_INIT_SOCKET = _C_SOCKET.__init__
+
+
+def _plain_socket_class() -> Any:
+    """The standard library's socket.socket (socket.py's subclass of the C type), even when
+    socket.socket was replaced before netloop was imported (eventlet's or gevent's monkey
+    patching, with a class that is no subclass of the C type, or one whose own __init__ the
+    fast paths would skip); None if it cannot be found (the fast paths are then never taken)."""
+    cls = _socket.socket
+    if isinstance(cls, type) and cls.__module__ == "socket" and _C_SOCKET in cls.__bases__:
+        return cls
+    for sub in _C_SOCKET.__subclasses__():
+        if sub.__module__ == "socket" and sub.__qualname__ == "socket":
+            return sub
+    return None
+
+
 # The class accept()'s fast path builds, as it was when this module was imported: the four
-# methods above belong to it. A program that replaces socket.socket later (gevent's and
+# methods above belong to it. A program that replaces socket.socket (gevent's and
 # eventlet's monkey patching do, with a class that is no subclass of the C type) makes
 # listeners of another class, which take socket.accept()'s way (as asyncore's accept() did).
-_PLAIN_SOCKET = _socket.socket
+_PLAIN_SOCKET = _plain_socket_class()
 
 
 class _NoSpare:

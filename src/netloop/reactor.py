@@ -456,7 +456,17 @@ class Loop(PollDriver):
 
         Out of descriptors, the loop goes on without one, as asyncore's loop, which had none,
         went on: its passes keep their timeouts, and a wake-up from another thread waits for
-        the next pass, which comes within a second while it has none (``_without_waker``)."""
+        the next pass, which comes within a second while it has none (``_without_waker``).
+
+        A pipe kept by ``_release`` (``signal.set_wakeup_fd`` names it: a signal handler is
+        installed) is registered again rather than replaced: only the main thread could point
+        ``set_wakeup_fd`` at a new one, and the loop may be taken again in another."""
+        kept = self._waker
+        if kept is not None:
+            assert self._poller is not None
+            self._poller.register(kept.rfd, READ)
+            self._wake_fd = kept.rfd
+            return True
         try:
             waker = Waker(signals=_current_thread() is _main_thread())
         except OSError as err:
@@ -521,9 +531,12 @@ class Loop(PollDriver):
         if self._poller is not None:
             self._poller.close()
             self._poller = self._kernel_register = self._kernel_unregister = None
-        if self._waker is not None:
-            self._waker.close()
+        waker = self._waker
+        if waker is not None and not (waker.signals and self._old_wakeup_fd is not None):
+            waker.close()
             self._waker = None
+        # (else signal.set_wakeup_fd() names it: kept, and watched again by the next acquire,
+        # in whatever thread; closed when the last signal handler goes, or with the loop)
         self._wake_fd = -1
         self._give_up_reserve()
 

@@ -215,6 +215,10 @@ class Services:
         if not self._signal_handlers:
             signal.set_wakeup_fd(self._old_wakeup_fd if self._old_wakeup_fd is not None else -1)
             self._old_wakeup_fd = None
+            if not self._acquired and self._waker is not None:
+                # Kept by a release for set_wakeup_fd's sake (Loop._release): not needed now.
+                self._waker.close()
+                self._waker = None
         return True
 
 
