@@ -574,14 +574,14 @@ class Dispatcher:
                 # socket.accept() without its per-call enum conversions of family and type
                 # (the same socket results: a non-blocking listener gives the new socket the
                 # default timeout, as socket.accept() does).
-                fd, addr = sock._accept()  # type: ignore[attr-defined]
+                fd, addr = sock._accept()
                 # socket.socket(family, type, proto, fileno=fd), without the Python frame of
                 # its __init__ and the keyword argument: the C initializer, then the two
                 # attributes that __init__ sets (the same on 3.9 to 3.13).
                 conn = _NEW_SOCKET(_PLAIN_SOCKET)
                 _INIT_SOCKET(conn, _FAMILY(sock), _TYPE(sock), sock.proto, fd)
-                conn._io_refs = 0  # type: ignore[attr-defined]
-                conn._closed = False  # type: ignore[attr-defined]
+                conn._io_refs = 0
+                conn._closed = False
             else:
                 conn, addr = sock.accept()
         except TypeError:
@@ -905,9 +905,9 @@ class Dispatcher:
         sock = self.socket
         if sock is not None:
             try:
-                if type(sock) is _PLAIN_SOCKET and sock._io_refs <= 0:  # type: ignore[attr-defined]
+                if type(sock) is _PLAIN_SOCKET and sock._io_refs <= 0:
                     # socket.socket.close(), without its two Python calls
-                    sock._closed = True  # type: ignore[attr-defined]
+                    sock._closed = True
                     _CLOSE(sock)
                 else:
                     sock.close()
