@@ -740,3 +740,34 @@ def test_a_loop_started_with_no_descriptor_free_serves(poller: str) -> None:
     assert "found no descriptor for its poller" in out.stderr  # said once, clearly
     assert "no descriptor for its wake-up object" in out.stderr
     assert "Traceback" not in out.stderr, out.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
+@pytest.mark.timeout(30)
+def test_a_child_forked_after_a_release_lets_go_of_the_kept_wake_up_pipe() -> None:
+    # The released loop keeps its pipe for set_wakeup_fd(); a child forked then must not keep
+    # naming the pipe it shares with its parent (its signals would wake the parent's loop).
+    import signal
+
+    lp = netloop.Loop()
+    try:
+        lp.add_signal_handler(signal.SIGUSR1, lp.stop)
+        lp.release()
+        assert lp._waker is not None and lp._waker.signals
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report, and leave without running the parent's cleanup
+            try:
+                named = signal.set_wakeup_fd(-1)
+                os.write(w, b"%d %d" % (named, lp._waker is None))
+            finally:
+                os._exit(0)
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            report = f.read()
+        os.waitpid(pid, 0)
+        assert report == b"-1 1", report
+        assert lp._waker is not None  # the parent's is untouched
+    finally:
+        lp.remove_signal_handler(signal.SIGUSR1)
+        lp.close()

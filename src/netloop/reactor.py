@@ -110,6 +110,8 @@ socket_map: Dict[int, Any] = {}
 _loops: "Dict[int, weakref.ref[Loop]]" = {}
 # Loops holding kernel objects, kept alive while they do.
 _active: Set["Loop"] = set()
+#: Released loops that keep their wake-up pipe because signal.set_wakeup_fd() names it.
+_kept_for_signals: "weakref.WeakSet[Loop]" = weakref.WeakSet()
 
 
 def _lookup(map: ChannelMap) -> Optional["Loop"]:
@@ -535,8 +537,11 @@ class Loop(PollDriver):
         if waker is not None and not (waker.signals and self._old_wakeup_fd is not None):
             waker.close()
             self._waker = None
-        # (else signal.set_wakeup_fd() names it: kept, and watched again by the next acquire,
-        # in whatever thread; closed when the last signal handler goes, or with the loop)
+        elif waker is not None:
+            # signal.set_wakeup_fd() names it: kept, and watched again by the next acquire, in
+            # whatever thread; closed when the last signal handler goes, or with the loop. A
+            # child forked meanwhile lets go of it (_after_fork_in_child).
+            _kept_for_signals.add(self)
         self._wake_fd = -1
         self._give_up_reserve()
 
@@ -828,7 +833,9 @@ class _Reserve:
 
 def _after_fork_in_child() -> None:
     had_signals = False
-    for lp in list(_active):
+    # The active loops, and the released ones that keep a wake-up pipe for set_wakeup_fd: the
+    # child must not wake its parent's loop with its own signals.
+    for lp in list(_active) + [lp for lp in _kept_for_signals if lp not in _active]:
         had_signals = had_signals or bool(lp._signal_handlers)
         lp._detach_after_fork()
     _Reserve.after_fork_in_child()
