@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 import socket
+import select
 import ssl
 import sys
 import threading
+import time
 from typing import Any, List
 
 import pytest
@@ -907,3 +909,50 @@ def test_core_dispatcher_recv_with_nothing_to_read_still_gives_empty_bytes() -> 
     finally:
         d.close()
         b.close()
+
+
+# ---------------------------------------------------------------- a hang-up after a closing read
+
+def _hangup_after_eof_calls(mod: Any, use_poll: bool) -> List[Any]:
+    """The calls a channel gets when end of input and a hang-up come in one poll event: the
+    server shut its sending side, then the client closed (lathermail logged its close() twice
+    under asyncore's poll loop)."""
+    calls: List[Any] = []
+
+    class Channel(mod.dispatcher):
+        def handle_read(self) -> None:
+            calls.append(("recv", self.recv(100)))  # b"": end of input, handle_close() called
+
+        def handle_close(self) -> None:
+            calls.append(("handle_close", self._fileno is not None))
+            self.close()
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    conn, _ = listener.accept()
+    listener.close()
+    m: dict = {}
+    Channel(conn, map=m)
+    conn.shutdown(socket.SHUT_WR)
+    client.close()
+    select.select([conn], [], [], 10)  # the client's FIN is in: readable and hung up
+    deadline = time.monotonic() + 10
+    while m and time.monotonic() < deadline:
+        mod.loop(timeout=0.05, use_poll=use_poll, map=m, count=1)
+    assert not m
+    return calls
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("use_poll, expected", [
+    # asyncore's readwrite() went on to the hang-up after the read had closed the channel
+    (True, [("handle_close", True), ("recv", b""), ("handle_close", False)]),
+    # its select loop found the channel gone from the map
+    (False, [("handle_close", True), ("recv", b"")]),
+])
+def test_hangup_after_closing_read_as_asyncore(use_poll: bool, expected: List[Any]) -> None:
+    assert _hangup_after_eof_calls(asyncore, use_poll) == expected
+    from test_asynchat_compat import _load_311
+    reference = _load_311("asyncore")
+    if reference is not None:
+        assert _hangup_after_eof_calls(reference, use_poll) == expected
