@@ -224,16 +224,17 @@ class Dispatcher:
     """
 
     debug = False
-    # connected, accepting, socket: instance attributes only (set by __init__), read for
-    # every event. CPython 3.12+ never specializes a read of an instance attribute that a
-    # class attribute of the same name shadows (it takes the generic lookup, ~300
-    # instructions, where a specialized read costs ~10); 3.11 reads a class default through
-    # an instance the slow way too.
+    # connected, accepting, addr, socket: instance attributes only (set by __init__ on every
+    # path), read or stored for every event or connection. CPython 3.12+ never specializes a
+    # read or a store of an instance attribute that a class attribute of the same name
+    # shadows (it takes the generic lookup, ~300 instructions, where a specialized one costs
+    # ~10); 3.11 reads a class default through an instance the slow way too. (A class
+    # default that instances only read, never store, costs nothing: connecting, closing.)
     connected: bool
     accepting: bool
     connecting = False
     closing = False
-    addr: Any = None
+    addr: Any
     ignore_log_types = frozenset({"warning"})
     socket: Any
     _fileno: Optional[int]          # instance only (set by __init__), read by close()
@@ -279,8 +280,9 @@ class Dispatcher:
     _nl_owner_key = 0
     _nl_timers: Any = None          # this channel's own timers, cancelled on close
     _nl_idle: Any                   # the idle-timeout timer, when one is set (instance only)
-    _nl_idle_after = 0.0
-    _nl_last = 0.0                  # loop time of the last byte in either direction
+    # (instance only, set by set_idle_timeout(): _nl_last is stored for every read and send)
+    _nl_idle_after: float
+    _nl_last: float                 # loop time of the last byte in either direction
     # recv() with nothing to read: False gives b"" (netloop's rule), True lets the
     # BlockingIOError out (asyncore's; the asyncore facade sets it, where b"" means only end of
     # input or a reset).
@@ -354,6 +356,8 @@ class Dispatcher:
             try:
                 self.addr = sock.getpeername()
             except OSError as err:
+                if not hasattr(self, "addr"):  # (as asyncore: a subclass's own is kept)
+                    self.addr = None
                 if err.errno in (ENOTCONN, EINVAL):
                     # Not connected (yet): a socket handed over before connect().
                     self.connected = False
@@ -365,10 +369,13 @@ class Dispatcher:
         else:
             self._fileno = None
             self.socket = None
-            # (hasattr, not self.__dict__: reading __dict__ would slow every later attribute
-            # read of this instance on 3.11)
-            if not hasattr(self, "connected"):  # a subclass may have set it already
+            # What a subclass set before calling this is kept, as asyncore (which only read
+            # class defaults here) did. (hasattr, not self.__dict__: reading __dict__ would
+            # slow every later attribute read of this instance on 3.11.)
+            if not hasattr(self, "connected"):
                 self.connected = False
+            if not hasattr(self, "addr"):
+                self.addr = None
 
     def _default_map(self) -> ChannelMap:
         """The map used when none is given (the facade answers with its ``socket_map``)."""
@@ -379,15 +386,16 @@ class Dispatcher:
         module = _REPR_MODULES.get(cls.__module__, cls.__module__)
         status = [module + "." + cls.__qualname__]
         # getattr: also for a channel whose __init__ failed or has not run (in a log line)
-        if getattr(self, "accepting", False) and self.addr:
+        addr = getattr(self, "addr", None)
+        if getattr(self, "accepting", False) and addr:
             status.append("listening")
         elif getattr(self, "connected", False):
             status.append("connected")
-        if self.addr is not None:
+        if addr is not None:
             try:
-                status.append("%s:%d" % self.addr)
+                status.append("%s:%d" % addr)
             except TypeError:
-                status.append(repr(self.addr))
+                status.append(repr(addr))
         return "<%s at %#x>" % (" ".join(status), id(self))
 
     # ------------------------------------------------------------------ the map
@@ -1232,5 +1240,6 @@ class Dispatcher:
 
     def handle_idle_timeout(self) -> None:
         """No byte moved for the idle timeout: the default logs and closes the channel."""
-        self.log_info("idle for %gs, closing %r" % (self._nl_idle_after, self), "info")
+        self.log_info("idle for %gs, closing %r" % (getattr(self, "_nl_idle_after", 0.0), self),
+                      "info")
         self.close()

@@ -90,13 +90,16 @@ class ChatChannel(Dispatcher, FlowControl):
     #: Encode ``str`` terminators and producer output with ``encoding`` (asynchat's switch).
     use_encoding = 0
     encoding = "latin-1"
-    #: The current terminator: bytes, a count of bytes, or None (see ``set_terminator``).
-    terminator: Terminator = None
+    #: The current terminator: bytes, a count of bytes, or None (see ``set_terminator``); None
+    #: until set. (An instance attribute only, as are ``_nl_writing`` and the dispatcher's
+    #: ``connected``/``accepting``/``addr``: see ``Dispatcher``'s class body.)
+    terminator: Terminator
     #: Most bytes one frame may have while a byte-string terminator is awaited (None: no cap).
     max_buffer: Optional[int] = DEFAULT_MAX_BUFFER
 
-    _nl_writing = False     # whether the loop was last told that the queue holds something
-    _nl_batch: Any = False  # _QUEUE/_LAST while replies to one read's frames are batched
+    _nl_writing: bool       # whether the loop was last told that the queue holds something
+    # (instance attributes only, set by __init__: stored for every request)
+    _nl_batch: Any          # _QUEUE/_LAST while replies to one read's frames are batched
     # send()/recv() are the dispatcher's own, so the socket may be called directly (and
     # sendmsg() stand in for several send() calls); an override (TLS, tests) is always called.
     _nl_plain_send = True
@@ -105,8 +108,8 @@ class ChatChannel(Dispatcher, FlowControl):
     _nl_plain_initiate = True
     # get_terminator() is this class's own: the terminator may be read directly.
     _nl_plain_term = True
-    _nl_batched = 0         # bytes objects push() queued in the current batch (see _nl_flush)
-    _nl_queued = 0          # bytes queued by push() and not sent yet (flow control's measure)
+    _nl_batched: int        # bytes objects push() queued in the current batch (see _nl_flush)
+    _nl_queued: int         # bytes queued by push() and not sent yet (flow control's measure)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -123,6 +126,10 @@ class ChatChannel(Dispatcher, FlowControl):
         #: The output queue (see ``netloop.chat.producers``).
         self.producer_fifo: Deque[Any] = ProducerFifo(owner=self)
         self._nl_writing = False
+        self._nl_batch = False
+        self._nl_batched = self._nl_queued = 0
+        if not hasattr(self, "terminator"):  # set_terminator() before this call is kept
+            self.terminator = None
         super().__init__(sock, map)
 
     # ------------------------------------------------------------------ input
