@@ -73,6 +73,23 @@ _RECORD = 16384
 #: A TLS write gathers small queued chunks up to this many bytes (one record run, one syscall).
 _GATHER = 65536
 
+_TCP_FAMILIES = (_socket.AF_INET, _socket.AF_INET6)
+
+
+def _nodelay(sock: Any) -> None:
+    """TCP_NODELAY on a server's TLS connection. A TLS 1.3 server writes its session tickets
+    (two by default) as separate records right after the handshake: with Nagle's algorithm
+    the second one, and the first reply behind it, waited for the client's delayed ACK, 40 ms
+    on Linux for every new connection. A TLS write already gathers small chunks into one
+    record run (``_GATHER``), so Nagle has nothing left to coalesce (asyncio sets it on every
+    TCP transport)."""
+    try:
+        if sock.type == _socket.SOCK_STREAM:
+            sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+    except OSError:
+        pass
+
+
 _WantRead = ssl.SSLWantReadError
 _WantWrite = ssl.SSLWantWriteError
 _Ended = (ssl.SSLZeroReturnError, ssl.SSLEOFError)
@@ -504,6 +521,8 @@ class _Start(_State):
         sock = ch.socket
         if type(sock) is _Plain:
             sock = ch.socket = sock.raw
+        if self.server_side and sock.family in _TCP_FAMILIES:
+            _nodelay(sock)
         try:
             sslsock = self.context.wrap_socket(
                 sock, server_side=self.server_side, server_hostname=self.server_hostname,
