@@ -225,3 +225,51 @@ def test_failed_restart_keeps_the_running_workers(tmp_path):
         assert _workers(proc, 2) == old
         assert echo_once(address, b"still")[0] in (b"0:still", b"1:still")
         assert proc.stop() == 0
+
+
+
+def _no_free_descriptor(pid: int) -> tuple:
+    """Lower ``pid``'s soft RLIMIT_NOFILE to its lowest free descriptor number: its next
+    socketpair() fails with EMFILE, even after one of its descriptors is closed. The old
+    limits."""
+    import resource
+    limits = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    used = {int(name) for name in os.listdir("/proc/%d/fd" % pid)}
+    lowest_free = min(n for n in range(len(used) + 1) if n not in used)
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (lowest_free, limits[1]))
+    return limits
+
+
+@pytest.mark.skipif(not (hasattr(__import__("resource"), "prlimit")
+                         and os.path.isdir("/proc/self/fd")), reason="needs prlimit and /proc")
+def test_supervisor_out_of_descriptors_keeps_serving_and_restarts_later():
+    # A SIGHUP, or a worker's restart, when the supervisor cannot open the new worker's socket
+    # pair (EMFILE; fork() failing with EAGAIN or ENOMEM is the same path). Before, the
+    # OSError ended run(), which SIGKILLed every worker: the whole server was gone.
+    import resource
+    with Proc(netloop_argv("echo", "--workers", "2", "--grace", "1")) as proc:
+        address = proc.address()
+        first = _workers(proc, 2)
+        # A restart that works first: its log line says the supervisor has read both new
+        # workers' "ready", and the old workers' exits that their descriptors are closed.
+        proc.signal(signal.SIGHUP)
+        proc.wait_line(r"generation 1 ready; stopping 2 old workers gracefully")
+        proc.wait_line(r"exited with status 0", count=2)
+        ready = _workers(proc, 2, exclude=frozenset(first))
+        limits = _no_free_descriptor(proc.pid)
+        proc.signal(signal.SIGHUP)
+        proc.wait_line(r"restart failed \(could not start new worker 0: \[Errno 24\] .*\); "
+                       r"keeping the running workers")
+        assert echo_once(address, b"still")[0] == b"still"
+        assert _workers(proc, 2) == ready
+        victim = min(ready)
+        os.kill(victim, signal.SIGKILL)
+        proc.wait_line(r"could not restart worker \d \(\[Errno 24\] .*\); trying again in")
+        assert alive(proc.pid) and alive(max(ready))
+        resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, limits)
+        second = _workers(proc, 2, exclude=frozenset({victim}))
+        assert max(ready) in second
+        assert echo_once(address, b"again")[0] == b"again"
+        proc.signal(signal.SIGHUP)
+        proc.wait_line(r"generation 2 ready; stopping 2 old workers gracefully")
+        assert proc.stop() == 0

@@ -201,7 +201,14 @@ class Supervisor:
                 old_handlers[signum] = signal.signal(signum, self._on_signal)
             old_wakeup = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
             for slot in range(self.n):
-                self._spawn(slot)
+                try:
+                    self._spawn(slot)
+                except OSError as exc:
+                    logger.error("netloop: could not start worker %d (%s); stopping all "
+                                 "workers", slot, exc)
+                    self._status = 1
+                    self.stop()
+                    break
             while self.children or not self.stopping:
                 self._step()
         finally:
@@ -281,8 +288,16 @@ class Supervisor:
         logger.info("netloop: SIGHUP: starting %d new workers (generation %d)", self.n,
                     self.generation)
         self._restarts.clear()
-        new = [self._spawn(slot) for slot in range(self.n)]
+        new: List[_Child] = []
         self._reload = (new, time.monotonic() + self.ready_timeout)
+        for slot in range(self.n):
+            try:
+                new.append(self._spawn(slot))
+            except OSError as exc:
+                # No descriptor for its socket pair (EMFILE), no process (EAGAIN, ENOMEM):
+                # the running generation serves on, as when a new worker fails to start.
+                self._abort_reload("could not start new worker %d: %s" % (slot, exc))
+                return
 
     def _retire(self, child: _Child) -> None:
         if child.retiring:
@@ -347,7 +362,14 @@ class Supervisor:
             if when <= now:
                 del self._restarts[slot]
                 if not self.stopping:
-                    self._spawn(slot)
+                    try:
+                        self._spawn(slot)
+                    except OSError as exc:
+                        delay = self._delays[slot]
+                        self._delays[slot] = min(delay * 2, self.max_restart_delay)
+                        logger.error("netloop: could not restart worker %d (%s); trying again "
+                                     "in %.1fs", slot, exc, delay)
+                        self._restarts[slot] = now + delay
         for child in list(self.children.values()):
             if child.kill_at is not None and child.kill_at <= now:
                 logger.warning("netloop: worker %d (pid %d) did not stop within %gs; killing it",
@@ -421,7 +443,12 @@ class Supervisor:
                 stream.flush()
             except (OSError, ValueError, AttributeError):
                 pass
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except BaseException:
+            ours.close()
+            theirs.close()
+            raise
         if pid == 0:  # pragma: no cover - runs in the child, which never returns here
             code = 1
             try:
