@@ -234,3 +234,38 @@ def test_a_message_that_cannot_be_stored_is_answered_451_and_the_session_goes_on
     assert "Subject: two" not in "\n".join(out)  # refused: not listed either
     box = mailbox.Maildir(str(maildir), create=False)
     assert sorted(m["Subject"] for m in box) == ["one", "three"]
+
+
+@pytest.mark.timeout(60)
+def test_a_message_for_an_mbox_another_program_has_locked_is_answered_451(
+        tmp_path: Any) -> None:
+    """mailbox raises ExternalClashError, not an OSError, when another process holds the
+    mbox's lock (a mail reader, a second server on the same file): the connection was closed
+    with no answer to DATA (a traceback on stderr) instead of a 451."""
+    path = str(tmp_path / "mbox")
+    proc = _smtpd("-n", "-c", "DebuggingServer", "--mbox", path, "127.0.0.1:0")
+    holder = mailbox.mbox(path, create=True)  # this process: fcntl locks are per process
+    try:
+        port = _port(proc)
+        with smtplib.SMTP("127.0.0.1", port, timeout=20) as client:
+            holder.lock()
+            try:
+                with pytest.raises(smtplib.SMTPDataError) as refused:
+                    client.sendmail("a@example.org", ["b@example.org"], "Subject: one\r\n\r\n1\r\n")
+                assert refused.value.smtp_code == 451
+            finally:
+                holder.unlock()
+            client.sendmail("a@example.org", ["b@example.org"], "Subject: two\r\n\r\n2\r\n")
+            out = _until_end(proc)
+    finally:
+        holder.close()
+        status, err = _stop(proc, signal.SIGTERM)
+    assert status == 0, err
+    assert "Traceback" not in err and "uncaptured" not in err, err
+    assert any("cannot store the message from" in line and "lock unavailable" in line
+               for line in out), out
+    box = mailbox.mbox(path, create=False)
+    try:
+        assert [m["Subject"] for m in box] == ["two"]
+    finally:
+        box.close()

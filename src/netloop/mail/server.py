@@ -17,6 +17,7 @@ messages readably (``human_readable = True``) and store them (``store``, see ``n
 from __future__ import annotations
 
 import errno
+import mailbox  # already imported by .show
 import socket
 import sys
 import time
@@ -173,10 +174,11 @@ class DebuggingServer(SMTPServer):
         if self.store is not None:
             try:
                 self.store.add(peer, mailfrom, rcpttos, data)
-            except OSError as exc:
-                # No descriptor left, a full disk, a maildir removed: the client is told to
-                # try again later and its session goes on. Raised, the error closed the
-                # connection without an answer to its DATA.
+            except (OSError, mailbox.Error) as exc:
+                # No descriptor left, a full disk, a maildir removed, an mbox another program
+                # has locked (mailbox.ExternalClashError): the client is told to try again
+                # later and its session goes on. Raised, the error closed the connection
+                # without an answer to its DATA.
                 self.log_info("cannot store the message from %s: %s; answered 451"
                               % (peer, exc), "error")
                 return "451 Requested action aborted: local error in processing"
