@@ -84,10 +84,17 @@ class StatsHandler(http.server.BaseHTTPRequestHandler):
 
 
 # ------------------------------------------------------------------ new asyncio code
+# A watcher that stops reading is let go once this much waits for it: awaiting its drain()
+# held every later line, and the memory of each waiting task, for as long as it did not read.
+MAX_WATCHER_BACKLOG = 1 << 20
+
+
 async def tell_watchers(line):
     for writer in list(watchers):
-        writer.write(line)
-        await writer.drain()
+        if writer.transport.get_write_buffer_size() > MAX_WATCHER_BACKLOG:
+            writer.transport.abort()  # its watcher() coroutine sees the end and cleans up
+        else:
+            writer.write(line)
 
 
 async def watcher(reader, writer, room):
@@ -120,7 +127,13 @@ async def main():
     finally:
         watch.close()
         for writer in list(watchers):
-            writer.close()
+            # close() waits until what is queued has been sent, which a watcher that stopped
+            # reading never lets happen: wait_closed() (Python 3.12+) then never returned,
+            # and SIGTERM did not stop the program.
+            if writer.transport.get_write_buffer_size():
+                writer.transport.abort()
+            else:
+                writer.close()
         await watch.wait_closed()
         web.server_close()
         asyncore.close_all()

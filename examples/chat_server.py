@@ -31,6 +31,7 @@ class ChatRoom:
 
     def __init__(self) -> None:
         self.members: List["ChatSession"] = []
+        self._departed: List["ChatSession"] = []
 
     def join(self, member: "ChatSession") -> None:
         self.members.append(member)
@@ -38,13 +39,27 @@ class ChatRoom:
         self.broadcast(member, b"* %s joined\n" % member.name)
 
     def leave(self, member: "ChatSession") -> None:
-        if member in self.members:
-            self.members.remove(member)
-            self.broadcast(member, b"* %s left\n" % member.name)
+        if member not in self.members:
+            return
+        self.members.remove(member)
+        member.departed = True
+        # Announced one after the other, not from inside the broadcast that let this member
+        # go: a line that finds many slow readers lets each go, and each departure's own
+        # broadcast would otherwise nest in the previous one's (RecursionError past ~250).
+        self._departed.append(member)
+        if len(self._departed) > 1:
+            return  # an announcement loop further up the stack takes it
+        try:
+            while self._departed:
+                gone = self._departed[0]
+                self.broadcast(gone, b"* %s left\n" % gone.name)
+                del self._departed[0]
+        finally:
+            del self._departed[:]
 
     def broadcast(self, sender: Optional["ChatSession"], line: bytes) -> None:
         for member in list(self.members):
-            if member is not sender:
+            if member is not sender and not member.departed:  # not let go meanwhile
                 member.send_line(line)
 
 
@@ -53,6 +68,7 @@ class ChatSession(ChatChannel):
 
     max_buffer = MAX_LINE
     leaving = False
+    departed = False
 
     def __init__(self, sock: socket.socket, room: ChatRoom, name: bytes, map: Any) -> None:
         super().__init__(sock, map)

@@ -569,3 +569,52 @@ def test_cpython_test_socketserver_hosted(host):
            if outcome in ("fail", "error")}
     assert bad <= set(KNOWN_DIFFERENCES), (bad, report.get("details"))
     assert report["passed"] >= report["run"] - report["skipped"] - len(KNOWN_DIFFERENCES)
+
+
+@pytest.mark.timeout(120)
+def test_migration_example_stops_on_sigterm_with_a_watcher_that_stopped_reading():
+    # A watcher that never reads: each line's tell_watchers() task waited on its drain(), and
+    # at SIGTERM writer.close() waited for its queue to be sent, so wait_closed() (3.12+)
+    # never returned and the program never stopped.
+    env = dict(os.environ, PYTHONPATH=SRC)
+    script = os.path.join(ROOT, "examples", "asyncio_migration.py")
+    proc = subprocess.Popen([sys.executable, script],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    socks = []
+    try:
+        assert proc.stdout is not None
+        ports = json.loads(proc.stdout.readline())
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        socks.append(stalled)
+        stalled.connect(("127.0.0.1", ports["watch"]))
+        assert stalled.recv(9) == b"watching\n"  # it has joined the watchers
+        chat = socket.create_connection(("127.0.0.1", ports["chat"]), timeout=30)
+        socks.append(chat)
+        lines = 3000  # 12 MB: more than the kernel's buffers hold for the stalled watcher
+        line = b"y" * 4000 + b"\n"
+        echoed = [0]
+
+        def drain_chat() -> None:  # the room echoes each line to its sender too
+            want = lines * len(b"<chat> " + line)
+            while echoed[0] < want:
+                data = chat.recv(1 << 16)
+                if not data:
+                    break
+                echoed[0] += len(data)
+
+        reader = threading.Thread(target=drain_chat, daemon=True)
+        reader.start()
+        for _ in range(lines):
+            chat.sendall(line)
+        reader.join(60)
+        assert echoed[0] == lines * len(b"<chat> " + line)  # every line was handled
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0, err
+    finally:
+        for s in reversed(socks):
+            s.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()

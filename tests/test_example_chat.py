@@ -133,6 +133,39 @@ def test_many_clients_at_once(server: chat_server.ChatServer) -> None:
 
 
 @pytest.mark.timeout(60)
+def test_one_line_lets_hundreds_of_slow_readers_go_without_recursion(
+        server: chat_server.ChatServer, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # Every reader too slow for a line is let go, and each departure is announced to the rest.
+    # Those announcements nested (broadcast, send_line, handle_close, leave, broadcast...):
+    # past ~250 slow readers a RecursionError reached the sender's handle_read, whose
+    # handle_error() closed the sender, a client that had done nothing wrong.
+    count = 400
+    stalled: set = set()
+    monkeypatch.setattr(chat_server.ChatSession, "backlog", lambda self: (
+        chat_server.MAX_BACKLOG + 1 if self.name in stalled else 0))
+    slow = [Client(server.address) for _ in range(count)]
+    observer = Client(server.address)
+    talker = Client(server.address)
+    try:
+        assert observer.readline() == b"* welcome, you are client%d" % (count + 1)
+        # The talker's join was announced to every other member, the observer last: no
+        # broadcast is under way when the slow readers become slow.
+        assert observer.readline() == b"* client%d joined" % (count + 2)
+        stalled.update(b"client%d" % n for n in range(1, count + 1))
+        talker.send(b"hello\n")
+        left = {observer.readline() for _ in range(count)}
+        assert left == {b"* client%d left" % n for n in range(1, count + 1)}
+        assert observer.readline() == b"client%d: hello" % (count + 2)
+        talker.send(b"still here\n")
+        assert observer.readline() == b"client%d: still here" % (count + 2)
+        assert "uncaptured" not in caplog.text and "RecursionError" not in caplog.text
+    finally:
+        for c in [talker, observer] + slow:
+            c.close()
+
+
+@pytest.mark.timeout(60)
 def test_runs_as_a_program_and_stops_on_sigterm() -> None:
     env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src"))
     proc = subprocess.Popen([sys.executable, EXAMPLE, "--port", "0"], env=env,
