@@ -6,6 +6,7 @@ import logging
 import socket
 
 import pytest
+from support import run_until
 from test_servers_support import FORK_WARNING, dgram_roundtrip, needs_fork, no_leaks, serving
 
 from netloop import socketserver as ss
@@ -74,6 +75,36 @@ def test_oversized_datagram_is_logged_and_dropped(caplog):
         assert server.handled == [b"y" * 64]
         assert any("larger than max_packet_size (64 bytes); dropped" in r.getMessage()
                    for r in caplog.records)
+        assert server.socket.fileno() >= 0
+
+
+def test_a_flood_of_oversized_datagrams_is_logged_once_per_interval(caplog, monkeypatch):
+    from netloop.servers import udp
+    now = [1000.0]
+    monkeypatch.setattr(udp, "_clock", lambda: now[0])
+
+    class Small(ss.UDPServer):
+        max_packet_size = 64
+
+    def warnings():
+        return [r.getMessage() for r in caplog.records if "max_packet_size" in r.getMessage()]
+
+    with Small(("127.0.0.1", 0), Count) as server:
+        server.handled = []
+        lp = server.get_loop()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c, \
+                caplog.at_level(logging.WARNING, logger="netloop.servers"):
+            for _ in range(50):
+                c.sendto(b"x" * 65, server.server_address)
+            c.sendto(b"y", server.server_address)
+            run_until(lp, lambda: server.handled == [b"y"])
+            assert len(warnings()) == 1 and "more" not in warnings()[0]
+            now[0] += udp._TRUNC_LOG_EVERY
+            c.sendto(b"x" * 65, server.server_address)
+            c.sendto(b"z", server.server_address)
+            run_until(lp, lambda: server.handled == [b"y", b"z"])
+            assert len(warnings()) == 2
+            assert warnings()[1].endswith("dropped (and 49 more since the last warning)")
         assert server.socket.fileno() >= 0
 
 
