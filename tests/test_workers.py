@@ -273,3 +273,34 @@ def test_supervisor_out_of_descriptors_keeps_serving_and_restarts_later():
         proc.signal(signal.SIGHUP)
         proc.wait_line(r"generation 2 ready; stopping 2 old workers gracefully")
         assert proc.stop() == 0
+
+
+@pytest.mark.timeout(60)
+def test_supervisor_without_a_descriptor_for_its_own_pair_exits_with_one_line(tmp_path):
+    # Every descriptor taken once the listening sockets are open: the supervisor's wake-up
+    # socket pair cannot be made. One error line and status 1, the listening sockets closed;
+    # it was a traceback.
+    script = tmp_path / "serve.py"
+    script.write_text(textwrap.dedent("""\
+        import logging, os, sys
+        from netloop import workers
+
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+        supervisor = workers.Supervisor(2, lambda: None, address=("127.0.0.1", 0),
+                                        reuse_port=False)
+        supervisor.listen()
+        held = []
+        try:
+            while True:
+                held.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError:
+            pass
+        status = supervisor.run()
+        for fd in held:
+            os.close(fd)
+        print("status", status, "open", [s.fileno() for s in supervisor.shared], flush=True)
+        """))
+    with Proc([sys.executable, str(script)]) as proc:
+        assert proc.popen.wait(30) == 0
+        proc.wait_line(r"cannot start the workers' supervisor: \[Errno 24\]")
+        proc.wait_line(r"status 1 open \[-1\]")

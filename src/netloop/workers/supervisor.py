@@ -186,7 +186,14 @@ class Supervisor:
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError("run_workers() must run in the main thread (signals)")
         self.listen()
-        self._wake_r, self._wake_w = socket.socketpair()
+        try:
+            self._wake_r, self._wake_w = socket.socketpair()
+        except OSError as exc:
+            # No descriptor for the supervisor's own wake-up pair (a very low ulimit -n): one
+            # line and status 1, not a traceback.
+            logger.error("netloop: cannot start the workers' supervisor: %s", exc)
+            self.close_sockets()
+            return 1
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         old_handlers: Dict[int, Any] = {}
