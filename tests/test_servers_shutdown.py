@@ -111,6 +111,50 @@ def test_serve_again_after_shutdown():
     assert len(server.handled) == 2
 
 
+@pytest.mark.timeout(30)
+def test_serve_forever_with_a_new_socket_after_server_close():
+    # werkzeug's reloader child: TCPServer(bind_and_activate=False), server_close(), then a
+    # listening socket from socket.fromfd() put in ``socket``, then serve_forever(). In
+    # socketserver server_close() only closes the socket; the server serves the new one.
+    listening = socket.create_server(("127.0.0.1", 0))
+    server = ss.TCPServer(("127.0.0.1", 0), Recorder, bind_and_activate=False)
+    server.handled = []
+    server.server_close()
+    server.socket = socket.fromfd(listening.fileno(), socket.AF_INET, socket.SOCK_STREAM)
+    listening.close()
+    with serving(server, 60.0):
+        assert stream_roundtrip(socket.AF_INET, server.socket.getsockname(), b"") == b"!"
+    assert len(server.handled) == 1
+
+
+@pytest.mark.timeout(30)
+def test_handle_request_with_a_new_socket_after_server_close():
+    server = ss.UDPServer(("127.0.0.1", 0), ss.DatagramRequestHandler)
+    server.server_close()
+    server.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.server_bind()
+    server.timeout = 10.0
+    with server, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.sendto(b"x", server.server_address)
+        timed_out = []
+        server.handle_timeout = lambda: timed_out.append(True)
+        server.handle_request()
+        assert not timed_out  # the datagram was taken, not the 10 s timeout
+
+
+@pytest.mark.timeout(30)
+def test_serve_forever_serves_a_socket_replaced_after_construction():
+    # socketserver watches ``server.socket`` as it is when serve_forever() starts; a listener
+    # swapped in after the constructor (another descriptor number) is the one served.
+    server = make()
+    replacement = socket.create_server(("127.0.0.1", 0))
+    old, server.socket = server.socket, replacement
+    old.close()
+    with serving(server, 60.0):
+        assert stream_roundtrip(socket.AF_INET, replacement.getsockname(), b"") == b"!"
+    assert len(server.handled) == 1
+
+
 def test_shutdown_when_not_serving_returns_at_once():
     server = make()
     with server:

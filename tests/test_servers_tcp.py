@@ -450,3 +450,32 @@ def test_shutdown_request_ignores_enotconn():
     with Server(("127.0.0.1", 0), Recorder) as server:
         server.shutdown_request(Sock())
         assert server.closed_one
+
+
+@pytest.mark.timeout(30)
+def test_default_timeout_bounds_handle_request_as_in_socketserver():
+    # socket.setdefaulttimeout() before the server is made: socketserver's listening socket
+    # has that timeout, and handle_request() gives up after it (handle_timeout()), although
+    # netloop's listening socket is non-blocking.
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(0.2)
+    try:
+        server = ss.TCPServer(("127.0.0.1", 0), ss.BaseRequestHandler)
+    finally:
+        socket.setdefaulttimeout(old)
+    timeouts = []
+    server.handle_timeout = lambda: timeouts.append(True)
+    with server:
+        done = threading.Event()
+        thread = threading.Thread(target=lambda: (server.handle_request(), done.set()))
+        thread.start()
+        assert done.wait(10), "handle_request() ignored the socket's default timeout"
+        thread.join(10)
+        assert timeouts == [True]
+        # A later socket (not the one netloop made non-blocking) is not confused with it.
+        server.socket.close()
+        server.socket = socket.create_server(("127.0.0.1", 0))
+        server.socket.setblocking(False)
+        server.timeout = 0.05
+        server.handle_request()
+        assert timeouts == [True, True]

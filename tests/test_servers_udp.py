@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import socket
 
 import pytest
@@ -123,3 +124,43 @@ def test_overridden_get_request_takes_one_datagram_per_event():
             assert server.handled == [b"a"]
             server.handle_request()
             assert server.handled == [b"a", b"b"]
+
+
+@pytest.mark.parametrize("cls", [ss.UDPServer, ss.TCPServer, ss.ThreadingUDPServer])
+def test_constructor_uses_the_socket_as_socketserver_does(cls):
+    # python-osc's tests patch socket.socket and build servers on the mock: socketserver's
+    # constructor only binds (and listens); a private loop's server must not ask for fileno().
+    from unittest import mock
+
+    with mock.patch("socket.socket") as fake:
+        server = cls(("127.0.0.1", 0), ss.BaseRequestHandler)
+    sock = fake.return_value
+    sock.bind.assert_called_once_with(("127.0.0.1", 0))
+    assert server.socket is sock
+    sock.fileno.assert_not_called()
+    server.server_close()
+    sock.close.assert_called_once_with()
+
+
+def test_private_server_moved_to_a_shared_loop_is_served_there():
+    import netloop
+
+    loop = netloop.Loop()
+    server = ss.UDPServer(("127.0.0.1", 0), ss.DatagramRequestHandler)
+    try:
+        server.set_loop(loop)  # attached at once: the shared loop's run serves it
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.settimeout(10)
+            client.sendto(b"ping", server.server_address)
+            got = []
+            deadline = time.monotonic() + 10
+            while not got and time.monotonic() < deadline:
+                loop.run_once(0.05)
+                try:
+                    got.append(client.recvfrom(100, socket.MSG_DONTWAIT)[0])
+                except BlockingIOError:
+                    pass
+            assert got == [b""]  # DatagramRequestHandler replies what wfile holds: nothing
+    finally:
+        server.server_close()
+        loop.close()

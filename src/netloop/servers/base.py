@@ -196,6 +196,7 @@ class BaseServer:
     _nl_limited = False       # a limit is set: requests are counted
     _nl_refusing = False      # refusing over a limit (logged once per episode)
     _nl_tickets: Optional[Dict[int, _Ticket]] = None  # id(request) -> its ticket, in the pipeline
+    _nl_listen_timeout: Optional[Any] = None  # (weakref to socket, its timeout before non-blocking)
 
     def __init__(self, server_address: Any, RequestHandlerClass: Callable[..., Any], *,
                  loop: Optional[Loop] = None, map: Optional[ChannelMap] = None) -> None:
@@ -253,6 +254,15 @@ class BaseServer:
             except ValueError:
                 lp = _map_loop(self._nl_map)
             self._nl_own_loop = lp
+        listener = self._nl_listener
+        if (self._nl_listening and not self._nl_closed and self._nl_driver is None
+                and (listener is None or listener._fileno is None)):
+            # Activated but not attached yet (see _nl_activate()): whoever runs the private
+            # loop itself (get_loop().run_once()) serves the server, as before.
+            try:
+                self._nl_attach()
+            except (OSError, ValueError, TypeError):
+                pass  # no usable socket (yet): serve_forever()/handle_request() will say so
         return lp
 
     def set_loop(self, loop: Optional[Loop] = None, *, map: Optional[ChannelMap] = None) -> None:
@@ -274,7 +284,7 @@ class BaseServer:
         self._nl_own_loop = None
         self._nl_listener = None
         self._nl_use(loop, map)
-        if attached:
+        if attached or (self._nl_listening and self._nl_shared):
             self._nl_on_loop_thread(self._nl_attach)
 
     def _nl_current_loop(self) -> Optional[Loop]:
@@ -324,6 +334,12 @@ class BaseServer:
     def _nl_activate(self) -> None:
         """Start taking requests: called by ``server_activate()`` of the socket servers."""
         self._nl_listening = True
+        if not self._nl_shared:
+            # A private loop runs only in serve_forever()/handle_request() or after
+            # get_loop(), which attach the socket. socketserver's constructor does no more
+            # than bind() and listen(): a socket that is not yet usable here (a test's mock)
+            # must not fail the constructor.
+            return
         self._nl_on_loop_thread(self._nl_attach)
 
     def _nl_attach(self) -> None:
@@ -331,11 +347,20 @@ class BaseServer:
             listener = self._nl_listener
             if listener is None or listener._map is not self._nl_map:
                 listener = self._nl_listener = _Listener(self, self._nl_map)
-            if listener._fileno is not None:
-                return
             fd = self.fileno()  # type: ignore[attr-defined]
+            if listener._fileno is not None:
+                if listener._fileno == fd and listener.socket is getattr(self, "socket", None):
+                    return
+                # ``socket`` was replaced since it was attached (as socketserver allows before
+                # serve_forever(): a listener handed over by fromfd(), an SSL wrapper): watch
+                # the socket the server has now, not a number that may be closed or reused.
+                self._nl_detach()
             if fd < 0:
                 raise ValueError("the server's socket is closed")
+            # An open socket is being served: the server is no longer closed, even if
+            # server_close() ran before (socketserver's server_close() only closes the socket,
+            # and code such as werkzeug's reloader then assigns a new one to ``socket``).
+            self._nl_closed = False
             listener.socket = getattr(self, "socket", None)
             listener._nl_paused = False
             listener._fileno = fd
@@ -750,6 +775,11 @@ class BaseServer:
         # code that used socket.settimeout() before BaseServer.timeout existed). 0.0 is
         # netloop's own non-blocking mode, not such a bound.
         timeout = sock.gettimeout() if sock is not None else None
+        if timeout == 0.0:
+            # The timeout this socket had before netloop made it non-blocking, if any.
+            remembered = self._nl_listen_timeout
+            if remembered is not None and remembered[0]() is sock:
+                timeout = remembered[1]
         if not timeout:
             return self.timeout
         if self.timeout is not None:

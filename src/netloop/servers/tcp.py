@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import sys
+import weakref
 from typing import Any, Callable, Optional
 
 from ..reactor import ChannelMap, Loop
@@ -57,7 +58,14 @@ class TCPServer(BaseServer):
                 raise
 
     def _nl_prepare_socket(self) -> None:
-        self.socket.setblocking(False)
+        sock = self.socket
+        timeout = sock.gettimeout()
+        if timeout:
+            # socketserver's listening socket keeps the default timeout
+            # (socket.setdefaulttimeout()), which bounds handle_request(): remember it for
+            # this socket before making it non-blocking.
+            self._nl_listen_timeout = (weakref.ref(sock), timeout)
+        sock.setblocking(False)
 
     def _nl_can_burst(self) -> bool:
         return self.socket.gettimeout() == 0.0
