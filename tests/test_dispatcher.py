@@ -540,12 +540,13 @@ def test_asyncore_defaults_are_set_on_the_instance():
         def __init__(self) -> None:
             self.addr = ("192.0.2.1", 25)
             self.connected = True
+            self.accepting = True
             netloop.asyncore.dispatcher.__init__(self, map={})
 
     d = netloop.asyncore.dispatcher(map={})
     assert (d.connected, d.accepting, d.addr) == (False, False, None)
     p = Preset()
-    assert (p.connected, p.accepting, p.addr) == (True, False, ("192.0.2.1", 25))
+    assert (p.connected, p.accepting, p.addr) == (True, True, ("192.0.2.1", 25))
     assert netloop.asynchat.async_chat(map={}).terminator is None
 
     class Early(netloop.asynchat.async_chat):

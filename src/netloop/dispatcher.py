@@ -309,8 +309,10 @@ class Dispatcher:
             map = _as_map(map)  # a Loop stands for its map; anything else fails clearly
         self._map = map
         # Instance attributes only, with no class default (see the class body): read for
-        # every event.
-        self.accepting = False
+        # every event. (Without a socket, what a subclass set before calling this is kept, as
+        # asyncore, which only read a class default here, did.)
+        if sock or not hasattr(self, "accepting"):
+            self.accepting = False
         self._nl_idle = None
         self._nl_owner = None
         self._nl_paused = 0
