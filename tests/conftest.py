@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 import sys
 import threading
 import time
@@ -41,6 +42,21 @@ import netloop  # noqa: E402
 from netloop import pollers, reactor  # noqa: E402
 
 ALL_POLLERS = pollers.available()
+
+
+def _no_op(signum: int, frame: object) -> None:
+    pass
+
+
+# A test run under nohup, or as a background job of a non-interactive shell, starts with SIGHUP
+# or SIGINT ignored, and every program it starts would inherit that: netloop's command line and
+# smtpd keep a stop or restart signal ignored when they start (as smtpd did), so the tests that
+# send those signals to them would fail. A handler that does nothing still ignores the signal
+# here, but, unlike SIG_IGN, is not inherited through exec(): the programs start with the
+# default dispositions. (Tests of the inherited-SIG_IGN case set it up themselves.)
+for _signum in (signal.SIGHUP, signal.SIGINT):
+    if signal.getsignal(_signum) == signal.SIG_IGN:
+        signal.signal(_signum, _no_op)
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> Optional[int]:
