@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import warnings
-from typing import Any, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 from unittest import mock
 
 import pytest
@@ -490,15 +490,17 @@ def test_smtpd_answers_pipelined_commands_in_order() -> None:
         lp.close()
 
 
-# ---------------------------------------------------------------- close_when_done() in a batch
-def _close_when_done_then_more_input(asyncore: Any, asynchat: Any, use_poll: bool) -> List[Any]:
+# ---------------------------------------------------------------- lines of one read, both ways
+def _drive_lines(asyncore: Any, asynchat: Any, data: bytes, on_line: Any, *, passes: int,
+                 use_poll: bool = False, in_buffer: Optional[int] = None,
+                 events: Optional[List[Any]] = None) -> bytes:
+    """Send ``data`` to a line channel (terminator b"\\n") of ``asynchat`` on a map of its own,
+    call ``on_line(channel, line)`` for each line, run ``passes`` passes of ``asyncore.loop()``
+    and return what the peer received. ``in_buffer`` sets ``ac_in_buffer_size``; with
+    ``events``, each ``handle_close()`` is recorded there before it closes."""
     import socket
 
-    events: List[Any] = []
-
     class Chan(asynchat.async_chat):  # type: ignore[misc, name-defined]
-        ac_in_buffer_size = 4  # "a\nb\n" per read: the rest waits in the kernel
-
         def __init__(self, sock: Any, map: Any) -> None:
             super().__init__(sock, map=map)
             self.set_terminator(b"\n")
@@ -510,28 +512,47 @@ def _close_when_done_then_more_input(asyncore: Any, asynchat: Any, use_poll: boo
         def found_terminator(self) -> None:
             line = b"".join(self.parts)
             self.parts = []
-            events.append(line)
-            if line == b"a":  # not the last line of its read
-                self.push(b"bye\n")
-                self.close_when_done()
+            on_line(self, line)
 
-        def handle_close(self) -> None:
-            events.append("handle_close")
-            self.close()
+    def handle_close(self: Any) -> None:
+        assert events is not None
+        events.append("handle_close")
+        self.close()
 
+    extra: Dict[str, Any] = {}
+    if in_buffer is not None:
+        extra["ac_in_buffer_size"] = in_buffer
+    if events is not None:
+        extra["handle_close"] = handle_close
+    cls = type("Chan", (Chan,), extra) if extra else Chan
     a, b = socket.socketpair()
     m: dict = {}
-    Chan(a, m)
+    cls(a, m)
     try:
-        b.sendall(b"a\nb\nc\nd\n")
-        for _ in range(6):
+        b.sendall(data)
+        for _ in range(passes):
             asyncore.loop(timeout=0.01, use_poll=use_poll, map=m, count=1)
         b.settimeout(5)
-        events.append(b.recv(100))
+        return b.recv(100)
     finally:
         for ch in list(m.values()):
             ch.close()
         b.close()
+
+
+# ---------------------------------------------------------------- close_when_done() in a batch
+def _close_when_done_then_more_input(asyncore: Any, asynchat: Any, use_poll: bool) -> List[Any]:
+    events: List[Any] = []
+
+    def on_line(ch: Any, line: bytes) -> None:
+        events.append(line)
+        if line == b"a":  # not the last line of its read
+            ch.push(b"bye\n")
+            ch.close_when_done()
+
+    # "a\nb\n" per read (ac_in_buffer_size 4): the rest waits in the kernel
+    events.append(_drive_lines(asyncore, asynchat, b"a\nb\nc\nd\n", on_line, passes=6,
+                               use_poll=use_poll, in_buffer=4, events=events))
     return events
 
 
@@ -550,45 +571,17 @@ def test_close_when_done_in_a_batch_waits_for_the_write_event(use_poll: bool) ->
 # ---------------------------------------------------------------- close marks in a batch
 def _lines_with_close_marks(asyncore: Any, asynchat: Any, actions: Any) -> List[Any]:
     """Feed "a\\nb\\nc\\n" in one read; ``actions[line](channel)`` runs for each line."""
-    import socket
-
     events: List[Any] = []
 
-    class Chan(asynchat.async_chat):  # type: ignore[misc, name-defined]
-        def __init__(self, sock: Any, map: Any) -> None:
-            super().__init__(sock, map=map)
-            self.set_terminator(b"\n")
-            self.parts: List[bytes] = []
+    def on_line(ch: Any, line: bytes) -> None:
+        events.append((line, ch.connected))
+        action = actions.get(line)
+        if action is not None:
+            action(ch, asynchat)
+            events.append(("after", ch.connected))
 
-        def collect_incoming_data(self, data: bytes) -> None:
-            self.parts.append(data)
-
-        def found_terminator(self) -> None:
-            line = b"".join(self.parts)
-            self.parts = []
-            events.append((line, self.connected))
-            action = actions.get(line)
-            if action is not None:
-                action(self, asynchat)
-                events.append(("after", self.connected))
-
-        def handle_close(self) -> None:
-            events.append("handle_close")
-            self.close()
-
-    a, b = socket.socketpair()
-    m: dict = {}
-    Chan(a, m)
-    try:
-        b.sendall(b"a\nb\nc\n")
-        for _ in range(4):
-            asyncore.loop(timeout=0.01, map=m, count=1)
-        b.settimeout(5)
-        events.append(b.recv(100))
-    finally:
-        for ch in list(m.values()):
-            ch.close()
-        b.close()
+    events.append(_drive_lines(asyncore, asynchat, b"a\nb\nc\n", on_line, passes=4,
+                               events=events))
     return events
 
 
@@ -618,37 +611,13 @@ def test_close_marks_met_in_a_batch_as_in_asynchat(actions: Any) -> None:
 
 # ---------------------------------------------------------------- discard_buffers() in a batch
 def _discard_in_a_later_line(asyncore: Any, asynchat: Any) -> bytes:
-    import socket
+    def on_line(ch: Any, line: bytes) -> None:
+        if line == b"b":
+            ch.discard_buffers()
+        ch.push(b"reply-" + line + b"\n")
 
-    class Chan(asynchat.async_chat):  # type: ignore[misc, name-defined]
-        def __init__(self, sock: Any, map: Any) -> None:
-            super().__init__(sock, map=map)
-            self.set_terminator(b"\n")
-            self.parts: List[bytes] = []
-
-        def collect_incoming_data(self, data: bytes) -> None:
-            self.parts.append(data)
-
-        def found_terminator(self) -> None:
-            line = b"".join(self.parts)
-            self.parts = []
-            if line == b"b":
-                self.discard_buffers()
-            self.push(b"reply-" + line + b"\n")
-
-    a, b = socket.socketpair()
-    m: dict = {}
-    Chan(a, m)
-    try:
-        b.sendall(b"a\nb\nc\n")  # one read: the replies of a and b are batched
-        for _ in range(4):
-            asyncore.loop(timeout=0.01, map=m, count=1)
-        b.settimeout(5)
-        return b.recv(100)
-    finally:
-        for ch in list(m.values()):
-            ch.close()
-        b.close()
+    # one read: the replies of a and b are batched
+    return _drive_lines(asyncore, asynchat, b"a\nb\nc\n", on_line, passes=4)
 
 
 @needs_stdlib

@@ -27,6 +27,16 @@ def _modern_python() -> Optional[str]:
     return None
 
 
+def _modern_venv(tmp_path: Any) -> str:
+    """The python of a new virtual environment (no pip) of a Python without asyncore."""
+    python = _modern_python()
+    if python is None:
+        pytest.skip("no Python 3.12+ here")
+    venv = tmp_path / "venv"
+    subprocess.run([python, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+    return str(venv / "bin" / "python")
+
+
 def _run(python: str, args: List[str], cwd: Any = None) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env["PYTHONPATH"] = SRC
@@ -160,12 +170,7 @@ def test_help_and_usage_errors(tmp_path: Any) -> None:
 
 
 def test_install_and_remove_aliases_in_a_venv(tmp_path: Any) -> None:
-    python = _modern_python()
-    if python is None:
-        pytest.skip("no Python 3.12+ here")
-    venv = tmp_path / "venv"
-    subprocess.run([python, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
-    vpython = str(venv / "bin" / "python")
+    vpython = _modern_venv(tmp_path)
     site = _run(vpython, ["-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
     site_packages = site.stdout.strip()
     # Someone else's asynchat.py is there already (pyasyncore ships such modules).
@@ -242,12 +247,7 @@ def test_run_module_smtpd_runs_netloops_server(tmp_path: Any) -> None:
 
 
 def test_python_m_an_alias_module_runs_netloops_module(tmp_path: Any) -> None:
-    python = _modern_python()
-    if python is None:
-        pytest.skip("no Python 3.12+ here")
-    venv = tmp_path / "venv"
-    subprocess.run([python, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
-    vpython = str(venv / "bin" / "python")
+    vpython = _modern_venv(tmp_path)
     installed = _run(vpython, ["-m", "netloop.compat", "install-aliases"])
     assert installed.returncode == 0, installed.stderr
     # `python -m smtpd ...` with the alias module in site-packages: it ran nothing and exited 0.
