@@ -339,6 +339,77 @@ def test_plain_dict_edited_by_hand(poller_name, pairs):
         lp.close()
 
 
+class Refusing(Foreign):
+    """An object that takes none of netloop's attributes (as one with ``__slots__``)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_nl_"):
+            raise AttributeError(name)
+        super().__setattr__(name, value)
+
+
+def test_object_refusing_netloop_attributes_gets_its_read_events(poller_name, pairs):
+    """The loop tests a flag it sets on each channel before anything else at a read event; an
+    object in a legacy map that cannot take it is still read through handle_read_event(),
+    not sent to handle_error()."""
+    (a, b), = pairs(1)
+    m: dict = {}
+    lp = netloop.Loop(m, poller=poller_name)
+    try:
+        f = Refusing(a)
+        m[a.fileno()] = f
+        lp.run_once(0)
+        assert not hasattr(f, "_nl_direct")
+        b.send(b"hello")
+        run_until(lp, lambda: f.got == b"hello")
+        b.send(b" again")
+        run_until(lp, lambda: f.got == b"hello again")
+        assert "error" not in f.events and f.events.count("read") >= 2
+        m.clear()
+        lp.run_once(0)
+    finally:
+        lp.close()
+
+
+def test_a_channel_that_leaves_the_map_is_routed_afresh(poller_name, pairs):
+    """A channel read directly (the flag the loop tests first at a read event) loses the flag
+    when it leaves the map: put back into the map by hand during the pass that took it out,
+    its event of that pass meets the pass's guard of closed numbers instead of going straight
+    to handle_read()."""
+    (a, b), (c, d) = pairs(2)
+    counting = CountingPoller(poller_name)
+    lp = netloop.Loop(poller=counting)
+    log: List[Any] = []
+    try:
+        x = Reader(a, lp.map, log, "x")
+        y = Reader(c, lp.map, log, "y")
+        b.send(b"1")
+        d.send(b"1")
+        run_until(lp, lambda: x._nl_direct and y._nl_direct)
+        seen: dict = {}
+
+        def remove_the_other(ch: Any) -> None:
+            seen.setdefault(ch.name, len(counting.timeouts))
+            if "removed" not in seen:
+                other = y if ch is x else x
+                seen["removed"] = other.name
+                fd = other._fileno
+                other.del_channel()
+                lp.map[fd] = other  # behind the loop's back
+
+        x.on_read = y.on_read = remove_the_other
+        b.send(b"2")  # both ready for the same pass
+        d.send(b"2")
+        run_until(lp, lambda: "removed" in seen)
+        lp.run_once(0)
+        removed = seen["removed"]
+        first = "x" if removed == "y" else "y"
+        assert seen.get(removed, 1e9) > seen[first]
+    finally:
+        lp.map.clear()
+        lp.close()
+
+
 def test_hand_removed_entry_with_pending_event(poller_name, pairs):
     """An fd deleted from the map while its event is in flight is dropped, not dispatched."""
     (a, b), (c, d) = pairs(2)

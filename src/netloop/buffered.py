@@ -52,13 +52,13 @@ class BufferedDispatcher(Dispatcher, FlowControl):
     def __init__(self, sock: Optional[Any] = None, map: Optional[ChannelMap] = None) -> None:
         # No deque until a send leaves bytes behind: an empty one is ~600 bytes, and most
         # connections never need one (memory per idle connection matters at 10k+).
-        self._outq = ()
+        self._outq = None  # (None, not (): its truth is one specialized instruction on 3.12+)
         # _out_pending (bytes queued) is set with the deque (_queue()) and read only while it
         # holds something: not stored for channels that never queue (8 bytes each).
         _dispatcher_init(self, sock, map)
 
     def _queue(self) -> Deque[Any]:
-        q = getattr(self, "_outq", ())  # a subclass may touch out_buffer before __init__
+        q = getattr(self, "_outq", None)  # a subclass may touch out_buffer before __init__
         if type(q) is not deque:
             q = self._outq = deque()
             self._out_pending = 0
@@ -67,7 +67,7 @@ class BufferedDispatcher(Dispatcher, FlowControl):
     @property
     def out_buffer(self) -> bytes:
         """The bytes not yet sent (a copy: read it for inspection, not in a hot loop)."""
-        return b"".join(getattr(self, "_outq", ()))
+        return b"".join(getattr(self, "_outq", None) or ())
 
     @out_buffer.setter
     def out_buffer(self, value: Any) -> None:
@@ -113,14 +113,15 @@ class BufferedDispatcher(Dispatcher, FlowControl):
         """
         if self.debug:
             self.log_info("sending %s" % repr(data))
-        q = self._outq
-        if q:
-            if data:
-                q.append(bytes(data) if type(data) is not bytes else data)
-                self._out_pending += len(data)
+        # (The length's truth, not the data's: an int's is specialized on 3.12+, bytes' not.)
+        size = len(data)
+        if self._outq:
+            if size:
+                self._outq.append(bytes(data) if type(data) is not bytes else data)
+                self._out_pending += size
                 self._nl_queued_more(self._out_pending)
             return
-        if not data:
+        if not size:
             self._nl_send_nothing()
             return
         try:
@@ -131,7 +132,6 @@ class BufferedDispatcher(Dispatcher, FlowControl):
             sent = 0
         if self._nl_idle is not None and sent:
             self._nl_last = self._nl_idle._queue.clock()
-        size = len(data)
         if sent < size:
             self._nl_queue_rest(data, sent, size)
 

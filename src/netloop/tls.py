@@ -375,6 +375,7 @@ class _State:
             # The loop calls handle_read() itself for a connected channel of a plain class:
             # while a state lasts, its read events must come here.
             lp._indirect.add(ch._fileno)
+            ch._nl_direct = False  # (the loop tests it before the indirect set)
         ch.handle_read_event = self.on_read
         ch.handle_write_event = self.on_write
         ch.readable = self.readable
