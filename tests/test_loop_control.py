@@ -680,3 +680,134 @@ def test_a_nested_loop_leaves_the_outer_passes_guarding_reused_numbers(poller_na
         assert stale == [] and newcomer is not None and newcomer.connected
     finally:
         shut(lp, n_peer, a_peer, b_peer, *spares)
+
+
+class QuietReader(netloop.BufferedDispatcher):
+    """Reader's interface, watching for writability only while output is queued: its read
+    events are reads alone, which the loop delivers straight to handle_read()."""
+
+    def __init__(self, sock: socket.socket, map: Any, on_read: Any) -> None:
+        super().__init__(sock, map=map)
+        self.on_read = on_read
+
+    def handle_read(self) -> None:
+        data = self.recv(4096)
+        if data:
+            self.on_read(self, data)
+
+    def handle_close(self) -> None:
+        self.close()
+
+
+class Recording(QuietReader):
+    """Records every handle_read() call with what it read (b'' for a read that found none)."""
+    log: List[Any]
+    phase: List[str]
+
+    def handle_read(self) -> None:
+        self.log.append((self.phase[0], self.recv(4096)))
+
+
+def _take_number(fd: int, spares: List[socket.socket]) -> socket.socket:
+    """A new connected socket numbered ``fd`` (just closed); its peer goes to ``spares``."""
+    x, y = socket.socketpair()
+    spares.append(y)
+    if x.fileno() != fd:
+        os.dup2(x.fileno(), fd)
+        x.close()
+        x = socket.socket(fileno=fd)
+    return x
+
+
+def test_a_nested_loop_on_the_same_map_keeps_the_outer_guard(poller_name):
+    """A handler closes another channel, a new one takes its number, and the handler runs
+    loop() on the same map (legacy code waiting synchronously). The nested pass polls afresh
+    and serves the new channel's own data; the rest of the outer pass still skips the closed
+    channel's event of that pass (it used to reach the new channel, whose read found nothing:
+    a drop-in channel's handle_error() closed it)."""
+    lp, poller = counting_loop(poller_name)
+    a, a_peer = socket.socketpair()
+    b, b_peer = socket.socketpair()
+    spares: List[socket.socket] = []
+    log: List[Any] = []
+    phase = ["outer"]
+    channels: dict = {}
+    try:
+        def first(ch: Any, data: bytes) -> None:
+            if spares or data != b"go":
+                return
+            other = channels["b" if ch is channels["a"] else "a"]
+            fd = other._fileno
+            other.close()
+            x = _take_number(fd, spares)
+            spares[-1].send(b"for the new one")
+            channels["new"] = QuietReader(x, lp.map, lambda c, d: log.append((phase[0], d)))
+            phase[0] = "nested"
+            netloop.loop(map=lp.map, timeout=1, count=1)
+            phase[0] = "rest of the outer pass"
+
+        channels["a"] = QuietReader(a, lp.map, first)
+        channels["b"] = QuietReader(b, lp.map, first)
+        a_peer.send(b"w")
+        b_peer.send(b"w")
+        run_until(lp, lambda: all(channels[k]._nl_direct for k in "ab"))
+        a_peer.send(b"go")  # both ready for the same outer pass
+        b_peer.send(b"go")
+        run_until(lp, lambda: bool(spares))
+        lp.run_once(0)
+        new = channels["new"]
+        assert log == [("nested", b"for the new one")]
+        assert new.connected and lp.map.get(new._fileno) is new
+        # The nested run served it directly; after it the flag was cleared (the outer guard
+        # held its number), and the next read sets it again.
+        spares[-1].send(b"later")
+        run_until(lp, lambda: len(log) == 2)
+        assert log[1] == ("rest of the outer pass", b"later")
+    finally:
+        shut(lp, a_peer, b_peer, *spares)
+
+
+def test_a_channel_in_two_maps_is_read_directly_only_by_the_loop_that_saw_it(poller_name):
+    """A new channel under a number closed earlier in loop A's pass is also put in loop B's
+    map, and B reads it from A's handler. B's direct flag does not hold in A: the rest of A's
+    pass still skips the closed channel's event for that number."""
+    lp_a, _ = counting_loop(poller_name)
+    lp_b, _ = counting_loop(poller_name)
+    a, a_peer = socket.socketpair()
+    b, b_peer = socket.socketpair()
+    spares: List[socket.socket] = []
+    log: List[Any] = []
+    phase = ["A"]
+    channels: dict = {}
+    try:
+        def first(ch: Any, data: bytes) -> None:
+            if spares or data != b"go":
+                return
+            other = channels["b" if ch is channels["a"] else "a"]
+            fd = other._fileno
+            other.close()
+            x = _take_number(fd, spares)
+            spares[-1].send(b"for the new one")
+            new = channels["new"] = Recording(x, lp_a.map, lambda c, d: None)
+            new.log, new.phase = log, phase
+            lp_b.map[fd] = new
+            phase[0] = "B"
+            lp_b.run_once(1)
+            phase[0] = "rest of A's pass"
+
+        channels["a"] = QuietReader(a, lp_a.map, first)
+        channels["b"] = QuietReader(b, lp_a.map, first)
+        a_peer.send(b"w")
+        b_peer.send(b"w")
+        run_until(lp_a, lambda: all(channels[k]._nl_direct for k in "ab"))
+        a_peer.send(b"go")
+        b_peer.send(b"go")
+        run_until(lp_a, lambda: bool(spares))
+        new = channels["new"]
+        # One read, B's: A's stale event would have called handle_read() for nothing.
+        assert log == [("B", b"for the new one")] and new._nl_direct is lp_b
+        assert new.connected and lp_a.map.get(new._fileno) is new
+    finally:
+        lp_b.map.clear()
+        lp_b.close()
+        shut(lp_a, a_peer, b_peer, *spares)

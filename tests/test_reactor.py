@@ -371,6 +371,33 @@ def test_object_refusing_netloop_attributes_gets_its_read_events(poller_name, pa
         lp.close()
 
 
+class RefusingDirect(Foreign):
+    """Takes netloop's loop reference but not its direct-read flag."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "_nl_direct":
+            raise AttributeError(name)
+        super().__setattr__(name, value)
+
+
+def test_an_object_refusing_the_direct_flag_forgets_its_loop_when_it_leaves(poller_name, pairs):
+    (a, b), = pairs(1)
+    m: dict = {}
+    lp = netloop.Loop(m, poller=poller_name)
+    try:
+        f = RefusingDirect(a)
+        m[a.fileno()] = f
+        lp.run_once(0)
+        assert getattr(f, "_nl_loop", None) is lp
+        b.send(b"x")
+        run_until(lp, lambda: f.got == b"x")
+        del m[a.fileno()]
+        lp.run_once(0)
+        assert getattr(f, "_nl_loop", None) is None
+    finally:
+        lp.close()
+
+
 def test_a_channel_that_leaves_the_map_is_routed_afresh(poller_name, pairs):
     """A channel read directly (the flag the loop tests first at a read event) loses the flag
     when it leaves the map: put back into the map by hand during the pass that took it out,

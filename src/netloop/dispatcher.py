@@ -255,13 +255,13 @@ class Dispatcher:
     # Why reading is paused: reactor.PAUSED_* bits (0: reads). An instance attribute only, set
     # by __init__ (read at every registration and close: a class default is read the slow way).
     _nl_paused: int
-    # True once the loop has seen this channel connected and not accepting at a read event,
-    # with a class that reads plainly (not in the loop's indirect set): its read events then go
-    # straight to handle_read(), after this one test (Interest._dispatch). Cleared whenever the
-    # channel's interest may have changed (Interest._update: connect, listen, TLS, pauses),
-    # when it registers and when it leaves the map. An instance attribute only, set by
-    # __init__.
-    _nl_direct: bool
+    # The loop, once it has seen this channel connected and not accepting at a read event,
+    # with a class that reads plainly (not in the loop's indirect set): that loop's read events
+    # for it then go straight to handle_read(), after this one test (Interest._dispatch). False
+    # again whenever the channel's interest may have changed (Interest._update: connect,
+    # listen, TLS, pauses), when it registers and when it leaves the map. An instance attribute
+    # only, set by __init__.
+    _nl_direct: Any
     # On a listener: ask the kernel how many connections wait (_nl_accept_burst); cleared for a
     # socket that cannot tell.
     _nl_count_queue = _TCP_INFO is not None

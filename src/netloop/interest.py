@@ -62,6 +62,7 @@ class Interest(Services):
         _asked: Dict[int, Any]
         _indirect: Set[int]
         _closed_fds: Set[int]
+        _closed_outer: List[Set[int]]
         _bad: List[int]
         _dispatching: bool
         _accepted: Optional[Tuple[Any, Any]]
@@ -261,10 +262,16 @@ class Interest(Services):
                 self._poller.unregister(fd)  # a regular file, or an fd closed already
         if self._dispatching:
             self._closed_fds.add(fd)
+            if self._closed_outer:  # a loop() run from a handler: the outer passes' guards too
+                for outer in self._closed_outer:
+                    outer.add(fd)
             self._pass_work = True
         if obj is not None:
             try:
                 obj._nl_direct = False  # (see _dispatch: not under a number closed this pass)
+            except AttributeError:
+                pass
+            try:
                 if obj._nl_loop is self:
                     obj._nl_loop = None
             except AttributeError:
@@ -496,9 +503,16 @@ class Interest(Services):
             objs = self._objs
             ready = self._ready
             timers = self._timers
-        # A legacy loop() run from a handler dispatches inside this call: it gives the
-        # outer passes back their guard of closed numbers (was_dispatching) when it ends.
+        # A legacy loop() run from a handler dispatches inside this call. Its passes poll
+        # afresh: a number the outer pass closed is a new channel's here, so they start with
+        # a guard of their own, and what they close goes into the outer passes' guards too
+        # (_discard). When it ends, the outer pass gets its guard back, and the channels now
+        # under the numbers that guard holds lose the direct flag these passes may have set.
         was_dispatching = self._dispatching
+        if was_dispatching:
+            outer_closed = closed
+            closed = self._closed_fds = set()
+            self._closed_outer.append(outer_closed)
         self._dispatching = True
         try:
             while True:
@@ -519,14 +533,16 @@ class Interest(Services):
                             continue
                     # A number closed during this pass (``closed``) may be a new channel's
                     # already; its events in this pass were the old one's: skipped. The usual
-                    # read event tests one flag first: _nl_direct is set only below, after
-                    # those tests, and cleared when the channel registers or leaves the map, so
-                    # a channel that has it is neither indirect nor under a closed number.
-                    # (Testing ``closed`` and ``indirect`` first cost 300 instructions per
-                    # request on 3.13: a set's truth and a set lookup are not specialized.)
+                    # read event tests one flag first: _nl_direct is this loop only when set
+                    # below, after those tests, by this loop (a channel may be in two maps),
+                    # and it is cleared when the channel registers or leaves the map and
+                    # after a nested run (see above), so a channel that has it is neither
+                    # indirect nor under a closed number. (Testing ``closed`` and ``indirect``
+                    # first cost 300 instructions per request on 3.13: a set's truth and a
+                    # set lookup are not specialized.)
                     if flags == read:
                         try:
-                            if obj._nl_direct:
+                            if obj._nl_direct is self:
                                 obj.handle_read()
                             elif closed and fd in closed:
                                 pass
@@ -535,7 +551,7 @@ class Interest(Services):
                             elif obj.connected and not obj.accepting:
                                 # handle_read_event() would call handle_read(): do it here, and
                                 # at its next reads until its interest changes (_nl_direct).
-                                obj._nl_direct = True
+                                obj._nl_direct = self
                                 obj.handle_read()
                             else:
                                 obj.handle_read_event()
@@ -627,6 +643,16 @@ class Interest(Services):
             raise
         finally:
             self._dispatching = was_dispatching
+            if was_dispatching:
+                self._closed_outer.pop()
+                self._closed_fds = outer_closed
+                for fd in outer_closed:
+                    obj = get(fd)
+                    if obj is not None:
+                        try:
+                            obj._nl_direct = False
+                        except AttributeError:
+                            pass
 
     def _reask_events(self, events: Any) -> None:
         # Asked channels (legacy predicates, not scanned every pass) that had an event: ask
