@@ -245,3 +245,65 @@ def test_unconnected_is_writable_until_connected(loop):
     finally:
         c.close()
         server.close()
+
+
+def _wide_buffers() -> List[Any]:
+    import array
+    items = array.array("i", range(200_000))  # 800,000 bytes in 200,000 items
+    return [items, memoryview(items), memoryview(items).cast("B").cast("i", shape=[1000, 200])]
+
+
+@pytest.mark.parametrize("sender", ["core", "facade"])
+@pytest.mark.parametrize("kind", ["array", "memoryview", "2-d memoryview"])
+def test_a_buffer_of_wide_items_is_sent_whole_and_in_order(loop, sender, kind):
+    """send() counts what it queues in bytes, as the socket counts what it took: a buffer whose
+    items are wider than a byte (array('i'), a view of one) arrives whole. (It counted items:
+    of 800,000 bytes of an array('i') 775,808 arrived, out of order.)"""
+    data = _wide_buffers()[["array", "memoryview", "2-d memoryview"].index(kind)]
+    expected = memoryview(data).tobytes()
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    cls = netloop.BufferedDispatcher if sender == "core" else netloop.asyncore.dispatcher_with_send
+    d = cls(a, map=loop.map)
+    try:
+        d.send(data)
+        d.send(data)  # and once more behind it, queued
+        b.setblocking(False)
+        got = bytearray()
+        run_until(loop, lambda: recv_some(b, got) or len(got) >= 2 * len(expected), timeout=20)
+        assert len(got) == 2 * len(expected) and bytes(got) == expected * 2
+    finally:
+        d.close()
+        b.close()
+
+
+@pytest.mark.parametrize("sender", ["core", "facade"])
+def test_send_takes_buffers_and_refuses_the_rest_as_asyncore(loop, sender):
+    """What asyncore's ``out_buffer + data`` took is sent (a PickleBuffer, a 0-dimensional
+    view); what it refused raises TypeError, also an empty str and a list while output is
+    queued, and nothing goes out for it."""
+    import pickle
+    import struct
+    a, b = socket.socketpair()
+    cls = netloop.BufferedDispatcher if sender == "core" else netloop.asyncore.dispatcher_with_send
+    d = cls(a, map=loop.map)
+    try:
+        d.send(pickle.PickleBuffer(b"pickled"))
+        d.send(memoryview(struct.pack("i", 5)).cast("i", shape=[]))
+        for bad in ("", "text", None, 5, [65, 66]):
+            with pytest.raises(TypeError):
+                d.send(bad)
+        b.setblocking(False)
+        got = bytearray()
+        expected = b"pickled" + struct.pack("i", 5)
+        run_until(loop, lambda: recv_some(b, got) or len(got) >= len(expected))
+        assert bytes(got) == expected
+        # With output queued: a list is refused too (it was turned into bytes).
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        d.send(b"x" * 200_000)
+        assert d.send_backlog
+        with pytest.raises(TypeError):
+            d.send([65, 66])
+    finally:
+        d.close()
+        b.close()

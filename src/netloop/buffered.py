@@ -21,7 +21,7 @@ from collections import deque
 from itertools import islice
 
 from .dispatcher import Dispatcher, known_interest
-from .outqueue import FlowControl, consume, tail
+from .outqueue import FlowControl, consume, flat, tail
 from .pollers import READ_MASK, WRITE
 
 TYPE_CHECKING = False
@@ -113,6 +113,8 @@ class BufferedDispatcher(Dispatcher, FlowControl):
         """
         if self.debug:
             self.log_info("sending %s" % repr(data))
+        if type(data) is not bytes:
+            data = flat(data)  # (counted in bytes, as the socket counts what it took)
         # (The length's truth, not the data's: an int's is specialized on 3.12+, bytes' not.)
         size = len(data)
         if self._outq:

@@ -113,6 +113,22 @@ class FlowControl:
             self.resume_writing()
 
 
+def flat(data: Any) -> Any:
+    """``data`` (anything but ``bytes``) as a buffer whose length counts bytes, as a socket's
+    ``send()`` counts them: a ``bytearray``, or a buffer of one-byte items that has a length,
+    as it is; any other buffer (``array('i')``, a memoryview of one, a 0-dimensional or a
+    multi-dimensional view, a ``PickleBuffer``) as a one-byte view of its memory. What is not
+    a buffer (``str``, ``int``, ``None``, a list) raises TypeError, as asyncore's
+    ``out_buffer + data`` did; a view that is not C-contiguous too (the socket would refuse
+    it)."""
+    if type(data) is bytearray:
+        return data
+    view = memoryview(data)
+    if view.itemsize == 1 and view.ndim == 1 and hasattr(data, "__len__"):
+        return data
+    return view.cast("B")
+
+
 def tail(data: Any, start: int) -> Any:
     """The unsent part of a queued entry, without copying when the entry cannot change.
 
