@@ -34,6 +34,18 @@ def shut(lp: netloop.Loop, *socks: Any) -> None:
         s.close()
 
 
+def socket_numbered(fd: int, peers: List[socket.socket]) -> socket.socket:
+    """A new connected socket under the number ``fd`` (just closed); its peer goes to the end
+    of ``peers``."""
+    x, y = socket.socketpair()
+    peers.append(y)
+    if x.fileno() != fd:
+        os.dup2(x.fileno(), fd)
+        x.close()
+        x = socket.socket(fileno=fd)
+    return x
+
+
 # ---------------------------------------------------------------- 11.4: stop() before a run
 
 @pytest.mark.parametrize("how", ["run_forever", "run", "loop"])
@@ -607,15 +619,10 @@ def test_descriptor_closed_and_reused_in_a_later_pass_is_served_after_it(poller_
             return
         fd = ch._fileno
         ch.close()
-        x, y = socket.socketpair()
-        held.append(y)
-        if x.fileno() != fd:
-            os.dup2(x.fileno(), fd)  # the new channel takes the number just closed
-            x.close()
-            x = socket.socket(fileno=fd)
+        x = socket_numbered(fd, held)  # the new channel takes the number just closed
         reused.append(x.fileno() == fd)
         Reader(x, lp.map, on_new)
-        y.send(b"new")
+        held[-1].send(b"new")
 
     try:
         Reader(a, lp.map, on_read)
@@ -659,12 +666,7 @@ def test_a_nested_loop_leaves_the_outer_passes_guarding_reused_numbers(poller_na
             other = channels["b" if ch is channels["a"] else "a"]
             fd = other._fileno
             other.close()
-            x, y = socket.socketpair()
-            spares.append(y)
-            if x.fileno() != fd:
-                os.dup2(x.fileno(), fd)
-                x.close()
-                x = socket.socket(fileno=fd)
+            x = socket_numbered(fd, spares)
             Newcomer(x, lp.map, lambda c, d: None).calls = stale
             lp.call_soon(lp.stop)
 
@@ -682,21 +684,9 @@ def test_a_nested_loop_leaves_the_outer_passes_guarding_reused_numbers(poller_na
         shut(lp, n_peer, a_peer, b_peer, *spares)
 
 
-class QuietReader(netloop.BufferedDispatcher):
-    """Reader's interface, watching for writability only while output is queued: its read
-    events are reads alone, which the loop delivers straight to handle_read()."""
-
-    def __init__(self, sock: socket.socket, map: Any, on_read: Any) -> None:
-        super().__init__(sock, map=map)
-        self.on_read = on_read
-
-    def handle_read(self) -> None:
-        data = self.recv(4096)
-        if data:
-            self.on_read(self, data)
-
-    def handle_close(self) -> None:
-        self.close()
+class QuietReader(Reader, netloop.BufferedDispatcher):
+    """Reader, watching for writability only while output is queued: its read events are
+    reads alone, which the loop delivers straight to handle_read()."""
 
 
 class Recording(QuietReader):
@@ -708,15 +698,31 @@ class Recording(QuietReader):
         self.log.append((self.phase[0], self.recv(4096)))
 
 
-def _take_number(fd: int, spares: List[socket.socket]) -> socket.socket:
-    """A new connected socket numbered ``fd`` (just closed); its peer goes to ``spares``."""
-    x, y = socket.socketpair()
-    spares.append(y)
-    if x.fileno() != fd:
-        os.dup2(x.fileno(), fd)
-        x.close()
-        x = socket.socket(fileno=fd)
-    return x
+def _reuse_in_one_pass(lp: netloop.Loop, spares: List[socket.socket], then: Any) -> None:
+    """Two readers of ``lp`` read directly, then both ready in one pass: the first one read
+    closes the other, a new socket takes its number (its peer, last in ``spares``, has sent
+    it b"for the new one"), and ``then(fd, sock)`` runs, still in that handler."""
+    pairs = [socket.socketpair(), socket.socketpair()]
+    spares.extend(peer for _, peer in pairs)
+    readers: List[Any] = []
+
+    def first(ch: Any, data: bytes) -> None:
+        if len(spares) > 2 or data != b"go":
+            return
+        other = readers[1] if ch is readers[0] else readers[0]
+        fd = other._fileno
+        other.close()
+        x = socket_numbered(fd, spares)
+        spares[-1].send(b"for the new one")
+        then(fd, x)
+
+    readers.extend(QuietReader(sock, lp.map, first) for sock, _ in pairs)
+    for _, peer in pairs:
+        peer.send(b"w")
+    run_until(lp, lambda: all(r._nl_direct for r in readers))
+    for _, peer in pairs:
+        peer.send(b"go")  # both ready for the same pass
+    run_until(lp, lambda: len(spares) > 2)
 
 
 def test_a_nested_loop_on_the_same_map_keeps_the_outer_guard(poller_name):
@@ -726,36 +732,20 @@ def test_a_nested_loop_on_the_same_map_keeps_the_outer_guard(poller_name):
     channel's event of that pass (it used to reach the new channel, whose read found nothing:
     a drop-in channel's handle_error() closed it)."""
     lp, poller = counting_loop(poller_name)
-    a, a_peer = socket.socketpair()
-    b, b_peer = socket.socketpair()
     spares: List[socket.socket] = []
     log: List[Any] = []
     phase = ["outer"]
-    channels: dict = {}
+    made: List[Any] = []
     try:
-        def first(ch: Any, data: bytes) -> None:
-            if spares or data != b"go":
-                return
-            other = channels["b" if ch is channels["a"] else "a"]
-            fd = other._fileno
-            other.close()
-            x = _take_number(fd, spares)
-            spares[-1].send(b"for the new one")
-            channels["new"] = QuietReader(x, lp.map, lambda c, d: log.append((phase[0], d)))
+        def nest(fd: int, sock: socket.socket) -> None:
+            made.append(QuietReader(sock, lp.map, lambda c, d: log.append((phase[0], d))))
             phase[0] = "nested"
             netloop.loop(map=lp.map, timeout=1, count=1)
             phase[0] = "rest of the outer pass"
 
-        channels["a"] = QuietReader(a, lp.map, first)
-        channels["b"] = QuietReader(b, lp.map, first)
-        a_peer.send(b"w")
-        b_peer.send(b"w")
-        run_until(lp, lambda: all(channels[k]._nl_direct for k in "ab"))
-        a_peer.send(b"go")  # both ready for the same outer pass
-        b_peer.send(b"go")
-        run_until(lp, lambda: bool(spares))
+        _reuse_in_one_pass(lp, spares, nest)
         lp.run_once(0)
-        new = channels["new"]
+        new = made[0]
         assert log == [("nested", b"for the new one")]
         assert new.connected and lp.map.get(new._fileno) is new
         # The nested run served it directly; after it the flag was cleared (the outer guard
@@ -764,7 +754,7 @@ def test_a_nested_loop_on_the_same_map_keeps_the_outer_guard(poller_name):
         run_until(lp, lambda: len(log) == 2)
         assert log[1] == ("rest of the outer pass", b"later")
     finally:
-        shut(lp, a_peer, b_peer, *spares)
+        shut(lp, *spares)
 
 
 def test_a_channel_in_two_maps_is_read_directly_only_by_the_loop_that_saw_it(poller_name):
@@ -773,41 +763,26 @@ def test_a_channel_in_two_maps_is_read_directly_only_by_the_loop_that_saw_it(pol
     pass still skips the closed channel's event for that number."""
     lp_a, _ = counting_loop(poller_name)
     lp_b, _ = counting_loop(poller_name)
-    a, a_peer = socket.socketpair()
-    b, b_peer = socket.socketpair()
     spares: List[socket.socket] = []
     log: List[Any] = []
     phase = ["A"]
-    channels: dict = {}
+    made: List[Any] = []
     try:
-        def first(ch: Any, data: bytes) -> None:
-            if spares or data != b"go":
-                return
-            other = channels["b" if ch is channels["a"] else "a"]
-            fd = other._fileno
-            other.close()
-            x = _take_number(fd, spares)
-            spares[-1].send(b"for the new one")
-            new = channels["new"] = Recording(x, lp_a.map, lambda c, d: None)
+        def also_in_b(fd: int, sock: socket.socket) -> None:
+            new = Recording(sock, lp_a.map, None)
             new.log, new.phase = log, phase
+            made.append(new)
             lp_b.map[fd] = new
             phase[0] = "B"
             lp_b.run_once(1)
             phase[0] = "rest of A's pass"
 
-        channels["a"] = QuietReader(a, lp_a.map, first)
-        channels["b"] = QuietReader(b, lp_a.map, first)
-        a_peer.send(b"w")
-        b_peer.send(b"w")
-        run_until(lp_a, lambda: all(channels[k]._nl_direct for k in "ab"))
-        a_peer.send(b"go")
-        b_peer.send(b"go")
-        run_until(lp_a, lambda: bool(spares))
-        new = channels["new"]
+        _reuse_in_one_pass(lp_a, spares, also_in_b)
+        new = made[0]
         # One read, B's: A's stale event would have called handle_read() for nothing.
         assert log == [("B", b"for the new one")] and new._nl_direct is lp_b
         assert new.connected and lp_a.map.get(new._fileno) is new
     finally:
         lp_b.map.clear()
         lp_b.close()
-        shut(lp_a, a_peer, b_peer, *spares)
+        shut(lp_a, *spares)

@@ -342,55 +342,40 @@ def test_plain_dict_edited_by_hand(poller_name, pairs):
 class Refusing(Foreign):
     """An object that takes none of netloop's attributes (as one with ``__slots__``)."""
 
+    refused = "_nl_"  # the prefix of the names it refuses
+
     def __setattr__(self, name: str, value: Any) -> None:
-        if name.startswith("_nl_"):
+        if name.startswith(self.refused):
             raise AttributeError(name)
         super().__setattr__(name, value)
 
 
-def test_object_refusing_netloop_attributes_gets_its_read_events(poller_name, pairs):
+class RefusingDirect(Refusing):
+    """Takes netloop's loop reference but not its direct-read flag."""
+
+    refused = "_nl_direct"
+
+
+@pytest.mark.parametrize("cls", [Refusing, RefusingDirect])
+def test_an_object_refusing_netloop_attributes_is_read_and_forgotten(poller_name, pairs, cls):
     """The loop tests a flag it sets on each channel before anything else at a read event; an
     object in a legacy map that cannot take it is still read through handle_read_event(),
-    not sent to handle_error()."""
+    not sent to handle_error(), and once out of the map no longer names the loop as its own
+    (it did, when it took that reference but not the flag)."""
     (a, b), = pairs(1)
     m: dict = {}
     lp = netloop.Loop(m, poller=poller_name)
     try:
-        f = Refusing(a)
+        f = cls(a)
         m[a.fileno()] = f
         lp.run_once(0)
         assert not hasattr(f, "_nl_direct")
+        assert getattr(f, "_nl_loop", None) is (None if cls is Refusing else lp)
         b.send(b"hello")
         run_until(lp, lambda: f.got == b"hello")
         b.send(b" again")
         run_until(lp, lambda: f.got == b"hello again")
         assert "error" not in f.events and f.events.count("read") >= 2
-        m.clear()
-        lp.run_once(0)
-    finally:
-        lp.close()
-
-
-class RefusingDirect(Foreign):
-    """Takes netloop's loop reference but not its direct-read flag."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "_nl_direct":
-            raise AttributeError(name)
-        super().__setattr__(name, value)
-
-
-def test_an_object_refusing_the_direct_flag_forgets_its_loop_when_it_leaves(poller_name, pairs):
-    (a, b), = pairs(1)
-    m: dict = {}
-    lp = netloop.Loop(m, poller=poller_name)
-    try:
-        f = RefusingDirect(a)
-        m[a.fileno()] = f
-        lp.run_once(0)
-        assert getattr(f, "_nl_loop", None) is lp
-        b.send(b"x")
-        run_until(lp, lambda: f.got == b"x")
         del m[a.fileno()]
         lp.run_once(0)
         assert getattr(f, "_nl_loop", None) is None
