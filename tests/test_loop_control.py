@@ -786,3 +786,45 @@ def test_a_channel_in_two_maps_is_read_directly_only_by_the_loop_that_saw_it(pol
         lp_b.map.clear()
         lp_b.close()
         shut(lp_a, *spares)
+
+
+def test_a_number_closed_inside_a_nested_loop_is_guarded_in_the_outer_pass(poller_name):
+    """A handler runs loop() on the same map; in that nested pass another channel's handler
+    closes a channel that also has an event in the outer pass, and a new channel takes its
+    number. The rest of the outer pass skips that event: the nested pass's guard goes into the
+    outer one's when it ends."""
+    lp, poller = counting_loop(poller_name)
+    pairs = [socket.socketpair() for _ in range(3)]
+    spares: List[socket.socket] = [peer for _, peer in pairs]
+    log: List[Any] = []
+    phase = ["outer"]
+    readers: List[Any] = []
+    try:
+        def trigger(ch: Any, data: bytes) -> None:  # runs in the nested pass
+            victim = readers[1] if phase[1] is readers[0] else readers[0]
+            fd = victim._fileno
+            victim.close()
+            new = Recording(socket_numbered(fd, spares), lp.map, None)
+            new.log, new.phase = log, phase
+
+        def first(ch: Any, data: bytes) -> None:
+            if data != b"go" or len(phase) > 1:
+                return
+            phase.append(ch)
+            pairs[2][1].send(b"t")
+            phase[0] = "nested"
+            netloop.loop(map=lp.map, timeout=1, count=1)
+            phase[0] = "rest of the outer pass"
+
+        readers.extend(QuietReader(sock, lp.map, first) for sock, _ in pairs[:2])
+        QuietReader(pairs[2][0], lp.map, trigger)
+        for _, peer in pairs[:2]:
+            peer.send(b"w")
+        run_until(lp, lambda: all(r._nl_direct for r in readers))
+        for _, peer in pairs[:2]:
+            peer.send(b"go")  # both ready for the same outer pass
+        run_until(lp, lambda: phase[0] == "rest of the outer pass")
+        lp.run_once(0)
+        assert log == []  # the new channel has nothing to read: any call was the stale event
+    finally:
+        shut(lp, *spares)

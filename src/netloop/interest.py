@@ -62,7 +62,6 @@ class Interest(Services):
         _asked: Dict[int, Any]
         _indirect: Set[int]
         _closed_fds: Set[int]
-        _closed_outer: List[Set[int]]
         _bad: List[int]
         _dispatching: bool
         _accepted: Optional[Tuple[Any, Any]]
@@ -262,9 +261,6 @@ class Interest(Services):
                 self._poller.unregister(fd)  # a regular file, or an fd closed already
         if self._dispatching:
             self._closed_fds.add(fd)
-            if self._closed_outer:  # a loop() run from a handler: the outer passes' guards too
-                for outer in self._closed_outer:
-                    outer.add(fd)
             self._pass_work = True
         if obj is not None:
             try:
@@ -505,14 +501,14 @@ class Interest(Services):
             timers = self._timers
         # A legacy loop() run from a handler dispatches inside this call. Its passes poll
         # afresh: a number the outer pass closed is a new channel's here, so they start with
-        # a guard of their own, and what they close goes into the outer passes' guards too
-        # (_discard). When it ends, the outer pass gets its guard back, and the channels now
-        # under the numbers that guard holds lose the direct flag these passes may have set.
+        # a guard of their own, and what each of them closed goes into the outer pass's guard
+        # at its end. When the run ends, the outer pass gets its guard back, and the channels
+        # now under the numbers it holds lose the direct flag these passes may have set.
         was_dispatching = self._dispatching
+        outer_closed: Optional[Set[int]] = None
         if was_dispatching:
             outer_closed = closed
             closed = self._closed_fds = set()
-            self._closed_outer.append(outer_closed)
         self._dispatching = True
         try:
             while True:
@@ -615,6 +611,8 @@ class Interest(Services):
                     if not self._scan_asked and self._asked:  # (flag first: scan is the default)
                         self._reask_events(events)
                     if closed:
+                        if outer_closed is not None:
+                            outer_closed |= closed
                         closed.clear()
                     if self._accepted is not None or self._accepted_by is not None:
                         self._accepted = None
@@ -635,16 +633,18 @@ class Interest(Services):
                 if self._slow and self._bad:
                     events = self._with_bad(events)
         except BaseException:
-            # What escapes (an exception the loop re-raises) leaves no pass state behind.
-            closed.clear()
+            # What escapes (an exception the loop re-raises) leaves no pass state behind. (A
+            # nested run's guard goes to the outer pass's, below.)
+            if outer_closed is None:
+                closed.clear()
             self._accepted = None
             self._accepted_by = None
             self._pass_work = True
             raise
         finally:
             self._dispatching = was_dispatching
-            if was_dispatching:
-                self._closed_outer.pop()
+            if outer_closed is not None:
+                outer_closed |= closed
                 self._closed_fds = outer_closed
                 for fd in outer_closed:
                     obj = get(fd)
@@ -699,7 +699,7 @@ class Interest(Services):
         # to the channel in turn even when a handler had closed it: a hang-up that came with
         # the input whose read closed the channel still called handle_close(), a second time.
         # Its select loop, and netloop's own, stop at a channel closed (taken out of the map).
-        # (The mode is tested only once a handler has closed the channel.)
+        go_on = self._hup_closes and not self._contain
         try:
             if flags & INVALID:
                 self._lost(fd, obj)
@@ -708,19 +708,16 @@ class Interest(Services):
                 flags = (flags | (self._masks.get(fd, 0) & (READ | WRITE))) & ~(ERROR | HANGUP)
             if flags & READ:
                 obj.handle_read_event()
-                if get(fd) is not obj or fd in closed:
-                    if not self._hup_closes or self._contain:
-                        return
+                if not go_on and (get(fd) is not obj or fd in closed):
+                    return
             if flags & WRITE:
                 obj.handle_write_event()
-                if get(fd) is not obj or fd in closed:
-                    if not self._hup_closes or self._contain:
-                        return
+                if not go_on and (get(fd) is not obj or fd in closed):
+                    return
             if flags & PRIORITY:
                 obj.handle_expt_event()
-                if get(fd) is not obj or fd in closed:
-                    if not self._hup_closes or self._contain:
-                        return
+                if not go_on and (get(fd) is not obj or fd in closed):
+                    return
             if flags & CLOSED_MASK:
                 obj.handle_close()
         except RERAISED:

@@ -286,15 +286,15 @@ class Loop(PollDriver):
     # down (bench_insn accept-cli). Slots keep every access specialized however many there
     # are. Attributes set from outside (an assigned call_exception_handler, a test's
     # monkeypatch) still go to the instance dict the base classes provide.
-    __slots__ = ("map", "_poller_spec", "_clock", "_scan_asked", "_poller", "_waker", "_wake_fd",
-                 "_objs", "_alias", "_to_ask", "_masks", "_asked", "_indirect", "_closed_fds",
-                 "_bad", "_fd_refusals", "_dispatching", "_accepted", "_accepted_by",
-                 "_holds_reserve", "_timers", "_ready", "_signal_handlers", "_old_wakeup_fd",
-                 "_stopping", "_running", "_thread_id", "_run_lock", "_acquired", "_implicit",
-                 "_closed", "_slow", "_pass_work", "_notify", "_hup_closes", "_contain",
-                 "_read_view", "_read_cut", "_read_cut_len", "_map_get", "_kernel_register",
-                 "_kernel_unregister", "_weak", "_tick_fd", "_tick_period", "_waker_missing",
-                 "_waker_retry_at", "_closed_outer")
+    __slots__ = ("map", "_poller_spec", "_clock", "_scan_asked", "_poller", "_waker",
+                 "_wake_fd", "_objs", "_alias", "_to_ask", "_masks", "_asked", "_indirect",
+                 "_closed_fds", "_bad", "_fd_refusals", "_dispatching", "_accepted",
+                 "_accepted_by", "_holds_reserve", "_timers", "_ready", "_signal_handlers",
+                 "_old_wakeup_fd", "_stopping", "_running", "_thread_id", "_run_lock",
+                 "_acquired", "_implicit", "_closed", "_slow", "_pass_work", "_notify",
+                 "_hup_closes", "_contain", "_read_view", "_read_cut", "_read_cut_len", "_map_get",
+                 "_kernel_register", "_kernel_unregister", "_weak", "_tick_fd", "_tick_period",
+                 "_waker_missing", "_waker_retry_at")
     if TYPE_CHECKING:
         _closed: bool
         _implicit: bool
@@ -351,8 +351,6 @@ class Loop(PollDriver):
         # handle_read() itself when connected: the same routing, one call less.
         self._indirect: Set[int] = set()
         self._closed_fds: Set[int] = set()   # fds removed during the current dispatch
-        # The guards of the passes a loop() run from a handler interrupted (see _dispatch).
-        self._closed_outer: List[Set[int]] = []
         self._bad: List[int] = []            # fds the poller refused as closed: report them
         # Channels select() refused (fd >= FD_SETSIZE) since the last one it took: one log line
         # per such episode, not per connection (see _refuse_fd).
