@@ -52,10 +52,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -146,7 +148,7 @@ def _round(pid: int, conns, port: int = 0, stop: bool = True,
 
 def run_once(python: str, name: str, conns_n: int, warmup: int, rounds: int,
              timeout: float = 120, connrate: bool = False, syscalls: bool = False,
-             message: bytes = MESSAGE, bytecodes: bool = False):
+             message: bytes = MESSAGE, bytecodes: bool = False, keep: str = ""):
     """One server under callgrind: the process's total instructions for warm-up + rounds;
     with ``syscalls``, under ``strace -c`` instead: {system call: calls}; with ``bytecodes``,
     under bytecode_count.py: {"FILE:LINE FUNCTION": {line: bytecodes}}."""
@@ -199,6 +201,8 @@ def run_once(python: str, name: str, conns_n: int, warmup: int, rounds: int,
             except (OSError, ValueError):
                 raise RuntimeError("%s wrote no bytecode counts: %s"
                                    % (name, srv.stderr_tail())) from None
+        if keep:
+            shutil.copyfile(out, keep)  # (for --functions: callgrind_annotate reads it)
         total = bench_insn.callgrind_total(out)
         if not total:
             raise RuntimeError("callgrind wrote no totals for %s: %s" % (name, srv.stderr_tail()))
@@ -241,7 +245,7 @@ def _strace_counts(path: str) -> dict:
 
 
 def measure(python: str, name: str, scenario: str, syscalls: bool = False,
-            rounds=None, bytecodes: bool = False) -> dict:
+            rounds=None, bytecodes: bool = False, functions: bool = False) -> dict:
     """Per request (connrate: per connection) of ``name`` in ``scenario``: instructions
     (``insn``), or with ``syscalls`` the calls of each system call (``calls``), or with
     ``bytecodes`` the Python bytecodes (``bytecodes``; by function and line in ``by_line``:
@@ -263,11 +267,17 @@ def measure(python: str, name: str, scenario: str, syscalls: bool = False,
     # start: the same in both.)
     benchlib.fill_bytecode_cache(python, check=True)
     message = MESSAGES.get(scenario, MESSAGE)
-    a = run_once(python, name, conns_n, warmup, short, connrate=connrate, syscalls=syscalls,
-                 message=message, bytecodes=bytecodes)
-    b = run_once(python, name, conns_n, warmup, long_, connrate=connrate, syscalls=syscalls,
-                 message=message, bytecodes=bytecodes)
-    requests = (long_ - short) * conns_n
+    with tempfile.TemporaryDirectory(prefix="bench_insn_servers.") as kept:
+        keep_a = os.path.join(kept, "a.out") if functions else ""
+        keep_b = os.path.join(kept, "b.out") if functions else ""
+        a = run_once(python, name, conns_n, warmup, short, connrate=connrate,
+                     syscalls=syscalls, message=message, bytecodes=bytecodes, keep=keep_a)
+        b = run_once(python, name, conns_n, warmup, long_, connrate=connrate,
+                     syscalls=syscalls, message=message, bytecodes=bytecodes, keep=keep_b)
+        requests = (long_ - short) * conns_n
+        if functions:
+            fa, fb = annotate(keep_a), annotate(keep_b)
+            per_function = {k: (fb.get(k, 0) - fa.get(k, 0)) / requests for k in set(fa) | set(fb)}
     if bytecodes:
         by_line = {}
         for where in set(a) | set(b):
@@ -279,12 +289,38 @@ def measure(python: str, name: str, scenario: str, syscalls: bool = False,
                 "bytecodes": sum(sum(lines.values()) for lines in by_line.values()),
                 "by_line": {where: lines for where, lines in by_line.items() if lines}}
     result = {"server": name, "scenario": scenario, "requests": requests, "totals": (a, b)}
+    if functions:
+        result["functions"] = per_function
     if syscalls:
         result["calls"] = {k: (b.get(k, 0) - a.get(k, 0)) / requests
                            for k in set(a) | set(b)}
     else:
         result["insn"] = (b - a) / requests
     return result
+
+
+_ANNOTATE_LINE = re.compile(r"\s*([\d,]+)\s+\([^)]*\)\s+(\S.*)")
+
+
+def parse_annotate(text: str) -> dict:
+    """{"file:function": exclusive instructions} from ``callgrind_annotate --inclusive=no``."""
+    counts: dict = {}
+    for line in text.splitlines():
+        m = _ANNOTATE_LINE.match(line)
+        if m and "PROGRAM TOTALS" not in line:
+            where = m.group(2).split(" [")[0].rsplit("/", 1)[-1]
+            counts[where] = counts.get(where, 0) + int(m.group(1).replace(",", ""))
+    return counts
+
+
+def annotate(path: str) -> dict:
+    """A callgrind output file's instructions by C function (``callgrind_annotate``)."""
+    tool = shutil.which("callgrind_annotate")
+    if tool is None:
+        raise RuntimeError("callgrind_annotate is not installed (it comes with valgrind)")
+    out = subprocess.run([tool, "--threshold=100", "--inclusive=no", path],
+                         capture_output=True, text=True, check=True).stdout
+    return parse_annotate(out)
 
 
 def resolve_python(spec: str) -> str:
@@ -319,6 +355,9 @@ def main(argv=None) -> int:
                     help="also store the instruction counts in FILE, under this interpreter's "
                     "version (other interpreters' figures already there are kept): "
                     "verdict17.py --insn FILE reads them")
+    ap.add_argument("--functions", type=int, default=0, metavar="N",
+                    help="also show the N C functions with the most instructions per request "
+                    "of each server (callgrind_annotate of the two runs' outputs)")
     opts = ap.parse_args(argv)
     python = resolve_python(opts.python)
     servers = [s for s in opts.servers.split(",") if s]
@@ -344,7 +383,8 @@ def main(argv=None) -> int:
         return 0
     for scenario in scenarios:
         for name in servers:
-            r = measure(python, name, scenario, syscalls=opts.syscalls)
+            r = measure(python, name, scenario, syscalls=opts.syscalls,
+                        functions=bool(opts.functions) and not opts.syscalls)
             results[(scenario, name)] = r
             if opts.syscalls:
                 shown = ", ".join("%s %.2f" % (k, v) for k, v in sorted(r["calls"].items())
@@ -355,6 +395,9 @@ def main(argv=None) -> int:
                 print("%-8s %-18s %9.0f instructions per %s  (%d; totals %d, %d)"
                       % (scenario, name, r["insn"], unit.get(scenario, "request"),
                          r["requests"], r["totals"][0], r["totals"][1]), flush=True)
+                for where, n in sorted(r.get("functions", {}).items(),
+                                       key=lambda kv: -kv[1])[:opts.functions]:
+                    print("    %9.1f  %s" % (n, where))
     print()
     if opts.syscalls:
         for scenario in scenarios:

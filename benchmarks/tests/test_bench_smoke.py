@@ -638,3 +638,24 @@ def test_bench_insn_servers_counts_python_bytecodes_by_function_and_line():
     r = bis.measure(sys.executable, "netloop", "pp1", rounds=(5, 5, 45), bytecodes=True)
     assert r["requests"] == 40
     assert any("EchoHandler.handle_read" in where for where in r["by_line"]), r["by_line"]
+
+
+def test_bench_insn_servers_reads_callgrind_annotate_by_function():
+    """--functions: callgrind_annotate's exclusive counts by C function (file:function), the
+    program's total left out and one function's lines from two paths summed."""
+    import bench_insn_servers as bis
+    text = """--------------------------------------------------------------------------------
+Ir
+--------------------------------------------------------------------------------
+7,891,859 (100.0%)  PROGRAM TOTALS
+
+--------------------------------------------------------------------------------
+Ir                  file:function
+--------------------------------------------------------------------------------
+2,246,200 (28.46%)  /build/Python/generated_cases.c.h:_PyEval_EvalFrameDefault [/usr/bin/py]
+  344,000 ( 4.36%)  /build/Python/getargs.c:vgetargs1_impl [/usr/bin/py]
+      100 ( 0.00%)  /other/getargs.c:vgetargs1_impl
+"""
+    counts = bis.parse_annotate(text)
+    assert counts == {"generated_cases.c.h:_PyEval_EvalFrameDefault": 2246200,
+                      "getargs.c:vgetargs1_impl": 344100}
